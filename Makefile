@@ -1,0 +1,48 @@
+# classguard: the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK := true
+PORT ?= 3000
+
+.PHONY: help venv train serve demo test bench build clean
+
+help:
+	@echo "make demo   - set up, train, serve, replay the incident, print the table"
+	@echo "make test   - the whole test suite"
+	@echo "make serve  - serve on http://127.0.0.1:$(PORT)"
+	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
+	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
+	@echo "make build  - bentoml build (a Bento with both models)"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0   # the CPU wheel first, so nothing pulls a CUDA build
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+train: venv
+	$(BIN)/python -m training.train
+
+serve: train
+	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
+
+demo: train
+	$(BIN)/python -m harness.demo
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: train
+	$(BIN)/python -m benchmarks.throughput
+
+build: train
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .bentoml artifacts .pytest_cache

@@ -1,0 +1,70 @@
+"""Real test-split images as PNG uploads, and an HTTP client that sends them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    png: bytes
+    label: int
+    capture: str
+
+
+def holdout_samples() -> list[Sample]:
+    """Every test-split digit in both captures, as the PNG bytes a client would upload."""
+    from service.preprocess import encode_png
+    from training.digits import build_incident
+
+    test = build_incident().test
+    return [Sample(encode_png(img), int(y), str(c)) for img, y, c in zip(test.images, test.labels, test.captures)]
+
+
+def stream(samples: list[Sample], n: int, phone_share: float, seed: int = 0) -> list[Sample]:
+    """`n` samples drawn with the given share of `phone` captures, seeded."""
+    rng = np.random.default_rng(seed)
+    by_capture = {c: [s for s in samples if s.capture == c] for c in ("scanner", "phone")}
+    picks = []
+    for is_phone in rng.random(n) < phone_share:
+        pool = by_capture["phone" if is_phone else "scanner"]
+        picks.append(pool[int(rng.integers(len(pool)))])
+    return picks
+
+
+async def send_all(url: str, samples: list[Sample], *, concurrency: int = 8, send_context: bool = True,
+                   timeout: float = 30.0) -> list[tuple[Sample, int, dict]]:
+    """POST each sample to /classify with `concurrency` in flight; (sample, status, body)."""
+    import aiohttp
+
+    results: list[tuple[Sample, int, dict]] = [None] * len(samples)  # type: ignore[list-item]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(samples)):
+        queue.put_nowait(i)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            s = samples[i]
+            form = aiohttp.FormData()
+            form.add_field("image", s.png, filename="digit.png", content_type="image/png")
+            if send_context:
+                form.add_field("context", json.dumps({"capture": s.capture}))
+            async with session.post(f"{url}/classify", data=form) as r:
+                results[i] = (s, r.status, await r.json(content_type=None))
+
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return results
+
+
+def run(url: str, samples: list[Sample], **kwargs) -> tuple[list[tuple[Sample, int, dict]], float]:
+    started = time.perf_counter()
+    results = asyncio.run(send_all(url, samples, **kwargs))
+    return results, time.perf_counter() - started

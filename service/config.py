@@ -1,0 +1,110 @@
+"""The service's one configuration, validated once at start-up.
+
+Sources, later ones winning: defaults below, the YAML file (`CLASSGUARD_CONFIG`, default
+`config/classguard.yaml`), then environment variables `CLASSGUARD_<FIELD>`, nested with
+`__`, e.g. `CLASSGUARD_LIMITS__MAX_UPLOAD_BYTES=1000000` or `CLASSGUARD_DEVICE=cpu`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+DEFAULT_CONFIG = Path("config/classguard.yaml")
+MAX_SUBGROUPS = 64  # metric label values for `subgroup`: a hard budget, checked at start-up
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_VALUE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelsConfig(Strict):
+    primary: str = Field("classguard-baseline:latest", description="model that answers by default")
+    others: list[str] = Field(default_factory=lambda: ["classguard-retrained:latest"],
+                              description="models loaded beside it, for routing and shadowing")
+
+    def tags(self) -> list[str]:
+        return [self.primary, *[t for t in self.others if t != self.primary]]
+
+
+class AttributeConfig(Strict):
+    values: list[str] = Field(min_length=1, description="allowed values; anything else becomes `other`")
+    derive: str | None = Field(None, description="`module:function` inferring the value from the image")
+    prefer: Literal["client", "derived"] = Field("client", description="which wins when both exist")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: list[str]) -> list[str]:
+        bad = [v for v in values if not _VALUE.match(v) or v == "other"]
+        if bad:
+            raise ValueError(f"values must match {_VALUE.pattern} and not be 'other': {bad}")
+        return values
+
+
+class SubgroupsConfig(Strict):
+    attributes: dict[str, AttributeConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _budget(self) -> "SubgroupsConfig":
+        bad = [n for n in self.attributes if not _NAME.match(n)]
+        if bad:
+            raise ValueError(f"attribute names must match {_NAME.pattern}: {bad}")
+        combos = math.prod(len(a.values) + 1 for a in self.attributes.values())
+        if combos > MAX_SUBGROUPS:
+            raise ValueError(f"{combos} subgroup combinations exceed the label budget of {MAX_SUBGROUPS}")
+        return self
+
+
+class LimitsConfig(Strict):
+    max_upload_bytes: int = Field(10_000_000, ge=1_000, description="whole request body")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of one image")
+    max_image_side: int = Field(10_000, ge=1)
+    max_batch_images: int = Field(256, ge=1)
+    max_context_bytes: int = Field(4_096, ge=2)
+
+
+class BatchingConfig(Strict):
+    max_batch_size: int = Field(64, ge=1, description="images per forward pass")
+    max_wait_ms: float = Field(0.0, ge=0.0, le=100.0,
+                            description="how long the first queued image waits for company")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLASSGUARD_", env_nested_delimiter="__", extra="forbid",
+                                      frozen=True)
+
+    models: ModelsConfig = ModelsConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    half_precision: bool = Field(False, description="float16 weights on CUDA")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
+    workers: int = Field(1, ge=1, le=64)
+    top_k: int = Field(3, ge=1, le=20)
+    access_log: bool = Field(False, description="BentoML's per-request INFO log (costs throughput)")
+    limits: LimitsConfig = LimitsConfig()
+    batching: BatchingConfig = BatchingConfig()
+    subgroups: SubgroupsConfig = SubgroupsConfig()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("CLASSGUARD_CONFIG", DEFAULT_CONFIG))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.exists() or "CLASSGUARD_CONFIG" in os.environ:
+            if not path.exists():
+                raise FileNotFoundError(f"CLASSGUARD_CONFIG names {path}, which does not exist")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,173 @@
+"""What happens to a classify request, independent of the BentoML shell around it.
+
+decode -> preprocess -> resolve subgroup -> micro-batched forward pass -> response + metrics.
+Every client mistake becomes an InputError (a counted 4xx with a JSON reason); the model
+answers everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service import metrics
+from service.batching import MicroBatcher
+from service.config import Settings
+from service.errors import InputError
+from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
+from service.models import ServedModel, find_stored, resolve_device
+from service.preprocess import decode_image, normalise, to_unit_array
+from service.subgroups import SubgroupResolver, subgroup_key
+
+log = logging.getLogger("classguard")
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads decode off the event loop
+
+
+@dataclass
+class Prepared:
+    """One image ready for the model."""
+
+    pixels: np.ndarray
+    subgroup: dict[str, str]
+
+
+def request_id_for(request: Request) -> str:
+    sent = request.headers.get(REQUEST_ID_HEADER, "")
+    return sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        import torch
+
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        if self.device == "cpu":
+            torch.set_num_threads(settings.torch_threads)
+        self.models: dict[str, ServedModel] = {}
+        for i, tag in enumerate(settings.models.tags()):
+            model = ServedModel.load(find_stored(tag), "primary" if i == 0 else "secondary", self.device,
+                                     settings.half_precision)
+            self.models[model.name] = model
+            metrics.MODEL_INFO.labels(model.name, model.version, model.role, model.device, model.precision).set(1)
+        self.primary = next(iter(self.models.values()))
+        self.spec = self.primary.profile.input_spec
+        self.resolver = SubgroupResolver(settings.subgroups.attributes)
+        self.batchers = {
+            name: MicroBatcher(model.predict, max_batch_size=settings.batching.max_batch_size,
+                               max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
+                               on_batch=self._batch_observer(name))
+            for name, model in self.models.items()
+        }
+        for model in self.models.values():  # first forward pass pays lazy init, not a client
+            model.predict(np.zeros((1, self.spec.channels, self.spec.height, self.spec.width), np.float32))
+
+    @staticmethod
+    def _batch_observer(name: str):
+        size, duration = metrics.BATCH_SIZE.labels(name), metrics.INFERENCE_DURATION.labels(name)
+
+        def observe(n: int, seconds: float) -> None:
+            size.observe(n)
+            duration.observe(seconds)
+
+        return observe
+
+    # -- per image -------------------------------------------------------------------------
+    def prepare(self, upload: Upload, raw_context: Any) -> Prepared:
+        limits = self.settings.limits
+        context = parse_context(raw_context, limits.max_context_bytes)
+        image = decode_image(upload.data, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
+        unit = to_unit_array(image, self.spec)
+        return Prepared(normalise(unit, self.spec), self.resolver.resolve(context, unit))
+
+    async def prepare_async(self, upload: Upload, raw_context: Any) -> Prepared:
+        if len(upload.data) > _DECODE_IN_THREAD_BYTES:
+            return await asyncio.to_thread(self.prepare, upload, raw_context)
+        return self.prepare(upload, raw_context)
+
+    def answer(self, model: ServedModel, probs: np.ndarray, item: Prepared, request_id: str) -> dict[str, Any]:
+        labels = model.profile.labels
+        k = min(self.settings.top_k, len(labels))
+        top = np.argsort(probs)[::-1][:k]
+        best = int(top[0])
+        confidence = float(probs[best])
+        key = subgroup_key(item.subgroup)
+        metrics.PREDICTIONS.labels(model.name, key, metrics.class_label(labels, best)).inc()
+        metrics.CONFIDENCE.labels(model.name, key).observe(confidence)
+        return {
+            "request_id": request_id,
+            "label": labels[best],
+            "confidence": round(confidence, 6),
+            "top_k": [{"label": labels[int(i)], "probability": round(float(probs[i]), 6)} for i in top],
+            "abstained": False,
+            "model": model.tag,
+            "subgroup": item.subgroup,
+            "guardrails": [],
+            "flags": [],
+        }
+
+    # -- endpoints -------------------------------------------------------------------------
+    async def classify(self, request: Request) -> JSONResponse:
+        return await self._handle("classify", request, self._classify)
+
+    async def classify_batch(self, request: Request) -> JSONResponse:
+        return await self._handle("classify_batch", request, self._classify_batch)
+
+    async def _handle(self, endpoint: str, request: Request, work) -> JSONResponse:
+        started = time.perf_counter()
+        request_id = request_id_for(request)
+        try:
+            status, body = 200, await work(request, request_id)
+        except InputError as exc:
+            metrics.REJECTED.labels(endpoint, exc.reason).inc()
+            status, body = exc.status, exc.body(request_id)
+        except Exception:
+            log.exception("classify failed", extra={"request_id": request_id, "endpoint": endpoint})
+            metrics.INTERNAL_ERRORS.labels(endpoint).inc()
+            status = 500
+            body = {"error": "internal_error", "detail": "the service failed on this request; it is logged",
+                    "status": 500, "request_id": request_id}
+        metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+        return JSONResponse(body, status_code=status, headers={REQUEST_ID_HEADER: request_id})
+
+    async def _classify(self, request: Request, request_id: str) -> dict[str, Any]:
+        fields = await read_form(request, self.settings.limits, max_files=1)
+        uploads = image_uploads(fields, "image")
+        if len(uploads) > 1:
+            raise InputError("too_many_images", "send one `image`; use /classify_batch for several")
+        contexts = fields.get("context", [None])
+        if len(contexts) > 1:
+            raise InputError("malformed_context", "send at most one `context` field")
+        item = await self.prepare_async(uploads[0], contexts[0])
+        probs = await self.batchers[self.primary.name](item.pixels[None])
+        return self.answer(self.primary, probs[0], item, request_id)
+
+    async def _classify_batch(self, request: Request, request_id: str) -> dict[str, Any]:
+        limit = self.settings.limits.max_batch_images
+        fields = await read_form(request, self.settings.limits, max_files=limit)
+        uploads = image_uploads(fields, "images")
+        raw_contexts = batch_contexts(fields, len(uploads))
+        results: list[dict[str, Any] | None] = [None] * len(uploads)
+        ready: list[tuple[int, Prepared]] = []
+        for i, (upload, raw) in enumerate(zip(uploads, raw_contexts)):
+            try:
+                ready.append((i, await self.prepare_async(upload, raw)))
+            except InputError as exc:  # one bad image fails only its own slot
+                metrics.REJECTED.labels("classify_batch", exc.reason).inc()
+                results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
+        if ready:
+            probs = await self.batchers[self.primary.name](np.stack([p.pixels for _, p in ready]))
+            for row, (i, item) in enumerate(ready):
+                results[i] = {"index": i, **self.answer(self.primary, probs[row], item, f"{request_id}.{i}")}
+        return {"request_id": request_id, "model": self.primary.tag, "results": results}

@@ -1,0 +1,114 @@
+"""Read a classify request's multipart form with hard limits and clear errors.
+
+BentoML's own multipart handling answers 500 to a non-image and fetches URLs sent in place
+of files; parsing here keeps every bad input a counted 4xx and never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.config import LimitsConfig
+from service.errors import InputError
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    filename: str | None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError("upload_too_large", f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError("upload_too_large", f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limits: LimitsConfig, *, max_files: int) -> dict[str, list[Any]]:
+    """Field name -> values in order (UploadFile contents as Upload, text fields as str)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+        raise InputError("not_multipart", "send multipart/form-data with the image in the `image` field")
+    body = await read_body(request, limits.max_upload_bytes)
+
+    async def replay():
+        yield body
+
+    parser = MultiPartParser(request.headers, replay(), max_files=max_files, max_fields=max_files + 8,
+                             max_part_size=limits.max_upload_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        reason = "too_many_images" if "files" in str(exc) or "fields" in str(exc) else "malformed_multipart"
+        raise InputError(reason, f"could not parse the multipart body: {exc}") from None
+    fields: dict[str, list[Any]] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                value = Upload(await value.read(), value.filename)
+            fields.setdefault(name, []).append(value)
+    finally:
+        await form.close()
+    return fields
+
+
+def parse_context(raw: Any, limit: int) -> dict[str, Any] | None:
+    """A JSON object of subgroup attributes, or None when absent/empty/null."""
+    if raw is None:
+        return None
+    if isinstance(raw, Upload):
+        raw = raw.data.decode("utf-8", errors="replace")
+    if len(raw.encode()) > limit:
+        raise InputError("malformed_context", f"context is larger than {limit} bytes")
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InputError("malformed_context", f"context is not valid JSON: {exc}") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InputError("malformed_context", f"context must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def image_uploads(fields: dict[str, list[Any]], name: str) -> list[Upload]:
+    values = fields.get(name, [])
+    if not values:
+        raise InputError("missing_image", f"no `{name}` field in the form")
+    text = [v for v in values if not isinstance(v, Upload)]
+    if text:
+        raise InputError("missing_image", f"`{name}` must be a file upload, not a text field")
+    return values
+
+
+def batch_contexts(fields: dict[str, list[Any]], n_images: int) -> list[Any]:
+    """Raw context per image: one `contexts` field per image, or one field holding a JSON
+    array of them. Each item is parsed later, so one bad context fails only its image."""
+    raw = fields.get("contexts", [])
+    if not raw:
+        return [None] * n_images
+    if len(raw) == 1:
+        text = raw[0].data.decode("utf-8", "replace") if isinstance(raw[0], Upload) else raw[0]
+        if text.lstrip().startswith("["):
+            try:
+                items = json.loads(text)
+            except ValueError as exc:
+                raise InputError("malformed_context", f"contexts is not a valid JSON array: {exc}") from None
+            raw = [None if item is None else json.dumps(item) for item in items]
+    if len(raw) != n_images:
+        raise InputError("context_count_mismatch", f"{len(raw)} contexts for {n_images} images")
+    return raw

@@ -1,0 +1,49 @@
+"""Every metric the service exports, in one place, under the `classguard_` prefix.
+
+Label values come only from configured or model-declared sets (model names, subgroup keys
+the resolver can produce, the model's class names, the closed set of rejection reasons),
+so no client can grow the number of series. BentoML runs prometheus_client in
+multiprocess mode: counters and histograms sum across workers, gauges say how to combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MAX_CLASS_LABELS = 50  # classes beyond this share the `predicted_class="other"` series
+
+PREDICTIONS = Counter(
+    "classguard_predictions", "Predictions answered, by serving model, subgroup and predicted class.",
+    ["model", "subgroup", "predicted_class"],
+)
+CONFIDENCE = Histogram(
+    "classguard_prediction_confidence", "Top-class probability of each prediction.",
+    ["model", "subgroup"], buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+REJECTED = Counter(
+    "classguard_rejected_requests", "Requests or batch items refused as bad input, by reason.",
+    ["endpoint", "reason"],
+)
+INTERNAL_ERRORS = Counter(
+    "classguard_internal_errors", "Requests that failed inside the service (5xx).", ["endpoint"],
+)
+REQUEST_DURATION = Histogram(
+    "classguard_request_duration_seconds", "Time from request received to response ready.",
+    ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "classguard_inference_batch_size", "Images per forward pass of the in-process micro-batcher.",
+    ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+INFERENCE_DURATION = Histogram(
+    "classguard_inference_duration_seconds", "Forward pass time per micro-batch.",
+    ["model"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+MODEL_INFO = Gauge(
+    "classguard_model_info", "Loaded models (value 1): version, role and where they run.",
+    ["model", "version", "role", "device", "precision"], multiprocess_mode="livemax",
+)
+
+
+def class_label(labels: tuple[str, ...], index: int) -> str:
+    return labels[index] if index < MAX_CLASS_LABELS else "other"

@@ -1,0 +1,62 @@
+"""Request and response shapes, as the OpenAPI document (/docs.json) describes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import BaseModel, Field
+
+
+class _DeferredForm(bentoml.IODescriptor):
+    """Documents a multipart form but leaves parsing to the endpoint (service.http_input),
+    which enforces size limits and answers bad input with clear 4xx errors."""
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> "_DeferredForm":
+        return cls.model_construct(**{name: None for name in cls.model_fields})
+
+
+class ClassifyForm(_DeferredForm):
+    image: Annotated[Path, ContentType("image/*")] = Field(description="any PIL-readable image, any size")
+    context: Optional[str] = Field(None, description='JSON object of subgroup attributes, e.g. {"capture": "phone"}')
+
+
+class ClassifyBatchForm(_DeferredForm):
+    images: list[Annotated[Path, ContentType("image/*")]] = Field(description="repeat the field once per image")
+    contexts: Optional[list[str]] = Field(None, description="one JSON object per image, or one JSON array")
+
+
+class TopK(BaseModel):
+    label: str
+    probability: float
+
+
+class Decision(BaseModel):
+    guardrail: str
+    action: str
+    reason: str
+
+
+class Prediction(BaseModel):
+    request_id: str
+    label: Optional[str] = Field(description="null when the service abstains")
+    confidence: float
+    top_k: list[TopK]
+    abstained: bool
+    model: str = Field(description="name:version of the model that produced the answer")
+    subgroup: dict[str, str]
+    guardrails: list[Decision]
+    flags: list[str]
+
+
+class BatchItem(Prediction):
+    index: int
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    model: str
+    results: list[dict[str, Any]] = Field(description="in upload order: a prediction, or an error for that image")

@@ -1,0 +1,52 @@
+"""The BentoML service: a thin shell around service.engine.Engine.
+
+    bentoml serve            # from the repository root (bentofile.yaml names this service)
+"""
+
+from __future__ import annotations
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from service.config import load_settings
+from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, Prediction
+
+settings = load_settings()
+
+
+class Classguard:
+    """Image classification, watched: every prediction carries its subgroup, model and flags."""
+
+    def __init__(self) -> None:
+        from service.engine import Engine  # torch loads in the worker, not at import
+
+        self.engine = Engine(settings)
+
+    @bentoml.api(route="/classify", input_spec=ClassifyForm, output_spec=Prediction)
+    async def classify(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
+        """Classify one image (multipart field `image`, optional `context` JSON)."""
+        return _passthrough(ctx, await self.engine.classify(ctx.request))
+
+    @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchForm, output_spec=BatchResponse)
+    async def classify_batch(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
+        """Classify many images in one request (repeated `images`, optional `contexts`), in order."""
+        return _passthrough(ctx, await self.engine.classify_batch(ctx.request))
+
+
+def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
+    # BentoML copies ctx.response's status onto a returned Response; keep ours.
+    ctx.response.status_code = response.status_code
+    return response
+
+
+# Every configured model becomes a class attribute before decoration, so BentoML sees it
+# and `bentoml build` packs it into the Bento.
+for _i, _tag in enumerate(settings.models.tags()):
+    setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
+
+Classguard = bentoml.service(
+    name="classguard",
+    workers=settings.workers,
+    logging={"access": {"enabled": settings.access_log}},
+    traffic={"timeout": 60},
+)(Classguard)

@@ -1,0 +1,44 @@
+"""Configuration is validated once, with clear errors, and environment variables override YAML."""
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def test_shipped_yaml_loads(monkeypatch):
+    """config/classguard.yaml is valid and declares the demo's capture attribute."""
+    monkeypatch.delenv("CLASSGUARD_CONFIG", raising=False)
+    settings = Settings()
+    assert settings.subgroups.attributes["capture"].values == ["scanner", "phone"]
+    assert settings.models.tags() == ["classguard-baseline:latest", "classguard-retrained:latest"]
+
+
+def test_environment_overrides_yaml(monkeypatch):
+    """CLASSGUARD_<SECTION>__<KEY> wins over the YAML file."""
+    monkeypatch.setenv("CLASSGUARD_LIMITS__MAX_UPLOAD_BYTES", "5000")
+    monkeypatch.setenv("CLASSGUARD_MODELS__OTHERS", "[]")
+    settings = Settings()
+    assert settings.limits.max_upload_bytes == 5000
+    assert settings.models.tags() == ["classguard-baseline:latest"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"limits": {"max_upload_bytes": 10}}, "greater than or equal"),
+    ({"device": "tpu"}, "auto"),
+    ({"subgroups": {"attributes": {"capture": {"values": ["other"]}}}}, "not be 'other'"),
+    ({"subgroups": {"attributes": {"Bad-Name": {"values": ["a"]}}}}, "attribute names"),
+    ({"subgroups": {"attributes": {f"a{i}": {"values": ["x", "y", "z"]} for i in range(4)}}}, "label budget"),
+    ({"unknown_key": 1}, "Extra inputs"),
+])
+def test_invalid_settings_are_refused(bad, message):
+    """Each invalid setting fails at start-up with a message that names the problem."""
+    with pytest.raises(ValidationError, match=message):
+        Settings(**bad)
+
+
+def test_missing_config_file_is_an_error(monkeypatch, tmp_path):
+    """Pointing CLASSGUARD_CONFIG at a missing file fails instead of silently using defaults."""
+    monkeypatch.setenv("CLASSGUARD_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        Settings()

@@ -1,0 +1,1 @@
+"""Training and packaging of the incident's two models (baseline and retrained)."""

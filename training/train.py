@@ -1,0 +1,115 @@
+"""Train the incident's two models, profile them, and store them.
+
+    python -m training.train [--force] [--epochs N]
+
+baseline:  trained where `phone` is ~3% of the data (the under-represented subgroup);
+retrained: same architecture, trained on every training digit in both captures.
+Both are profiled on the validation split and evaluated on the test split, which is never
+used for training or calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {"baseline": ("classguard-baseline", 1), "retrained": ("classguard-retrained", 2)}
+CLASS_NAMES = tuple(str(d) for d in range(10))
+REPORT_PATH = Path("artifacts/training_report.json")
+
+
+def log(event: str, **fields: object) -> None:
+    """One structured line on stderr: the progress a long step shows."""
+    print(" ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())]), file=sys.stderr, flush=True)
+
+
+def evaluate(logits: np.ndarray, data) -> dict[str, object]:
+    from training.digits import CAPTURES
+
+    report: dict[str, object] = {}
+    predicted = logits.argmax(axis=1)
+    for capture in CAPTURES:
+        rows = data.captures == capture
+        truth, pred = data.labels[rows], predicted[rows]
+        wrong = truth != pred
+        pairs, counts = np.unique(np.stack([truth[wrong], pred[wrong]], axis=1), axis=0, return_counts=True) if wrong.any() else (np.empty((0, 2)), np.empty(0))
+        top = sorted(zip(counts.tolist(), [f"{a}->{b}" for a, b in pairs.tolist()]), reverse=True)[:5]
+        report[capture] = {
+            "n": int(rows.sum()),
+            "accuracy": round(float(np.mean(truth == pred)), 4),
+            "top_confusions": {pair: n for n, pair in top},
+        }
+    return report
+
+
+def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
+    import torch
+
+    from monitors.reference import InputSpec, build_profile, subgroup_shares
+    from service.subgroups import subgroup_key
+    from training.digits import build_incident
+    from training.fit import predict_logits, train_classifier
+    from training.net import DigitCNN
+    from training.package import model_exists, save_to_store
+
+    torch.set_num_threads(2)
+    incident = build_incident()
+    datasets = {"baseline": incident.baseline_train, "retrained": incident.retrained_train}
+    keys = lambda split: [subgroup_key({"capture": c}) for c in split.captures]  # noqa: E731
+    report: dict[str, object] = {"epochs": epochs, "models": {}}
+    for role, (name, seed) in MODELS.items():
+        if not force and model_exists(f"{name}:latest"):
+            log("train.skip", model=name, reason="already in the model store (use --force to retrain)")
+            continue
+        data = datasets[role]
+        started = time.perf_counter()
+        progress = lambda e, n, loss, role=role: log("train.epoch", model=role, epoch=f"{e}/{n}", loss=f"{loss:.4f}") if e % 10 == 0 or e == n else None  # noqa: E731
+        model = train_classifier(lambda: DigitCNN(len(CLASS_NAMES)), data, epochs=epochs, seed=seed, progress=progress)
+        seconds = time.perf_counter() - started
+        profile = build_profile(
+            logits=predict_logits(model, incident.validation.images),
+            labels=incident.validation.labels,
+            subgroups=keys(incident.validation),
+            class_names=CLASS_NAMES,
+            input_spec=InputSpec(height=8, width=8, channels=1),
+            training_subgroup_shares=subgroup_shares(keys(data)),
+            notes={"training_set_size": len(data), "seed": seed, "epochs": epochs},
+        )
+        tag = save_to_store(name, torch.jit.script(model), profile, labels={"role": role, "owner": "classguard"})
+        test = evaluate(predict_logits(model, incident.test.images), incident.test)
+        report["models"][role] = {"tag": tag, "train_seconds": round(seconds, 2), "test": test,
+                                  "training_subgroup_shares": profile.training_subgroup_shares}
+        log("train.done", model=tag, seconds=f"{seconds:.1f}",
+            **{f"test_{c}": v["accuracy"] for c, v in test.items()})
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--force", action="store_true", help="retrain even if the models exist")
+    parser.add_argument("--report", type=Path, default=REPORT_PATH, help="where to write the JSON report")
+    args = parser.parse_args(argv)
+    report = train_all(epochs=args.epochs, force=args.force)
+    if report["models"]:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        print_table(report)
+    return 0
+
+
+def print_table(report: dict) -> None:
+    print(f"{'model':<10} {'train s':>8} {'scanner acc':>12} {'phone acc':>10}  top phone confusions")
+    for role, r in report["models"].items():
+        t = r["test"]
+        confusions = ", ".join(f"{p} x{n}" for p, n in t["phone"]["top_confusions"].items())
+        print(f"{role:<10} {r['train_seconds']:>8.1f} {t['scanner']['accuracy']:>12.3f} {t['phone']['accuracy']:>10.3f}  {confusions}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
