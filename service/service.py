@@ -9,6 +9,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from service.config import load_settings
+from service.models import find_stored
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, Prediction
 
 settings = load_settings()
@@ -42,6 +43,7 @@ def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
 # Every configured model becomes a class attribute before decoration, so BentoML sees it
 # and `bentoml build` packs it into the Bento.
 for _i, _tag in enumerate(settings.models.tags()):
+    find_stored(_tag)  # a missing model is a clear error now, not a failed cloud pull later
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
 
 Classguard = bentoml.service(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
-
 from monitors.reference import ReferenceProfile
 
 WEIGHTS_FILE = "model.ts"
@@ -14,14 +12,15 @@ PROFILE_KEY = "classguard_profile"
 
 def save_to_store(
     name: str,
-    scripted: torch.jit.ScriptModule,
+    scripted: Any,
     profile: ReferenceProfile,
     *,
     labels: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """Create `name:<new version>` holding model.ts, with the profile in its metadata."""
+    """Create `name:<new version>` holding model.ts (TorchScript), with the profile in its metadata."""
     import bentoml
+    import torch
 
     metadata = {PROFILE_KEY: profile.to_dict(), "format": "torchscript", "torch_version": str(torch.__version__)}
     metadata.update(extra or {})

@@ -165,3 +165,17 @@ def test_metric_label_values_stay_bounded(client, server, samples):
     assert info == {"classguard-baseline", "classguard-retrained"}
     series = lambda s: {k for k in s if k[0].startswith("classguard_")}  # noqa: E731
     assert len(series(after)) - len(series(before)) <= 2 * 12  # a few new histogram series at most
+
+
+def test_missing_model_is_a_clear_startup_error(model_home, tmp_path):
+    """Naming a model that is not in the store stops `bentoml serve` with a message saying what
+    to run, instead of a failed cloud pull or a 500 later."""
+    from harness.server import Server
+
+    log = tmp_path / "serve.log"
+    with pytest.raises(RuntimeError, match="exited"):
+        with Server(env={"BENTOML_HOME": str(model_home), "CLASSGUARD_MODELS__OTHERS": '["missing-model:latest"]'},
+                    log_path=log, startup_timeout=60):
+            pass
+    assert "'missing-model:latest' is not in the model store" in log.read_text()
+    assert "make train" in log.read_text()
