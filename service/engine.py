@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from service import metrics
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import InputError
+from service.errors import REASONS, InputError
 from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
 from service.models import ServedModel, find_stored, resolve_device
 from service.preprocess import decode_image, normalise, to_unit_array
@@ -62,6 +62,9 @@ class Engine:
             self.models[model.name] = model
             metrics.MODEL_INFO.labels(model.name, model.version, model.role, model.device, model.precision).set(1)
         self.primary = next(iter(self.models.values()))
+        for endpoint in ("classify", "classify_batch"):  # zero series exist before the first error,
+            for reason in REASONS:                       # so rate() alerts see them from the start
+                metrics.REJECTED.labels(endpoint, reason)
         self.spec = self.primary.profile.input_spec
         self.resolver = SubgroupResolver(settings.subgroups.attributes)
         self.batchers = {
@@ -143,9 +146,7 @@ class Engine:
 
     async def _classify(self, request: Request, request_id: str) -> dict[str, Any]:
         fields = await read_form(request, self.settings.limits, max_files=1)
-        uploads = image_uploads(fields, "image")
-        if len(uploads) > 1:
-            raise InputError("too_many_images", "send one `image`; use /classify_batch for several")
+        uploads = image_uploads(fields, "image")  # a second file part is refused by read_form
         contexts = fields.get("context", [None])
         if len(contexts) > 1:
             raise InputError("malformed_context", "send at most one `context` field")

@@ -52,10 +52,6 @@ class Prediction(BaseModel):
     flags: list[str]
 
 
-class BatchItem(Prediction):
-    index: int
-
-
 class BatchResponse(BaseModel):
     request_id: str
     model: str

@@ -29,6 +29,9 @@ def log(event: str, **fields: object) -> None:
 
 
 def evaluate(logits: np.ndarray, data) -> dict[str, object]:
+    """Accuracy and the five most frequent confusions (true->predicted) per capture."""
+    from collections import Counter
+
     from training.digits import CAPTURES
 
     report: dict[str, object] = {}
@@ -36,13 +39,11 @@ def evaluate(logits: np.ndarray, data) -> dict[str, object]:
     for capture in CAPTURES:
         rows = data.captures == capture
         truth, pred = data.labels[rows], predicted[rows]
-        wrong = truth != pred
-        pairs, counts = np.unique(np.stack([truth[wrong], pred[wrong]], axis=1), axis=0, return_counts=True) if wrong.any() else (np.empty((0, 2)), np.empty(0))
-        top = sorted(zip(counts.tolist(), [f"{a}->{b}" for a, b in pairs.tolist()]), reverse=True)[:5]
+        confusions = Counter(f"{t}->{p}" for t, p in zip(truth.tolist(), pred.tolist()) if t != p)
         report[capture] = {
             "n": int(rows.sum()),
             "accuracy": round(float(np.mean(truth == pred)), 4),
-            "top_confusions": {pair: n for n, pair in top},
+            "top_confusions": dict(confusions.most_common(5)),
         }
     return report
 
