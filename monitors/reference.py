@@ -183,3 +183,9 @@ def build_profile(
 def subgroup_shares(keys: Sequence[str]) -> dict[str, float]:
     values, counts = np.unique(np.asarray(keys), return_counts=True)
     return {str(v): float(c / counts.sum()) for v, c in zip(values, counts)}
+
+
+def reference_for(profile: ReferenceProfile, subgroup: str) -> SubgroupReference:
+    """The subgroup's own reference, or the whole validation set's when it has none
+    (e.g. `other`, or a model profiled without subgroups)."""
+    return profile.subgroups.get(subgroup) or profile.subgroups[ALL]

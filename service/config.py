@@ -78,6 +78,36 @@ class BatchingConfig(Strict):
                             description="how long the first queued image waits for company")
 
 
+class ConfusionPairConfig(Strict):
+    source: str = Field(description="the true class the model confuses")
+    target: str = Field(description="the class it answers instead")
+    margin: float = Field(0.3, gt=0.0, le=1.0, description="fires when target leads source by less than this")
+    subgroups: list[str] | None = Field(None, description="subgroup keys to watch (default: all)")
+
+
+class MonitorsConfig(Strict):
+    enabled: bool = True
+    bucket_seconds: float = Field(1.0, gt=0.0, le=60.0, description="granularity of windows and sequential tests")
+    window_seconds: float = Field(300.0, gt=0.0, le=86_400.0)
+    min_samples: int = Field(100, ge=1, description="no alarm on fewer events in the window")
+    cusum_threshold: float = Field(12.0, gt=0.0, description="CUSUM log-likelihood level that raises an alarm")
+    rate_ratio: float = Field(3.0, gt=1.0, description="the rise (odds ratio) sequential tests look for")
+    rate_floor: float = Field(0.005, gt=0.0, lt=0.5, description="smallest reference rate a test assumes")
+    js_threshold: float = Field(0.2, gt=0.0, le=1.0, description="Jensen-Shannon distance that raises an alarm")
+    recompute_seconds: float = Field(5.0, gt=0.0, le=300.0, description="how often scores are published")
+    queue_size: int = Field(20_000, ge=1, description="events waiting for the monitors; more are dropped, counted")
+    state_dir: Path | None = Field(None, description="where workers share window state (default: per start)")
+    known_confusions: list[ConfusionPairConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _window(self) -> "MonitorsConfig":
+        if self.window_seconds < self.bucket_seconds:
+            raise ValueError("window_seconds must be at least bucket_seconds")
+        if len(self.known_confusions) > 62:
+            raise ValueError("at most 62 known-confusion pairs")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSGUARD_", env_nested_delimiter="__", extra="forbid",
                                       frozen=True)
@@ -92,6 +122,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     subgroups: SubgroupsConfig = SubgroupsConfig()
+    monitors: MonitorsConfig = MonitorsConfig()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -25,6 +25,7 @@ from service.config import Settings
 from service.errors import REASONS, InputError
 from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
 from service.models import ServedModel, find_stored, resolve_device
+from service.monitoring import MonitorPipeline, NoMonitors
 from service.preprocess import decode_image, normalise, to_unit_array
 from service.subgroups import SubgroupResolver, subgroup_key
 
@@ -67,6 +68,11 @@ class Engine:
                 metrics.REJECTED.labels(endpoint, reason)
         self.spec = self.primary.profile.input_spec
         self.resolver = SubgroupResolver(settings.subgroups.attributes)
+        self.monitors = (
+            MonitorPipeline(settings.monitors, list(self.models), [m.profile for m in self.models.values()],
+                            self.resolver.keys())
+            if settings.monitors.enabled else NoMonitors()
+        )
         self.batchers = {
             name: MicroBatcher(model.predict, max_batch_size=settings.batching.max_batch_size,
                                max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
@@ -108,6 +114,7 @@ class Engine:
         key = subgroup_key(item.subgroup)
         metrics.PREDICTIONS.labels(model.name, key, metrics.class_label(labels, best)).inc()
         metrics.CONFIDENCE.labels(model.name, key).observe(confidence)
+        flags = self.monitors.observe(model.name, key, probs, best)
         return {
             "request_id": request_id,
             "label": labels[best],
@@ -117,7 +124,7 @@ class Engine:
             "model": model.tag,
             "subgroup": item.subgroup,
             "guardrails": [],
-            "flags": [],
+            "flags": flags,
         }
 
     # -- endpoints -------------------------------------------------------------------------

@@ -47,3 +47,44 @@ MODEL_INFO = Gauge(
 
 def class_label(labels: tuple[str, ...], index: int) -> str:
     return labels[index] if index < MAX_CLASS_LABELS else "other"
+
+# -- monitors ---------------------------------------------------------------------------------
+# Every worker publishes the same merged scores, so gauges keep the most recent value written.
+MONITOR_SCORE = Gauge(
+    "classguard_monitor_score", "A monitor's windowed statistic (see README, Monitors).",
+    ["monitor", "statistic", "model", "subgroup", "pair"], multiprocess_mode="mostrecent",
+)
+MONITOR_REFERENCE = Gauge(
+    "classguard_monitor_reference", "The reference value a statistic is compared with.",
+    ["monitor", "statistic", "model", "subgroup", "pair"], multiprocess_mode="mostrecent",
+)
+MONITOR_ALARM = Gauge(
+    "classguard_monitor_alarm", "1 while a monitor's decision rule fires (never below min_samples).",
+    ["monitor", "statistic", "model", "subgroup", "pair"], multiprocess_mode="mostrecent",
+)
+MONITOR_SAMPLES = Gauge(
+    "classguard_monitor_window_samples", "Events in the monitor's window.",
+    ["monitor", "model", "subgroup"], multiprocess_mode="mostrecent",
+)
+ANOMALIES = Counter(
+    "classguard_anomalies", "Per-prediction flags raised, by kind.", ["kind", "model", "subgroup"],
+)
+KNOWN_CONFUSIONS = Counter(
+    "classguard_known_confusion_detections", "Predictions on which a known-confusion detector fired.",
+    ["pair", "model", "subgroup"],
+)
+MONITOR_EVENTS = Counter("classguard_monitor_events", "Prediction events taken by the monitor pipeline.")
+MONITOR_DROPPED = Counter(
+    "classguard_monitor_events_dropped", "Prediction events the full monitor queue could not take.",
+)
+MONITOR_ERRORS = Counter(
+    "classguard_monitor_errors", "Failures inside the monitor pipeline, by monitor (or `state`).", ["monitor"],
+)
+MONITOR_LAST_RUN = Gauge(
+    "classguard_monitor_last_run_timestamp_seconds", "When scores were last published.",
+    multiprocess_mode="max",
+)
+MONITOR_RUN_DURATION = Histogram(
+    "classguard_monitor_run_duration_seconds", "Time to merge worker state and recompute every score.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)

@@ -22,6 +22,19 @@ class Classguard:
         from service.engine import Engine  # torch loads in the worker, not at import
 
         self.engine = Engine(settings)
+        self._monitor_task = None
+
+    @bentoml.on_startup
+    async def start_monitors(self) -> None:
+        import asyncio
+
+        # keep a reference: the event loop holds tasks only weakly
+        self._monitor_task = asyncio.get_running_loop().create_task(self.engine.monitors.run())
+
+    @bentoml.on_shutdown
+    def stop_monitors(self) -> None:
+        if self._monitor_task:
+            self._monitor_task.cancel()
 
     @bentoml.api(route="/classify", input_spec=ClassifyForm, output_spec=Prediction)
     async def classify(self, ctx: bentoml.Context, **_: object) -> JSONResponse:

@@ -1,0 +1,84 @@
+"""Per-subgroup confidence drift and anomalies, without labels.
+
+A prediction is `low confidence` when its top-class probability falls below the reference's
+5th percentile for that model and subgroup, so on reference-like traffic about 5% are. Over
+the window: the low-confidence rate and mean confidence against the reference, and a
+one-sided Bernoulli CUSUM that catches a sudden collapse within a few dozen events. Per
+prediction: `flag()` marks confidence below the reference's 1st percentile.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from monitors.events import EventBatch, Score, WindowConfig
+from monitors.reference import ReferenceProfile, reference_for
+from monitors.stats import bernoulli_cusum
+
+LOW_QUANTILE, FLAG_QUANTILE = "p05", "p01"
+
+
+class ConfidenceDrift:
+    name = "confidence"
+
+    def __init__(self, models: Sequence[str], profiles: Sequence[ReferenceProfile], subgroups: Sequence[str],
+                 window: WindowConfig) -> None:
+        self.models, self.subgroups, self.window = list(models), list(subgroups), window
+        refs = [[reference_for(p, key) for key in self.subgroups] for p in profiles]
+        self._low = np.array([[r.confidence_quantiles[LOW_QUANTILE] for r in row] for row in refs])
+        self._flag = np.array([[r.confidence_quantiles[FLAG_QUANTILE] for r in row] for row in refs])
+        self._ref_mean = np.array([[r.mean_confidence for r in row] for row in refs])
+        # the reference's own rate below its p05: 0.05 by construction, up to ties
+        self._ref_low_rate = np.full(self._low.shape, 0.05)
+        self._p0, self._p1 = window.sequential_rates(self._ref_low_rate)
+        self._reset()
+
+    def _reset(self) -> None:
+        # last axis: events, low-confidence events, sum of confidence
+        self._counts = self.window.counts((len(self.models), len(self.subgroups), 3))
+
+    reset = _reset
+
+    def flag(self, model: int, subgroup: int, confidence: float) -> bool:
+        return confidence < self._flag[model, subgroup]
+
+    def update_many(self, events: EventBatch) -> None:
+        low = events.confidence < self._low[events.model, events.subgroup]
+        for column, values in enumerate((1.0, low.astype(np.float64), events.confidence)):
+            self._counts.add(events.t, (events.model, events.subgroup, np.full(len(events), column)), values)
+
+    def merge(self, other: "ConfidenceDrift") -> "ConfidenceDrift":
+        self._counts.merge(other._counts)
+        return self
+
+    def results(self, now: float) -> list[Score]:
+        series = self._counts.window_series(now)
+        total = series.sum(axis=0) if len(series) else np.zeros((*self._low.shape, 3))
+        n, low, conf_sum = total[..., 0], total[..., 1], total[..., 2]
+        cusum = bernoulli_cusum(series[..., 1], series[..., 0], self._p0, self._p1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            low_rate, mean = low / n, conf_sum / n
+        scores = []
+        for m, model in enumerate(self.models):
+            for s, key in enumerate(self.subgroups):
+                k, enough = int(n[m, s]), n[m, s] >= self.window.min_samples
+                scores += [
+                    Score(self.name, "low_confidence_rate", float(low_rate[m, s]), k, model, key,
+                          reference=float(self._ref_low_rate[m, s])),
+                    Score(self.name, "mean_confidence", float(mean[m, s]), k, model, key,
+                          reference=float(self._ref_mean[m, s])),
+                    Score(self.name, "cusum", float(cusum[m, s]), k, model, key,
+                          alarm=bool(enough and cusum[m, s] > self.window.cusum_threshold)),
+                ]
+        return scores
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self._counts.state()
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self._counts.load_state(state)
+
+    def get_config(self) -> dict:
+        return {"models": self.models, "subgroups": self.subgroups}

@@ -1,0 +1,136 @@
+"""Known-confusion detectors: a model's documented failure, watched for in live traffic.
+
+A pair `source->target` (e.g. `6->0`: sixes answered as zeros) fires on a prediction when the
+model emits `target` and `source` is close behind (probability gap below `margin`): a
+label-free sign that this answer may be that confusion. Over the window, per subgroup: the
+firing rate against the pair's expected rate, which is the validation confusion rate
+(true source, emitted target) of each subgroup weighted by the model's training mix, i.e.
+what the model does on the traffic it was built for. A one-sided Bernoulli CUSUM flags a
+rise to `rate_ratio` x that rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from monitors.events import EventBatch, Score, WindowConfig
+from monitors.reference import ALL, ReferenceProfile
+from monitors.stats import bernoulli_cusum
+
+
+@dataclass(frozen=True)
+class ConfusionPair:
+    source: str
+    target: str
+    margin: float = 0.5
+    subgroups: tuple[str, ...] | None = None  # None: every subgroup
+
+    def __post_init__(self) -> None:
+        if self.source == self.target:
+            raise ValueError(f"a confusion pair needs two different classes, got {self.source}->{self.target}")
+        if not 0.0 < self.margin <= 1.0:
+            raise ValueError(f"margin must be in (0, 1], got {self.margin}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+def expected_rate(profile: ReferenceProfile, source: int, target: int) -> float:
+    """Validation rate of (true source, emitted target), subgroups weighted by training share."""
+    rates, weights = [], []
+    for key, ref in profile.subgroups.items():
+        if key != ALL and ref.count:
+            rates.append(ref.confusion_matrix[source][target] / ref.count)
+            weights.append(profile.training_subgroup_shares.get(key, 0.0))
+    if not rates or sum(weights) <= 0:
+        ref = profile.subgroups[ALL]
+        return ref.confusion_matrix[source][target] / max(ref.count, 1)
+    return float(np.average(rates, weights=weights))
+
+
+class KnownConfusions:
+    name = "known_confusion"
+
+    def __init__(self, pairs: Sequence[ConfusionPair], models: Sequence[str], profiles: Sequence[ReferenceProfile],
+                 subgroups: Sequence[str], window: WindowConfig) -> None:
+        if len(pairs) > 62:
+            raise ValueError("at most 62 known-confusion pairs (they travel as a bit mask)")
+        self.pairs, self.models, self.subgroups, self.window = list(pairs), list(models), list(subgroups), window
+        n_m, n_s, n_p = len(self.models), len(self.subgroups), len(self.pairs)
+        self._index = np.full((n_m, n_p, 2), -1, dtype=np.int64)  # (source, target) class index per model
+        self._applies = np.zeros((n_s, n_p), dtype=bool)
+        self._expected = np.zeros((n_m, n_p))
+        for p, pair in enumerate(self.pairs):
+            self._applies[:, p] = [pair.subgroups is None or key in pair.subgroups for key in self.subgroups]
+            for m, profile in enumerate(profiles):
+                if pair.source in profile.labels and pair.target in profile.labels:
+                    src, tgt = profile.labels.index(pair.source), profile.labels.index(pair.target)
+                    self._index[m, p] = (src, tgt)
+                    self._expected[m, p] = expected_rate(profile, src, tgt)
+        self._margins = np.array([pair.margin for pair in self.pairs])
+        self._p0, self._p1 = window.sequential_rates(self._expected)
+        self._reset()
+
+    def _reset(self) -> None:
+        # last axis: one column per pair, then the event count
+        self._counts = self.window.counts((len(self.models), len(self.subgroups), len(self.pairs) + 1))
+
+    reset = _reset
+
+    def fired(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> int:
+        """Bit mask of the pairs that fire on one prediction (O(pairs))."""
+        mask = 0
+        for p in range(len(self.pairs)):
+            src, tgt = self._index[model, p]
+            if tgt == predicted and src >= 0 and self._applies[subgroup, p] and probs[tgt] - probs[src] < self._margins[p]:
+                mask |= 1 << p
+        return mask
+
+    def update_many(self, events: EventBatch) -> None:
+        n_p = len(self.pairs)
+        self._counts.add(events.t, (events.model, events.subgroup, np.full(len(events), n_p)))
+        for p in range(n_p):
+            hit = (events.confusions >> p) & 1 == 1
+            if hit.any():
+                self._counts.add(events.t[hit], (events.model[hit], events.subgroup[hit], np.full(int(hit.sum()), p)))
+
+    def merge(self, other: "KnownConfusions") -> "KnownConfusions":
+        self._counts.merge(other._counts)
+        return self
+
+    def results(self, now: float) -> list[Score]:
+        series = self._counts.window_series(now)
+        if not len(series):
+            series = np.zeros((1, len(self.models), len(self.subgroups), len(self.pairs) + 1))
+        total = series.sum(axis=0)
+        n = total[..., -1]
+        cusum = bernoulli_cusum(series[..., :-1], np.repeat(series[..., -1:], len(self.pairs), axis=-1),
+                                self._p0[:, None, :], self._p1[:, None, :])
+        scores = []
+        for m, model in enumerate(self.models):
+            for s, key in enumerate(self.subgroups):
+                k = int(n[m, s])
+                for p, pair in enumerate(self.pairs):
+                    if not self._applies[s, p] or self._index[m, p, 0] < 0:
+                        continue
+                    rate = total[m, s, p] / k if k else float("nan")
+                    scores += [
+                        Score(self.name, "fire_rate", float(rate), k, model, key, pair.name,
+                              reference=float(self._expected[m, p])),
+                        Score(self.name, "cusum", float(cusum[m, s, p]), k, model, key, pair.name,
+                              alarm=bool(k >= self.window.min_samples and cusum[m, s, p] > self.window.cusum_threshold)),
+                    ]
+        return scores
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self._counts.state()
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self._counts.load_state(state)
+
+    def get_config(self) -> dict:
+        return {"pairs": [vars(p) for p in self.pairs], "models": self.models, "subgroups": self.subgroups}

@@ -1,0 +1,83 @@
+"""What monitors see: prediction events as columns of numbers, and what they say back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """N prediction events. Indices refer to the suite's model and subgroup lists and to the
+    model's class order; `confusions` is a bit mask of the known-confusion pairs that fired."""
+
+    t: np.ndarray
+    model: np.ndarray
+    subgroup: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    confusions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[float, int, int, int, float, int]]) -> "EventBatch":
+        """From (t, model, subgroup, predicted, confidence, confusion mask) tuples."""
+        if not rows:
+            return cls.empty()
+        t, model, subgroup, predicted, confidence, confusions = zip(*rows)
+        return cls(np.asarray(t, np.float64), np.asarray(model, np.int64), np.asarray(subgroup, np.int64),
+                   np.asarray(predicted, np.int64), np.asarray(confidence, np.float64),
+                   np.asarray(confusions, np.int64))
+
+    @classmethod
+    def empty(cls) -> "EventBatch":
+        z = np.zeros(0)
+        return cls(z, z.astype(np.int64), z.astype(np.int64), z.astype(np.int64), z, z.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Score:
+    """One published number: a monitor's statistic for a model and subgroup (or the whole mix),
+    its reference value where one exists, the window's sample size, and whether the monitor's
+    decision rule fires (only ever with at least `min_samples` events)."""
+
+    monitor: str
+    statistic: str
+    value: float
+    samples: int
+    model: str = ""
+    subgroup: str = ""
+    pair: str = ""
+    reference: float | None = None
+    alarm: bool = False
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Window and decision settings shared by the monitors."""
+
+    bucket_s: float = 1.0
+    n_buckets: int = 300
+    min_samples: int = 100
+    cusum_threshold: float = 12.0
+    rate_ratio: float = 3.0
+    rate_floor: float = 0.005
+    js_threshold: float = 0.2
+    extra: dict = field(default_factory=dict)
+
+    def counts(self, shape: tuple[int, ...]):
+        from monitors.buckets import BucketedCounts
+
+        return BucketedCounts(shape, bucket_s=self.bucket_s, n_buckets=self.n_buckets)
+
+    def sequential_rates(self, p0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """H0 and H1 rates of a rise test: the reference rate (kept within [rate_floor,
+        1 - rate_floor]) and the rate whose odds are `rate_ratio` times its odds (for small
+        rates, about `rate_ratio` x the rate)."""
+        base = np.clip(np.asarray(p0, np.float64), self.rate_floor, 1.0 - self.rate_floor)
+        odds = self.rate_ratio * base / (1.0 - base)
+        return base, odds / (1.0 + odds)

@@ -1,0 +1,70 @@
+"""Subgroup representation drift: who is in the traffic, against who was in the training data.
+
+"The dataset has this bias, so the model probably will as well": a subgroup that was 3% of
+the training set and is now 30% of the traffic is being served by a model that barely saw
+it. Per subgroup: live share, training share, and a one-sided Bernoulli CUSUM for a rise to
+`rate_ratio` x the training share. Over the whole mix: Jensen-Shannon distance and PSI.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from monitors.events import EventBatch, Score, WindowConfig
+from monitors.stats import bernoulli_cusum, js_distance, psi
+
+
+class SubgroupRepresentation:
+    name = "representation"
+
+    def __init__(self, subgroups: Sequence[str], training_shares: Mapping[str, float], window: WindowConfig) -> None:
+        self.subgroups = list(subgroups)
+        self.training_shares = dict(training_shares)
+        self.window = window
+        self._reference = np.array([self.training_shares.get(k, 0.0) for k in self.subgroups])
+        self._p0, self._p1 = window.sequential_rates(self._reference)
+        self._watched = self._reference < 0.5
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counts = self.window.counts((len(self.subgroups),))
+
+    reset = _reset
+
+    def update_many(self, events: EventBatch) -> None:
+        self._counts.add(events.t, (events.subgroup,))
+
+    def merge(self, other: "SubgroupRepresentation") -> "SubgroupRepresentation":
+        self._counts.merge(other._counts)
+        return self
+
+    def results(self, now: float) -> list[Score]:
+        series = self._counts.window_series(now)
+        live = series.sum(axis=0) if len(series) else np.zeros(len(self.subgroups))
+        n = int(live.sum())
+        enough = n >= self.window.min_samples
+        shares = live / n if n else np.zeros_like(live)
+        cusum = bernoulli_cusum(series, np.repeat(series.sum(axis=1, keepdims=True), len(self.subgroups), axis=1),
+                                self._p0, self._p1)
+        scores = [
+            Score(self.name, "js_distance", float(js_distance(live, self._reference)) if n else float("nan"), n,
+                  alarm=bool(enough and js_distance(live, self._reference) > self.window.js_threshold)),
+            Score(self.name, "psi", psi(live, self._reference) if n else float("nan"), n),
+        ]
+        for i, key in enumerate(self.subgroups):
+            scores.append(Score(self.name, "share", float(shares[i]), n, subgroup=key,
+                                reference=float(self._reference[i])))
+            scores.append(Score(self.name, "cusum", float(cusum[i]), n, subgroup=key,
+                                alarm=bool(enough and self._watched[i] and cusum[i] > self.window.cusum_threshold)))
+        return scores
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self._counts.state()
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self._counts.load_state(state)
+
+    def get_config(self) -> dict:
+        return {"subgroups": self.subgroups, "training_shares": self.training_shares}

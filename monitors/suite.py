@@ -1,0 +1,102 @@
+"""All monitors of one serving process, behind one small interface.
+
+    suite.flags(model, subgroup, probs)   per prediction, on the request path, O(pairs)
+    suite.update_many(events)             off the request path, vectorised
+    suite.results(now)                    on a timer; a monitor that raises is reported, not fatal
+    suite.state() / load_state() / merge  how several workers publish one answer
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from monitors.class_drift import PredictedClassDrift
+from monitors.confidence import ConfidenceDrift
+from monitors.confusion import ConfusionPair, KnownConfusions
+from monitors.events import EventBatch, Score, WindowConfig
+from monitors.reference import ReferenceProfile
+from monitors.representation import SubgroupRepresentation
+
+LOW_CONFIDENCE_FLAG = "low_confidence"
+
+
+def confusion_flag(pair: ConfusionPair) -> str:
+    return f"known_confusion:{pair.name}"
+
+
+@dataclass
+class Results:
+    scores: list[Score]
+    errors: dict[str, str] = field(default_factory=dict)  # monitor name -> error text
+
+
+class MonitorSuite:
+    def __init__(self, models: Sequence[str], profiles: Sequence[ReferenceProfile], subgroups: Sequence[str],
+                 pairs: Sequence[ConfusionPair], window: WindowConfig) -> None:
+        self.models, self.subgroups, self.window = list(models), list(subgroups), window
+        self.model_index = {m: i for i, m in enumerate(self.models)}
+        self.subgroup_index = {s: i for i, s in enumerate(self.subgroups)}
+        self.confidence = ConfidenceDrift(models, profiles, subgroups, window)
+        self.confusions = KnownConfusions(pairs, models, profiles, subgroups, window)
+        self.monitors = [
+            # the primary model's profile holds the training shares traffic is compared with
+            SubgroupRepresentation(subgroups, profiles[0].training_subgroup_shares, window),
+            PredictedClassDrift(models, profiles, subgroups, window),
+            self.confidence,
+            self.confusions,
+        ]
+        self._pair_flags = [confusion_flag(p) for p in self.confusions.pairs]
+
+    def flags(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> tuple[list[str], int]:
+        """Per-prediction flags and the known-confusion bit mask that goes into the event."""
+        flags = [LOW_CONFIDENCE_FLAG] if self.confidence.flag(model, subgroup, float(probs[predicted])) else []
+        mask = self.confusions.fired(model, subgroup, probs, predicted)
+        if mask:
+            flags += [f for p, f in enumerate(self._pair_flags) if mask >> p & 1]
+        return flags, mask
+
+    def update_many(self, events: EventBatch) -> dict[str, str]:
+        errors = {}
+        for monitor in self.monitors:
+            try:
+                monitor.update_many(events)
+            except Exception as exc:  # one broken monitor must not starve the others
+                errors[monitor.name] = f"{type(exc).__name__}: {exc}"
+        return errors
+
+    def results(self, now: float) -> Results:
+        out = Results([])
+        for monitor in self.monitors:
+            try:
+                out.scores += monitor.results(now)
+            except Exception as exc:
+                out.errors[monitor.name] = f"{type(exc).__name__}: {exc}"
+        return out
+
+    def reset(self) -> None:
+        for monitor in self.monitors:
+            monitor.reset()
+
+    def merge(self, other: "MonitorSuite") -> "MonitorSuite":
+        for mine, theirs in zip(self.monitors, other.monitors):
+            mine.merge(theirs)
+        return self
+
+    def state_bytes(self) -> bytes:
+        arrays = {f"{m.name}.{k}": v for m in self.monitors for k, v in m.state().items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def load_state_bytes(self, data: bytes) -> None:
+        with np.load(io.BytesIO(data)) as arrays:
+            for monitor in self.monitors:
+                prefix = f"{monitor.name}."
+                monitor.load_state({k[len(prefix):]: arrays[k] for k in arrays.files if k.startswith(prefix)})
+
+    def get_config(self) -> dict:
+        return {"window": vars(self.window), "monitors": {m.name: m.get_config() for m in self.monitors}}

@@ -1,0 +1,177 @@
+"""The monitor pipeline of one worker: per-prediction flags inline, everything else off the
+request path, and one published answer however many workers there are.
+
+Request path: `observe()` computes the prediction's flags (O(pairs)) and appends one tuple
+to a bounded queue; a full queue drops the event and counts it, never blocks.
+
+Background (a thread, every `DRAIN_SECONDS`): drain the queue into the worker's own monitor
+suite. Every `recompute_seconds`: write the suite's window state to `<state_dir>/<pid>.npz`
+(atomic rename), merge every live worker's file into a fresh suite and publish its scores.
+Windows are epoch-aligned time buckets, so the merge is exactly what one process would count
+over all workers' traffic; every worker publishes the same numbers, and the gauges keep the
+most recent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from monitors.confusion import ConfusionPair
+from monitors.events import EventBatch, Score, WindowConfig
+from monitors.reference import ReferenceProfile
+from monitors.suite import LOW_CONFIDENCE_FLAG, MonitorSuite
+from service import metrics
+from service.config import MonitorsConfig
+
+log = logging.getLogger("classguard.monitors")
+DRAIN_SECONDS = 0.5
+DECISIONS = {"js_distance", "cusum"}  # the statistics that carry a decision rule
+
+
+def default_state_dir() -> Path:
+    # BentoML wipes its metrics directory at every `bentoml serve` start: state goes with it
+    base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(base) / "classguard-monitors" if base else Path(tempfile.mkdtemp(prefix="classguard-monitors-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class NoMonitors:
+    """The off switch: same interface, does nothing."""
+
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+        return []
+
+    async def run(self) -> None:
+        return None
+
+    def publish(self) -> None:
+        return None
+
+
+class MonitorPipeline:
+    def __init__(self, config: MonitorsConfig, models: Sequence[str], profiles: Sequence[ReferenceProfile],
+                 subgroups: Sequence[str]) -> None:
+        self.config = config
+        self.window = WindowConfig(
+            bucket_s=config.bucket_seconds, n_buckets=max(1, round(config.window_seconds / config.bucket_seconds)),
+            min_samples=config.min_samples, cusum_threshold=config.cusum_threshold, rate_ratio=config.rate_ratio,
+            rate_floor=config.rate_floor, js_threshold=config.js_threshold,
+        )
+        self.pairs = [ConfusionPair(p.source, p.target, p.margin, tuple(p.subgroups) if p.subgroups else None)
+                      for p in config.known_confusions]
+        self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
+        self.suite = MonitorSuite(*self._args)
+        self._merged = MonitorSuite(*self._args)
+        self.state_dir = config.state_dir or default_state_dir()
+        self.state_file = Path(self.state_dir) / f"worker-{os.getpid()}.npz"
+        self._queue: deque[tuple] = deque()
+        self._last_publish = 0.0
+        self._pair_names = [p.name for p in self.pairs]
+
+    # -- request path ------------------------------------------------------------------------
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+        m, s = self.suite.model_index[model], self.suite.subgroup_index[subgroup]
+        flags, mask = self.suite.flags(m, s, probs, predicted)
+        if flags:
+            if flags[0] == LOW_CONFIDENCE_FLAG:
+                metrics.ANOMALIES.labels(LOW_CONFIDENCE_FLAG, model, subgroup).inc()
+            for p, name in enumerate(self._pair_names):
+                if mask >> p & 1:
+                    metrics.ANOMALIES.labels("known_confusion", model, subgroup).inc()
+                    metrics.KNOWN_CONFUSIONS.labels(name, model, subgroup).inc()
+        if len(self._queue) >= self.config.queue_size:
+            metrics.MONITOR_DROPPED.inc()
+        else:
+            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask))
+        return flags
+
+    # -- background ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: drain, and publish when due. CPU work and file I/O run in a thread."""
+        while True:
+            await asyncio.sleep(DRAIN_SECONDS)
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # the pipeline must outlive any bug in it
+                metrics.MONITOR_ERRORS.labels("pipeline").inc()
+                log.exception("monitor tick failed")
+
+    def tick(self, now: float | None = None) -> None:
+        self.drain()
+        now = time.time() if now is None else now
+        if now - self._last_publish >= self.config.recompute_seconds:
+            self.publish(now)
+
+    def drain(self) -> int:
+        rows = [self._queue.popleft() for _ in range(len(self._queue))]
+        if rows:
+            for name in self.suite.update_many(EventBatch.from_rows(rows)):
+                metrics.MONITOR_ERRORS.labels(name).inc()
+            metrics.MONITOR_EVENTS.inc(len(rows))
+        return len(rows)
+
+    def publish(self, now: float | None = None) -> list[Score]:
+        started = time.perf_counter()
+        now = time.time() if now is None else now
+        self._write_state()
+        merged = self._merge_workers(now)
+        results = merged.results(now)
+        for name in results.errors:
+            metrics.MONITOR_ERRORS.labels(name).inc()
+        export(results.scores)
+        self._last_publish = now
+        metrics.MONITOR_LAST_RUN.set(now)
+        metrics.MONITOR_RUN_DURATION.observe(time.perf_counter() - started)
+        return results.scores
+
+    def _write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(self.suite.state_bytes())
+            os.replace(tmp, self.state_file)
+        except OSError:
+            metrics.MONITOR_ERRORS.labels("state").inc()
+            log.warning("could not write monitor state to %s", self.state_file, exc_info=True)
+
+    def _merge_workers(self, now: float) -> MonitorSuite:
+        merged = self._merged
+        merged.reset()
+        merged.merge(self.suite)
+        other = None
+        for path in Path(self.state_dir).glob("worker-*.npz"):
+            if path == self.state_file:
+                continue
+            try:
+                if now - path.stat().st_mtime > self.config.window_seconds + 60:
+                    path.unlink(missing_ok=True)  # a worker gone for longer than the window
+                    continue
+                other = other or MonitorSuite(*self._args)
+                other.load_state_bytes(path.read_bytes())
+                merged.merge(other)
+            except (OSError, ValueError, KeyError):
+                metrics.MONITOR_ERRORS.labels("state").inc()
+        return merged
+
+
+def export(scores: Sequence[Score]) -> None:
+    samples: dict[tuple[str, str, str], int] = {}
+    for s in scores:
+        labels = (s.monitor, s.statistic, s.model, s.subgroup, s.pair)
+        metrics.MONITOR_SCORE.labels(*labels).set(s.value)
+        if s.reference is not None:
+            metrics.MONITOR_REFERENCE.labels(*labels).set(s.reference)
+        if s.statistic in DECISIONS:
+            metrics.MONITOR_ALARM.labels(*labels).set(1.0 if s.alarm else 0.0)
+        samples[(s.monitor, s.model, s.subgroup)] = s.samples
+    for (monitor, model, subgroup), n in samples.items():
+        metrics.MONITOR_SAMPLES.labels(monitor, model, subgroup).set(n)

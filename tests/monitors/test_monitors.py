@@ -1,0 +1,187 @@
+"""Each monitor against numpy/scipy on the same events; and the contract every monitor keeps."""
+
+import pickle
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from monitors.class_drift import PredictedClassDrift
+from monitors.confidence import ConfidenceDrift
+from monitors.confusion import ConfusionPair, KnownConfusions, expected_rate
+from monitors.events import EventBatch, WindowConfig
+from monitors.representation import SubgroupRepresentation
+from monitors.suite import LOW_CONFIDENCE_FLAG, MonitorSuite
+from tests.monitors.conftest import MODELS, SUBGROUPS, random_events
+
+PAIRS = [ConfusionPair("a", "b", margin=0.3), ConfusionPair("c", "d", margin=0.3, subgroups=("capture=phone",))]
+
+
+def by(scores, **match):
+    return [s for s in scores if all(getattr(s, k) == v for k, v in match.items())]
+
+
+def test_representation_shares_and_distance(window):
+    """Live shares equal np.bincount shares; JS distance equals scipy against the training mix."""
+    mon = SubgroupRepresentation(SUBGROUPS, {SUBGROUPS[0]: 0.97, SUBGROUPS[1]: 0.03}, window)
+    ev = random_events(2000, phone_share=0.2)
+    mon.update_many(ev)
+    scores = mon.results(float(ev.t[-1]))
+    recent = np.floor(ev.t) > np.floor(ev.t[-1]) - window.n_buckets
+    live = np.bincount(ev.subgroup[recent], minlength=3)
+    for i, key in enumerate(SUBGROUPS):
+        assert by(scores, statistic="share", subgroup=key)[0].value == pytest.approx(live[i] / live.sum())
+    assert by(scores, statistic="js_distance")[0].value == pytest.approx(jensenshannon(live, [0.97, 0.03, 0], base=2))
+
+
+def test_representation_alarm_on_rising_share_only(window):
+    """Phone at its 3% training share stays quiet; phone at 30% raises the phone CUSUM alarm."""
+    quiet, loud = (SubgroupRepresentation(SUBGROUPS, {SUBGROUPS[0]: 0.97, SUBGROUPS[1]: 0.03}, window) for _ in "ab")
+    calm, rising = random_events(3000, seed=4, phone_share=0.03), random_events(3000, seed=4, phone_share=0.3)
+    quiet.update_many(calm)
+    loud.update_many(rising)
+    assert not any(s.alarm for s in quiet.results(float(calm.t[-1])))
+    assert by(loud.results(float(rising.t[-1])), statistic="cusum", subgroup="capture=phone")[0].alarm
+
+
+def test_class_drift_matches_scipy(profiles, window):
+    """Per model and subgroup, JS distance of live predicted classes vs the profile's distribution."""
+    mon = PredictedClassDrift(MODELS, profiles, SUBGROUPS, window)
+    ev = random_events(3000)
+    mon.update_many(ev)
+    now = float(ev.t[-1])
+    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    for m, model in enumerate(MODELS):
+        rows = recent & (ev.model == m) & (ev.subgroup == 0)
+        live = np.bincount(ev.predicted[rows], minlength=4)
+        ref = profiles[m].subgroups[SUBGROUPS[0]].predicted_class_distribution
+        score = by(mon.results(now), model=model, subgroup=SUBGROUPS[0])[0]
+        assert score.value == pytest.approx(jensenshannon(live, ref, base=2)) and score.samples == rows.sum()
+
+
+def test_confidence_rates_flags_and_collapse(profiles, window):
+    """Low-confidence rate and mean equal numpy; the flag uses the reference p01; a collapse alarms."""
+    mon = ConfidenceDrift(MODELS, profiles, SUBGROUPS, window)
+    ev = random_events(3000)
+    mon.update_many(ev)
+    now = float(ev.t[-1])
+    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    rows = recent & (ev.model == 0) & (ev.subgroup == 0)
+    p05 = profiles[0].subgroups[SUBGROUPS[0]].confidence_quantiles["p05"]
+    scores = by(mon.results(now), model="base", subgroup=SUBGROUPS[0])
+    assert by(scores, statistic="low_confidence_rate")[0].value == pytest.approx(np.mean(ev.confidence[rows] < p05))
+    assert by(scores, statistic="mean_confidence")[0].value == pytest.approx(ev.confidence[rows].mean())
+    p01 = profiles[0].subgroups[SUBGROUPS[0]].confidence_quantiles["p01"]
+    assert mon.flag(0, 0, p01 - 1e-6) and not mon.flag(0, 0, p01 + 1e-6)
+    healthy = ConfidenceDrift(MODELS, profiles, SUBGROUPS, window)
+    high = random_events(3000, seed=9)
+    high = EventBatch(high.t, high.model, high.subgroup, high.predicted, np.full(len(high), 0.999), high.confusions)
+    healthy.update_many(high)
+    assert not any(s.alarm for s in healthy.results(float(high.t[-1])))
+    assert any(s.alarm for s in by(mon.results(now), statistic="cusum"))  # uniform(0.2, 1) is a collapse here
+
+
+def test_known_confusion_fires_on_close_second_only(profiles, window):
+    """A pair fires when the target is emitted with the source within the margin, in its subgroups."""
+    mon = KnownConfusions(PAIRS, MODELS, profiles, SUBGROUPS, window)
+    probs = np.array([0.30, 0.45, 0.15, 0.10])  # emits b, a is 0.15 behind
+    assert mon.fired(0, 0, probs, 1) == 0b01
+    assert mon.fired(0, 0, np.array([0.05, 0.80, 0.1, 0.05]), 1) == 0  # a far behind
+    assert mon.fired(0, 0, np.array([0.1, 0.1, 0.35, 0.45]), 3) == 0  # c->d only for phone
+    assert mon.fired(0, 1, np.array([0.1, 0.1, 0.35, 0.45]), 3) == 0b10
+
+
+def test_known_confusion_rates_and_reference(profiles, window):
+    """Fire rates equal numpy counts; the reference is the training-mix-weighted validation rate."""
+    mon = KnownConfusions(PAIRS, MODELS, profiles, SUBGROUPS, window)
+    ev = random_events(3000, n_pairs=2)
+    mon.update_many(ev)
+    now = float(ev.t[-1])
+    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    rows = recent & (ev.model == 1) & (ev.subgroup == 0)
+    score = by(mon.results(now), model="fixed", subgroup=SUBGROUPS[0], pair="a->b", statistic="fire_rate")[0]
+    assert score.value == pytest.approx(np.mean(ev.confusions[rows] & 1))
+    subs = profiles[1].subgroups
+    want = (0.97 * subs[SUBGROUPS[0]].confusion_matrix[0][1] / subs[SUBGROUPS[0]].count
+            + 0.03 * subs[SUBGROUPS[1]].confusion_matrix[0][1] / subs[SUBGROUPS[1]].count)
+    assert score.reference == pytest.approx(want) == pytest.approx(expected_rate(profiles[1], 0, 1))
+    assert not by(mon.results(now), subgroup=SUBGROUPS[0], pair="c->d")  # not watched outside phone
+
+
+def test_known_confusion_refuses_bad_pairs():
+    """A pair with the same class twice or a margin out of range fails at construction."""
+    with pytest.raises(ValueError, match="different"):
+        ConfusionPair("a", "a")
+    with pytest.raises(ValueError, match="margin"):
+        ConfusionPair("a", "b", margin=0.0)
+
+
+@pytest.fixture
+def suite_factory(profiles, window):
+    return lambda: MonitorSuite(MODELS, profiles, SUBGROUPS, PAIRS, window)
+
+
+def test_every_monitor_keeps_the_contract(suite_factory):
+    """Every monitor updates, merges, resets, pickles, round-trips its state and config."""
+    suite = suite_factory()
+    ev = random_events(500, n_pairs=2)
+    suite.update_many(ev)
+    now = float(ev.t[-1])
+    for monitor in suite.monitors:
+        before = monitor.results(now)
+        assert before and all(s.monitor == monitor.name for s in before)
+        clone = pickle.loads(pickle.dumps(monitor))
+        assert [s.value for s in clone.results(now)] == pytest.approx([s.value for s in before], nan_ok=True)
+        assert isinstance(monitor.get_config(), dict)
+        monitor.reset()
+        assert all(s.samples == 0 for s in monitor.results(now))
+
+
+def test_two_workers_merged_equal_one_process(suite_factory):
+    """Events split between two suites, shipped as state bytes and merged, publish exactly the
+    scores one suite computes over all events (the multi-worker design in one test)."""
+    ev = random_events(4000, seed=11, phone_share=0.25, n_pairs=2)
+    one, w1, w2 = suite_factory(), suite_factory(), suite_factory()
+    one.update_many(ev)
+    side = np.random.default_rng(5).random(len(ev)) < 0.5
+    pick = lambda mask: EventBatch(*(getattr(ev, f)[mask] for f in ("t", "model", "subgroup", "predicted", "confidence", "confusions")))  # noqa: E731
+    w1.update_many(pick(side))
+    w2.update_many(pick(~side))
+    merged = suite_factory()
+    for worker in (w1, w2):
+        copy = suite_factory()
+        copy.load_state_bytes(worker.state_bytes())
+        merged.merge(copy)
+    now = float(ev.t[-1])
+    a, b = one.results(now).scores, merged.results(now).scores
+    assert [(s.monitor, s.statistic, s.model, s.subgroup, s.pair, s.samples, s.alarm) for s in a] == \
+           [(s.monitor, s.statistic, s.model, s.subgroup, s.pair, s.samples, s.alarm) for s in b]
+    assert np.allclose([s.value for s in a], [s.value for s in b], equal_nan=True)
+
+
+def test_a_failing_monitor_is_isolated(suite_factory):
+    """A monitor that raises is reported by name; the other monitors still update and publish."""
+    suite = suite_factory()
+
+    def boom(*_):
+        raise RuntimeError("broken")
+
+    suite.monitors[1].update_many = boom
+    suite.monitors[1].results = boom
+    ev = random_events(300)
+    assert suite.update_many(ev) == {"class_drift": "RuntimeError: broken"}
+    results = suite.results(float(ev.t[-1]))
+    assert results.errors == {"class_drift": "RuntimeError: broken"}
+    assert {s.monitor for s in results.scores} == {"representation", "confidence", "known_confusion"}
+
+
+def test_flags_name_what_fired(suite_factory, profiles):
+    """flags() reports low confidence and each known confusion that fired, with the event's mask."""
+    suite = suite_factory()
+    p01 = profiles[0].subgroups[SUBGROUPS[1]].confidence_quantiles["p01"]
+    probs = np.array([0.1, 0.1, p01 * 0.5 + 0.3, 0.0])
+    probs[3] = 1 - probs[:3].sum()
+    flags, mask = suite.flags(0, 1, np.array([0.30, 0.45, 0.15, 0.10]), 1)
+    assert "known_confusion:a->b" in flags and mask == 1
+    low_flags, _ = suite.flags(0, 1, np.array([0.26, 0.25, 0.25, 0.24]), 0)
+    assert (LOW_CONFIDENCE_FLAG in low_flags) == (0.26 < p01)

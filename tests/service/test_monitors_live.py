@@ -1,0 +1,104 @@
+"""The incident, live: phone-heavy traffic to the baseline moves the drift and known-confusion
+metrics on /metrics (with two workers publishing one answer); scanner-only traffic does not."""
+
+import json
+import time
+
+import pytest
+
+from harness import promtext
+from harness.server import Server
+from harness.traffic import holdout_samples, run, stream
+from monitors.confusion import ConfusionPair
+from monitors.events import EventBatch, WindowConfig
+from monitors.reference import ReferenceProfile
+from monitors.suite import MonitorSuite
+from service.config import Settings
+from service.subgroups import SubgroupResolver, subgroup_key
+from tests.conftest import run_module
+
+pytestmark = pytest.mark.integration
+FAST = {"CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
+BASE = "classguard-baseline"
+
+
+def scores(samples, **match):
+    return {dict(k[1]).get("subgroup", ""): v for k, v in samples.items()
+            if k[0] == "classguard_monitor_score" and match.items() <= dict(k[1]).items()}
+
+
+def alarms(samples):
+    return {k[1]: v for k, v in samples.items() if k[0] == "classguard_monitor_alarm" and v}
+
+
+def wait_for_publish(url, events, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        samples = promtext.scrape(url)
+        window = promtext.total(samples, "classguard_monitor_window_samples", monitor="representation")
+        if window >= events:
+            time.sleep(1.5)  # one more publish round, so every worker's last state is merged
+            return promtext.scrape(url)
+        time.sleep(0.3)
+    raise AssertionError(f"monitors did not publish {events} events within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def profiles(model_home):
+    out = {}
+    for name in (BASE, "classguard-retrained"):
+        done = run_module("service.cli", "profile", f"{name}:latest", env={"BENTOML_HOME": str(model_home)})
+        out[name] = ReferenceProfile.from_dict(json.loads(done.stdout))
+    return out
+
+
+def test_phone_heavy_traffic_moves_drift_and_confusion_metrics(model_home, tmp_path, profiles):
+    """With 2 workers, 50%-phone traffic raises the phone representation alarm, counts known
+    confusions on phone, and publishes window statistics equal to one process over the same events."""
+    traffic = stream(holdout_samples(), 800, phone_share=0.5, seed=21)
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_WORKERS": "2", **FAST}
+    with Server(env=env, log_path=tmp_path / "serve.log") as server:
+        results, _ = run(server.url, traffic, concurrency=16)
+        samples = wait_for_publish(server.url, len(traffic))
+        state_files = list((model_home / "prometheus_multiproc_dir" / "classguard-monitors").glob("worker-*.npz"))
+    assert all(status == 200 for _, status, _ in results)
+    assert len(state_files) == 2  # both workers published their window state
+
+    raised = alarms(samples)
+    assert any(dict(k)["monitor"] == "representation" and dict(k)["subgroup"] == "capture=phone" for k in raised)
+    assert not any(dict(k)["subgroup"] == "capture=scanner" and dict(k)["monitor"] != "class_drift" for k in raised)
+    phone_fires = promtext.total(samples, "classguard_known_confusion_detections_total", subgroup="capture=phone")
+    scanner_fires = promtext.total(samples, "classguard_known_confusion_detections_total", subgroup="capture=scanner")
+    assert phone_fires > 5 * max(scanner_fires, 1)
+    rate = scores(samples, monitor="known_confusion", statistic="fire_rate", model=BASE, pair="6->0")
+    assert rate["capture=phone"] > 3 * rate["capture=scanner"]
+
+    # one process over the same events: window statistics must match what two workers published
+    settings = Settings()
+    keys = SubgroupResolver(settings.subgroups.attributes).keys()
+    pairs = [ConfusionPair(p.source, p.target, p.margin) for p in settings.monitors.known_confusions]
+    suite = MonitorSuite([BASE, "classguard-retrained"], [profiles[BASE], profiles["classguard-retrained"]], keys,
+                         pairs, WindowConfig(n_buckets=300))
+    rows = []
+    for _, _, body in results:  # each event as the response describes it, flags included
+        s = suite.subgroup_index[subgroup_key(body["subgroup"])]
+        mask = sum(1 << p for p, pair in enumerate(pairs) if f"known_confusion:{pair.name}" in body["flags"])
+        rows.append((time.time(), 0, s, int(body["label"]), body["confidence"], mask))
+    suite.update_many(EventBatch.from_rows(rows))
+    for s in suite.results(time.time()).scores:
+        if s.statistic == "cusum" or s.samples == 0:
+            continue
+        labels = frozenset({"monitor": s.monitor, "statistic": s.statistic, "model": s.model,
+                            "subgroup": s.subgroup, "pair": s.pair}.items())
+        assert samples[("classguard_monitor_score", labels)] == pytest.approx(s.value, abs=1e-4), s
+
+
+def test_scanner_only_traffic_stays_quiet(model_home, tmp_path):
+    """600 scanner images raise no monitor alarm and barely any known-confusion detection."""
+    traffic = [s for s in stream(holdout_samples(), 600, phone_share=0.0, seed=5)]
+    with Server(env={"BENTOML_HOME": str(model_home), **FAST}, log_path=tmp_path / "serve.log") as server:
+        run(server.url, traffic, concurrency=8)
+        samples = wait_for_publish(server.url, len(traffic))
+    assert alarms(samples) == {}
+    assert promtext.total(samples, "classguard_known_confusion_detections_total") <= 3
+    assert promtext.total(samples, "classguard_monitor_events_dropped_total") == 0
