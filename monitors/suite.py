@@ -8,9 +8,8 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -86,17 +85,14 @@ class MonitorSuite:
             mine.merge(theirs)
         return self
 
-    def state_bytes(self) -> bytes:
-        arrays = {f"{m.name}.{k}": v for m in self.monitors for k, v in m.state().items()}
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+    def state(self) -> dict[str, np.ndarray]:
+        """Every monitor's window state as named arrays (`<monitor>.<array>`)."""
+        return {f"{m.name}.{k}": v for m in self.monitors for k, v in m.state().items()}
 
-    def load_state_bytes(self, data: bytes) -> None:
-        with np.load(io.BytesIO(data)) as arrays:
-            for monitor in self.monitors:
-                prefix = f"{monitor.name}."
-                monitor.load_state({k[len(prefix):]: arrays[k] for k in arrays.files if k.startswith(prefix)})
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for monitor in self.monitors:
+            prefix = f"{monitor.name}."
+            monitor.load_state({k[len(prefix):]: arrays[k] for k in arrays if k.startswith(prefix)})
 
     def get_config(self) -> dict:
         return {"window": vars(self.window), "monitors": {m.name: m.get_config() for m in self.monitors}}

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 DEFAULT_CONFIG = Path("config/classguard.yaml")
@@ -97,6 +97,7 @@ class MonitorsConfig(Strict):
     recompute_seconds: float = Field(5.0, gt=0.0, le=300.0, description="how often scores are published")
     queue_size: int = Field(20_000, ge=1, description="events waiting for the monitors; more are dropped, counted")
     state_dir: Path | None = Field(None, description="where workers share window state (default: per start)")
+    report_events: int = Field(5_000, ge=0, le=200_000, description="latest events kept per worker for drift reports")
     known_confusions: list[ConfusionPairConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -119,6 +120,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     top_k: int = Field(3, ge=1, le=20)
     access_log: bool = Field(False, description="BentoML's per-request INFO log (costs throughput)")
+    admin_token: SecretStr | None = Field(None, description="bearer token of the /admin routes; unset: they are off")
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     subgroups: SubgroupsConfig = SubgroupsConfig()

@@ -19,6 +19,10 @@ REASONS: dict[str, int] = {
     "malformed_context": 400,
     "context_count_mismatch": 400,
     "too_many_images": 413,
+    "unauthorized": 401,
+    "admin_disabled": 404,
+    "bad_parameter": 400,
+    "not_enough_data": 409,
 }
 
 

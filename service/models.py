@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from monitors.reference import ReferenceProfile
-from training.package import PROFILE_KEY, WEIGHTS_FILE
+from training.package import PROFILE_KEY, REFERENCE_FILE, WEIGHTS_FILE
 
 
 class ModelNotFound(RuntimeError):
@@ -52,6 +52,7 @@ class ServedModel:
     device: str
     precision: str
     module: Any
+    path: str = ""
 
     @property
     def tag(self) -> str:
@@ -69,7 +70,15 @@ class ServedModel:
         if precision == "float16":
             module = module.half()
         return cls(stored.tag.name, stored.tag.version, role, ReferenceProfile.from_dict(metadata[PROFILE_KEY]),
-                   device, precision, module)
+                   device, precision, module, stored.path)
+
+    def reference_rows(self) -> dict[str, np.ndarray]:
+        """The validation predictions stored with the model (for drift reports)."""
+        path = os.path.join(self.path, REFERENCE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{self.tag} was stored without validation predictions; retrain or re-import it")
+        with np.load(path) as arrays:
+            return {k: arrays[k] for k in arrays.files}
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import torch

@@ -18,10 +18,11 @@ import asyncio
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from service.config import MonitorsConfig
 log = logging.getLogger("classguard.monitors")
 DRAIN_SECONDS = 0.5
 DECISIONS = {"js_distance", "cusum"}  # the statistics that carry a decision rule
+RECENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions")
 
 
 def default_state_dir() -> Path:
@@ -75,6 +77,9 @@ class MonitorPipeline:
         self.state_dir = config.state_dir or default_state_dir()
         self.state_file = Path(self.state_dir) / f"worker-{os.getpid()}.npz"
         self._queue: deque[tuple] = deque()
+        self._lock = threading.Lock()  # the timer thread and a report request may drain at once
+        # the latest events themselves, for on-demand drift reports (shared like the windows)
+        self.recent: deque[tuple] = deque(maxlen=config.report_events)
         self._last_publish = 0.0
         self._pair_names = [p.name for p in self.pairs]
 
@@ -113,11 +118,13 @@ class MonitorPipeline:
             self.publish(now)
 
     def drain(self) -> int:
-        rows = [self._queue.popleft() for _ in range(len(self._queue))]
-        if rows:
-            for name in self.suite.update_many(EventBatch.from_rows(rows)):
-                metrics.MONITOR_ERRORS.labels(name).inc()
-            metrics.MONITOR_EVENTS.inc(len(rows))
+        with self._lock:
+            rows = [self._queue.popleft() for _ in range(len(self._queue))]
+            if rows:
+                self.recent.extend(rows)
+                for name in self.suite.update_many(EventBatch.from_rows(rows)):
+                    metrics.MONITOR_ERRORS.labels(name).inc()
+                metrics.MONITOR_EVENTS.inc(len(rows))
         return len(rows)
 
     def publish(self, now: float | None = None) -> list[Score]:
@@ -136,31 +143,55 @@ class MonitorPipeline:
 
     def _write_state(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
+        with self._lock:
+            state = self.suite.state()
+            recent = np.array(list(self.recent), dtype=np.float64).reshape(-1, len(RECENT_COLUMNS))
         try:
-            tmp.write_bytes(self.suite.state_bytes())
+            with open(tmp, "wb") as f:
+                np.savez(f, **state, recent=recent)
             os.replace(tmp, self.state_file)
         except OSError:
             metrics.MONITOR_ERRORS.labels("state").inc()
             log.warning("could not write monitor state to %s", self.state_file, exc_info=True)
 
-    def _merge_workers(self, now: float) -> MonitorSuite:
-        merged = self._merged
-        merged.reset()
-        merged.merge(self.suite)
-        other = None
-        for path in Path(self.state_dir).glob("worker-*.npz"):
+    def _other_workers(self, now: float) -> Iterator[dict[str, np.ndarray]]:
+        """Every other live worker's last published state; stale and broken files are skipped."""
+        for path in sorted(Path(self.state_dir).glob("worker-*.npz")):
             if path == self.state_file:
                 continue
             try:
                 if now - path.stat().st_mtime > self.config.window_seconds + 60:
                     path.unlink(missing_ok=True)  # a worker gone for longer than the window
                     continue
+                with np.load(path) as arrays:
+                    yield {k: arrays[k] for k in arrays.files}
+            except (OSError, ValueError, KeyError, EOFError):
+                metrics.MONITOR_ERRORS.labels("state").inc()
+
+    def _merge_workers(self, now: float) -> MonitorSuite:
+        merged = self._merged
+        merged.reset()
+        with self._lock:
+            merged.merge(self.suite)
+        other = None
+        for arrays in self._other_workers(now):
+            try:
                 other = other or MonitorSuite(*self._args)
-                other.load_state_bytes(path.read_bytes())
+                other.load_state(arrays)
                 merged.merge(other)
-            except (OSError, ValueError, KeyError):
+            except (ValueError, KeyError):
                 metrics.MONITOR_ERRORS.labels("state").inc()
         return merged
+
+    def recent_events(self, window_seconds: float, now: float | None = None) -> np.ndarray:
+        """The last events of every worker within `window_seconds`, columns RECENT_COLUMNS
+        (this worker's up to now, the others' as of their last publish)."""
+        now = time.time() if now is None else now
+        self.drain()
+        parts = [np.array(list(self.recent), dtype=np.float64).reshape(-1, len(RECENT_COLUMNS))]
+        parts += [arrays["recent"] for arrays in self._other_workers(now) if "recent" in arrays]
+        rows = np.concatenate(parts)
+        return rows[rows[:, 0] >= now - window_seconds]
 
 
 def export(scores: Sequence[Score]) -> None:

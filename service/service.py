@@ -8,6 +8,7 @@ from __future__ import annotations
 import bentoml
 from starlette.responses import JSONResponse
 
+from service.admin import ADMIN
 from service.config import load_settings
 from service.models import find_stored
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, Prediction
@@ -22,6 +23,7 @@ class Classguard:
         from service.engine import Engine  # torch loads in the worker, not at import
 
         self.engine = Engine(settings)
+        ADMIN.bind(self.engine)
         self._monitor_task = None
 
     @bentoml.on_startup
@@ -59,6 +61,7 @@ for _i, _tag in enumerate(settings.models.tags()):
     find_stored(_tag)  # a missing model is a clear error now, not a failed cloud pull later
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
 
+Classguard = bentoml.asgi_app(ADMIN.app, path="/admin")(Classguard)
 Classguard = bentoml.service(
     name="classguard",
     workers=settings.workers,

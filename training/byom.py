@@ -128,7 +128,7 @@ def import_model(
     from monitors.reference import InputSpec, build_profile, subgroup_shares
     from service.preprocess import normalise, to_unit_array
     from service.subgroups import subgroup_key
-    from training.package import save_to_store
+    from training.package import reference_rows, save_to_store
 
     spec = InputSpec(height=height, width=width, channels=channels,
                      mean=tuple(mean or (0.0,) * channels), std=tuple(std or (1.0,) * channels))
@@ -142,14 +142,16 @@ def import_model(
     with torch.inference_mode():
         logits = torch.cat([scripted(torch.from_numpy(batch[i:i + 256])) for i in range(0, len(batch), 256)])
     keys = [subgroup_key({a: str(v[i]) for a, v in sorted(subgroups.items())}) or "all" for i in range(len(y))]
+    logits = logits.double().numpy()
     profile = build_profile(
-        logits=logits.double().numpy(), labels=y, subgroups=keys, class_names=names, input_spec=spec,
+        logits=logits, labels=y, subgroups=keys, class_names=names, input_spec=spec,
         # without the training set, the validation mix stands in; say so in the notes
         training_subgroup_shares=training_shares or subgroup_shares(keys),
         notes={"imported": True, "validation_size": len(y),
                "training_shares_source": "given" if training_shares else "validation mix"},
     )
-    return save_to_store(name, scripted, profile, labels={"role": "imported", "owner": "classguard"})
+    return save_to_store(name, scripted, profile, labels={"role": "imported", "owner": "classguard"},
+                         reference=reference_rows(logits, y, keys))
 
 
 def add_arguments(parser: Any) -> None:

@@ -56,7 +56,7 @@ def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
     from training.digits import build_incident
     from training.fit import predict_logits, train_classifier
     from training.net import DigitCNN
-    from training.package import model_exists, save_to_store
+    from training.package import model_exists, reference_rows, save_to_store
 
     torch.set_num_threads(2)
     incident = build_incident()
@@ -72,8 +72,9 @@ def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
         progress = lambda e, n, loss, role=role: log("train.epoch", model=role, epoch=f"{e}/{n}", loss=f"{loss:.4f}") if e % 10 == 0 or e == n else None  # noqa: E731
         model = train_classifier(lambda: DigitCNN(len(CLASS_NAMES)), data, epochs=epochs, seed=seed, progress=progress)
         seconds = time.perf_counter() - started
+        validation_logits = predict_logits(model, incident.validation.images)
         profile = build_profile(
-            logits=predict_logits(model, incident.validation.images),
+            logits=validation_logits,
             labels=incident.validation.labels,
             subgroups=keys(incident.validation),
             class_names=CLASS_NAMES,
@@ -81,7 +82,9 @@ def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
             training_subgroup_shares=subgroup_shares(keys(data)),
             notes={"training_set_size": len(data), "seed": seed, "epochs": epochs},
         )
-        tag = save_to_store(name, torch.jit.script(model), profile, labels={"role": role, "owner": "classguard"})
+        tag = save_to_store(name, torch.jit.script(model), profile, labels={"role": role, "owner": "classguard"},
+                            reference=reference_rows(validation_logits, incident.validation.labels,
+                                                     keys(incident.validation)))
         test = evaluate(predict_logits(model, incident.test.images), incident.test)
         report["models"][role] = {"tag": tag, "train_seconds": round(seconds, 2), "test": test,
                                   "training_subgroup_shares": profile.training_subgroup_shares}

@@ -150,7 +150,7 @@ def test_two_workers_merged_equal_one_process(suite_factory):
     merged = suite_factory()
     for worker in (w1, w2):
         copy = suite_factory()
-        copy.load_state_bytes(worker.state_bytes())
+        copy.load_state(pickle.loads(pickle.dumps(worker.state())))  # as if shipped between processes
         merged.merge(copy)
     now = float(ev.t[-1])
     a, b = one.results(now).scores, merged.results(now).scores
