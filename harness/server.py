@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +22,11 @@ def free_port() -> int:
 
 
 class Server:
-    """`with Server(env={...}) as server:` serves until the block ends; `server.url`."""
+    """`with Server(env={...}) as server:` serves until the block ends; `server.url`.
+
+    Each server gets a BENTOML_HOME of its own whose `models` links to the model store of the
+    BENTOML_HOME it was given: `bentoml serve` wipes its home's metrics directory at start,
+    which would silently reset the metrics of another server sharing that home."""
 
     def __init__(self, target: str = ".", *, env: dict[str, str] | None = None, port: int | None = None,
                  startup_timeout: float = 90.0, log_path: Path | None = None) -> None:
@@ -34,6 +39,11 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "Server":
+        store = Path(self.env.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
+        self._home = tempfile.TemporaryDirectory(prefix="classguard-serve-")
+        self.home = Path(self._home.name)
+        (self.home / "models").symlink_to(store.resolve(), target_is_directory=True)
+        self.env["BENTOML_HOME"] = str(self.home)
         bentoml = str(Path(sys.executable).with_name("bentoml"))
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -43,6 +53,7 @@ class Server:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"bentoml serve exited with {self.process.returncode}; see {self.log_path}")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
@@ -64,6 +75,7 @@ class Server:
                 self.process.wait()
         if self.log_path and self._log is not subprocess.DEVNULL:
             self._log.close()
+        self._home.cleanup()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
