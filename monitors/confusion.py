@@ -3,10 +3,10 @@
 A pair `source->target` (e.g. `6->0`: sixes answered as zeros) fires on a prediction when the
 model emits `target` and `source` is close behind (probability gap below `margin`): a
 label-free sign that this answer may be that confusion. Over the window, per subgroup: the
-firing rate against the pair's expected rate, which is the validation confusion rate
-(true source, emitted target) of each subgroup weighted by the model's training mix, i.e.
-what the model does on the traffic it was built for. A one-sided Bernoulli CUSUM flags a
-rise to `rate_ratio` x that rate.
+firing rate against the subgroup's reference rate of the confusion, (true source, emitted
+target) in its validation confusion matrix (the whole validation set's for a subgroup the
+profile lacks). A one-sided Bernoulli CUSUM flags a rise to `rate_ratio` x that rate (odds),
+never below `rate_floor`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from monitors.events import EventBatch, Score, WindowConfig
-from monitors.reference import ALL, ReferenceProfile
+from monitors.reference import ReferenceProfile, reference_for
 from monitors.stats import bernoulli_cusum
 
 
@@ -39,17 +39,10 @@ class ConfusionPair:
         return f"{self.source}->{self.target}"
 
 
-def expected_rate(profile: ReferenceProfile, source: int, target: int) -> float:
-    """Validation rate of (true source, emitted target), subgroups weighted by training share."""
-    rates, weights = [], []
-    for key, ref in profile.subgroups.items():
-        if key != ALL and ref.count:
-            rates.append(ref.confusion_matrix[source][target] / ref.count)
-            weights.append(profile.training_subgroup_shares.get(key, 0.0))
-    if not rates or sum(weights) <= 0:
-        ref = profile.subgroups[ALL]
-        return ref.confusion_matrix[source][target] / max(ref.count, 1)
-    return float(np.average(rates, weights=weights))
+def reference_rate(profile: ReferenceProfile, subgroup: str, source: int, target: int) -> float:
+    """Validation rate of (true source, emitted target) among the subgroup's predictions."""
+    ref = reference_for(profile, subgroup)
+    return ref.confusion_matrix[source][target] / max(ref.count, 1)
 
 
 class KnownConfusions:
@@ -63,14 +56,14 @@ class KnownConfusions:
         n_m, n_s, n_p = len(self.models), len(self.subgroups), len(self.pairs)
         self._index = np.full((n_m, n_p, 2), -1, dtype=np.int64)  # (source, target) class index per model
         self._applies = np.zeros((n_s, n_p), dtype=bool)
-        self._expected = np.zeros((n_m, n_p))
+        self._expected = np.zeros((n_m, n_s, n_p))
         for p, pair in enumerate(self.pairs):
             self._applies[:, p] = [pair.subgroups is None or key in pair.subgroups for key in self.subgroups]
             for m, profile in enumerate(profiles):
                 if pair.source in profile.labels and pair.target in profile.labels:
                     src, tgt = profile.labels.index(pair.source), profile.labels.index(pair.target)
                     self._index[m, p] = (src, tgt)
-                    self._expected[m, p] = expected_rate(profile, src, tgt)
+                    self._expected[m, :, p] = [reference_rate(profile, key, src, tgt) for key in self.subgroups]
         self._margins = np.array([pair.margin for pair in self.pairs])
         self._p0, self._p1 = window.sequential_rates(self._expected)
         self._reset()
@@ -109,7 +102,7 @@ class KnownConfusions:
         total = series.sum(axis=0)
         n = total[..., -1]
         cusum = bernoulli_cusum(series[..., :-1], np.repeat(series[..., -1:], len(self.pairs), axis=-1),
-                                self._p0[:, None, :], self._p1[:, None, :])
+                                self._p0, self._p1)
         scores = []
         for m, model in enumerate(self.models):
             for s, key in enumerate(self.subgroups):
@@ -120,7 +113,7 @@ class KnownConfusions:
                     rate = total[m, s, p] / k if k else float("nan")
                     scores += [
                         Score(self.name, "fire_rate", float(rate), k, model, key, pair.name,
-                              reference=float(self._expected[m, p])),
+                              reference=float(self._expected[m, s, p])),
                         Score(self.name, "cusum", float(cusum[m, s, p]), k, model, key, pair.name,
                               alarm=bool(k >= self.window.min_samples and cusum[m, s, p] > self.window.cusum_threshold)),
                     ]

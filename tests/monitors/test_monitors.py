@@ -8,7 +8,7 @@ from scipy.spatial.distance import jensenshannon
 
 from monitors.class_drift import PredictedClassDrift
 from monitors.confidence import ConfidenceDrift
-from monitors.confusion import ConfusionPair, KnownConfusions, expected_rate
+from monitors.confusion import ConfusionPair, KnownConfusions, reference_rate
 from monitors.events import EventBatch, WindowConfig
 from monitors.representation import SubgroupRepresentation
 from monitors.suite import LOW_CONFIDENCE_FLAG, MonitorSuite
@@ -92,7 +92,7 @@ def test_known_confusion_fires_on_close_second_only(profiles, window):
 
 
 def test_known_confusion_rates_and_reference(profiles, window):
-    """Fire rates equal numpy counts; the reference is the training-mix-weighted validation rate."""
+    """Fire rates equal numpy counts; the reference is the subgroup's validation confusion rate."""
     mon = KnownConfusions(PAIRS, MODELS, profiles, SUBGROUPS, window)
     ev = random_events(3000, n_pairs=2)
     mon.update_many(ev)
@@ -101,10 +101,12 @@ def test_known_confusion_rates_and_reference(profiles, window):
     rows = recent & (ev.model == 1) & (ev.subgroup == 0)
     score = by(mon.results(now), model="fixed", subgroup=SUBGROUPS[0], pair="a->b", statistic="fire_rate")[0]
     assert score.value == pytest.approx(np.mean(ev.confusions[rows] & 1))
-    subs = profiles[1].subgroups
-    want = (0.97 * subs[SUBGROUPS[0]].confusion_matrix[0][1] / subs[SUBGROUPS[0]].count
-            + 0.03 * subs[SUBGROUPS[1]].confusion_matrix[0][1] / subs[SUBGROUPS[1]].count)
-    assert score.reference == pytest.approx(want) == pytest.approx(expected_rate(profiles[1], 0, 1))
+    ref = profiles[1].subgroups[SUBGROUPS[0]]
+    want = ref.confusion_matrix[0][1] / ref.count
+    assert score.reference == pytest.approx(want) == pytest.approx(reference_rate(profiles[1], SUBGROUPS[0], 0, 1))
+    other = by(mon.results(now), model="fixed", subgroup="capture=other", pair="a->b", statistic="fire_rate")[0]
+    all_ref = profiles[1].subgroups["all"]
+    assert other.reference == pytest.approx(all_ref.confusion_matrix[0][1] / all_ref.count)
     assert not by(mon.results(now), subgroup=SUBGROUPS[0], pair="c->d")  # not watched outside phone
 
 
