@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench build clean
+.PHONY: help venv train serve demo test bench bench-detection bench-monitors build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -16,6 +16,7 @@ help:
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
+	@echo "make bench-detection / bench-monitors - monitor detection quality / cost"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +47,9 @@ build: train
 
 clean:
 	rm -rf $(VENV) .bentoml artifacts .pytest_cache
+
+bench-detection: train
+	$(BIN)/python -m benchmarks.detection
+
+bench-monitors: train
+	$(BIN)/python -m benchmarks.monitor_cost

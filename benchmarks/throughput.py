@@ -1,8 +1,9 @@
-"""Requests/s and latency of /classify: classguard vs the minimal BentoML endpoint, one run.
+"""Requests/s and latency of /classify: classguard (monitors on and off) vs the minimal
+BentoML endpoint, one run.
 
     make bench            (or: python -m benchmarks.throughput --duration 10)
 
-Both services serve the same TorchScript model with one worker and no access log, one after
+All serve the same TorchScript model with one worker and no access log, one after
 the other on this machine, loaded by wrk (from Debian's `wrk` package) with the same real
 test-split PNGs (70% scanner, 30% phone, no context: classguard infers the subgroup).
 Results: a table on stdout and artifacts/bench_throughput.json.
@@ -28,7 +29,11 @@ from harness.traffic import holdout_samples, stream
 BOUNDARY = "classguardbenchboundary"
 LUA = Path(__file__).with_name("wrk_multipart.lua")
 OUT = Path("artifacts/bench_throughput.json")
-TARGETS = {"minimal BentoML": "benchmarks.minimal_service:Minimal", "classguard": "."}
+TARGETS = {  # name: (bentoml serve target, environment)
+    "minimal BentoML": ("benchmarks.minimal_service:Minimal", {}),
+    "classguard, monitors off": (".", {"CLASSGUARD_MONITORS__ENABLED": "false"}),
+    "classguard": (".", {}),
+}
 
 
 def multipart(png: bytes) -> bytes:
@@ -67,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tmp) / f"{i}.bin"
             path.write_bytes(multipart(sample.png))
             bodies.append(str(path))
-        for name, target in TARGETS.items():
+        for name, (target, env) in TARGETS.items():
             print(f"serving {name} ...", file=sys.stderr)
-            with Server(target) as server:
+            with Server(target, env=env) as server:
                 wrk(server.url, bodies, 8, 2)  # warm-up
                 results[name] = {}
                 for c in args.concurrency:
@@ -80,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
               "device": "cpu", "duration_s": args.duration, "results": results}
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'service':<16} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(f"{'service':<26} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name, by_c in results.items():
         for c, r in by_c.items():
-            print(f"{name:<16} {c:>5} {r['requests_per_s']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non_2xx']:>8}")
+            print(f"{name:<26} {c:>5} {r['requests_per_s']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non_2xx']:>8}")
+    rps = lambda name, c: results[name][c]["requests_per_s"]  # noqa: E731
     for c in results["classguard"]:
-        ratio = results["classguard"][c]["requests_per_s"] / results["minimal BentoML"][c]["requests_per_s"]
-        print(f"classguard / minimal at concurrency {c}: {ratio:.2f}x")
+        print(f"concurrency {c}: classguard / minimal {rps('classguard', c) / rps('minimal BentoML', c):.2f}x, "
+              f"monitors on / off {rps('classguard', c) / rps('classguard, monitors off', c):.2f}x")
     return 0
 
 

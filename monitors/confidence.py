@@ -60,17 +60,18 @@ class ConfidenceDrift:
         cusum = bernoulli_cusum(series[..., 1], series[..., 0], self._p0, self._p1)
         with np.errstate(invalid="ignore", divide="ignore"):
             low_rate, mean = low / n, conf_sum / n
+        alarm = (n >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
+        # plain Python values before the loop: numpy scalar indexing is the slow part here
+        n, low_rate, mean, cusum, alarm = n.tolist(), low_rate.tolist(), mean.tolist(), cusum.tolist(), alarm.tolist()
+        ref_low, ref_mean = self._ref_low_rate.tolist(), self._ref_mean.tolist()
         scores = []
         for m, model in enumerate(self.models):
             for s, key in enumerate(self.subgroups):
-                k, enough = int(n[m, s]), n[m, s] >= self.window.min_samples
+                k = int(n[m][s])
                 scores += [
-                    Score(self.name, "low_confidence_rate", float(low_rate[m, s]), k, model, key,
-                          reference=float(self._ref_low_rate[m, s])),
-                    Score(self.name, "mean_confidence", float(mean[m, s]), k, model, key,
-                          reference=float(self._ref_mean[m, s])),
-                    Score(self.name, "cusum", float(cusum[m, s]), k, model, key,
-                          alarm=bool(enough and cusum[m, s] > self.window.cusum_threshold)),
+                    Score(self.name, "low_confidence_rate", low_rate[m][s], k, model, key, reference=ref_low[m][s]),
+                    Score(self.name, "mean_confidence", mean[m][s], k, model, key, reference=ref_mean[m][s]),
+                    Score(self.name, "cusum", cusum[m][s], k, model, key, alarm=alarm[m][s]),
                 ]
         return scores
 

@@ -101,21 +101,23 @@ class KnownConfusions:
             series = np.zeros((1, len(self.models), len(self.subgroups), len(self.pairs) + 1))
         total = series.sum(axis=0)
         n = total[..., -1]
-        cusum = bernoulli_cusum(series[..., :-1], np.repeat(series[..., -1:], len(self.pairs), axis=-1),
-                                self._p0, self._p1)
+        cusum = bernoulli_cusum(series[..., :-1], series[..., -1:], self._p0, self._p1)  # trials broadcast
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = total[..., :-1] / n[..., None]
+        alarm = (n[..., None] >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
+        # plain Python values before the loop: numpy scalar indexing is the slow part here
+        n, rate, cusum, alarm, expected = n.tolist(), rate.tolist(), cusum.tolist(), alarm.tolist(), self._expected.tolist()
         scores = []
         for m, model in enumerate(self.models):
             for s, key in enumerate(self.subgroups):
-                k = int(n[m, s])
+                k = int(n[m][s])
                 for p, pair in enumerate(self.pairs):
                     if not self._applies[s, p] or self._index[m, p, 0] < 0:
                         continue
-                    rate = total[m, s, p] / k if k else float("nan")
                     scores += [
-                        Score(self.name, "fire_rate", float(rate), k, model, key, pair.name,
-                              reference=float(self._expected[m, s, p])),
-                        Score(self.name, "cusum", float(cusum[m, s, p]), k, model, key, pair.name,
-                              alarm=bool(k >= self.window.min_samples and cusum[m, s, p] > self.window.cusum_threshold)),
+                        Score(self.name, "fire_rate", rate[m][s][p], k, model, key, pair.name,
+                              reference=expected[m][s][p]),
+                        Score(self.name, "cusum", cusum[m][s][p], k, model, key, pair.name, alarm=alarm[m][s][p]),
                     ]
         return scores
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -39,11 +39,11 @@ class EventBatch:
         return cls(z, z.astype(np.int64), z.astype(np.int64), z.astype(np.int64), z, z.astype(np.int64))
 
 
-@dataclass(frozen=True)
-class Score:
+class Score(NamedTuple):
     """One published number: a monitor's statistic for a model and subgroup (or the whole mix),
     its reference value where one exists, the window's sample size, and whether the monitor's
-    decision rule fires (only ever with at least `min_samples` events)."""
+    decision rule fires (only ever with at least `min_samples` events). A named tuple: read-only
+    and cheap, since a recompute builds hundreds of them."""
 
     monitor: str
     statistic: str
@@ -63,7 +63,7 @@ class WindowConfig:
     bucket_s: float = 1.0
     n_buckets: int = 300
     min_samples: int = 100
-    cusum_threshold: float = 12.0
+    cusum_threshold: float = 20.0
     rate_ratio: float = 3.0
     rate_floor: float = 0.005
     js_threshold: float = 0.2

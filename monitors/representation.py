@@ -46,8 +46,7 @@ class SubgroupRepresentation:
         n = int(live.sum())
         enough = n >= self.window.min_samples
         shares = live / n if n else np.zeros_like(live)
-        cusum = bernoulli_cusum(series, np.repeat(series.sum(axis=1, keepdims=True), len(self.subgroups), axis=1),
-                                self._p0, self._p1)
+        cusum = bernoulli_cusum(series, series.sum(axis=1, keepdims=True), self._p0, self._p1)
         scores = [
             Score(self.name, "js_distance", float(js_distance(live, self._reference)) if n else float("nan"), n,
                   alarm=bool(enough and js_distance(live, self._reference) > self.window.js_threshold)),

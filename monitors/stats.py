@@ -37,7 +37,8 @@ def bernoulli_llr(p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def bernoulli_cusum(successes: np.ndarray, trials: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
     """Page's one-sided CUSUM for a rise from rate p0 to p1, run over buckets in time order.
 
-    successes, trials: (T, ...) counts per bucket; p0, p1 broadcast over (...). Returns the
+    successes, trials: (T, ...) counts per bucket (trials may broadcast against successes);
+    p0, p1 broadcast over (...). Returns the
     statistic after the last bucket, S_T with S_t = max(0, S_{t-1} + LLR of bucket t), computed
     in closed form as C_T - min(0, min_k C_k) over the cumulative LLR C. Bucket-level
     increments make it independent of event order within a bucket, which is what lets several

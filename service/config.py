@@ -90,7 +90,7 @@ class MonitorsConfig(Strict):
     bucket_seconds: float = Field(1.0, gt=0.0, le=60.0, description="granularity of windows and sequential tests")
     window_seconds: float = Field(300.0, gt=0.0, le=86_400.0)
     min_samples: int = Field(100, ge=1, description="no alarm on fewer events in the window")
-    cusum_threshold: float = Field(12.0, gt=0.0, description="CUSUM log-likelihood level that raises an alarm")
+    cusum_threshold: float = Field(20.0, gt=0.0, description="CUSUM log-likelihood level that raises an alarm")
     rate_ratio: float = Field(3.0, gt=1.0, description="the rise (odds ratio) sequential tests look for")
     rate_floor: float = Field(0.005, gt=0.0, lt=0.5, description="smallest reference rate a test assumes")
     js_threshold: float = Field(0.2, gt=0.0, le=1.0, description="Jensen-Shannon distance that raises an alarm")
