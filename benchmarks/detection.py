@@ -194,18 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from monitors.confusion import ConfusionPair
-    from monitors.events import WindowConfig
     from monitors.suite import MonitorSuite
     from service.config import load_settings
+    from service.monitoring import confusion_pairs, window_config
     from service.subgroups import SubgroupResolver
 
     settings = load_settings()
-    m = settings.monitors
-    window = WindowConfig(bucket_s=m.bucket_seconds, n_buckets=round(m.window_seconds / m.bucket_seconds),
-                          min_samples=m.min_samples, cusum_threshold=m.cusum_threshold, rate_ratio=m.rate_ratio,
-                          rate_floor=m.rate_floor, js_threshold=m.js_threshold)
-    pairs = [ConfusionPair(p.source, p.target, p.margin) for p in m.known_confusions]
+    window, pairs = window_config(settings.monitors), confusion_pairs(settings.monitors)
     print("running the baseline on the test split ...", file=sys.stderr)
     out = model_outputs()
     keys = SubgroupResolver(settings.subgroups.attributes).keys()

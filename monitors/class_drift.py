@@ -8,12 +8,13 @@ from typing import Sequence
 
 import numpy as np
 
+from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
 from monitors.reference import ReferenceProfile, reference_for
 from monitors.stats import js_distance
 
 
-class PredictedClassDrift:
+class PredictedClassDrift(WindowedMonitor):
     name = "class_drift"
 
     def __init__(self, models: Sequence[str], profiles: Sequence[ReferenceProfile], subgroups: Sequence[str],
@@ -27,20 +28,12 @@ class PredictedClassDrift:
                 dist = np.asarray(reference_for(profile, key).predicted_class_distribution)
                 self._reference[m, s, : min(len(dist), max_classes)] = dist[:max_classes]
                 self._reference[m, s, -1] += dist[max_classes:].sum() if len(dist) > max_classes else 0.0
-        self._reset()
-
-    def _reset(self) -> None:
-        self._counts = self.window.counts((len(self.models), len(self.subgroups), self.n_bins))
-
-    reset = _reset
+        self.counts_shape = (len(self.models), len(self.subgroups), self.n_bins)
+        self.reset()
 
     def update_many(self, events: EventBatch) -> None:
         bins = np.minimum(events.predicted, self.n_bins - 1)
         self._counts.add(events.t, (events.model, events.subgroup, bins))
-
-    def merge(self, other: "PredictedClassDrift") -> "PredictedClassDrift":
-        self._counts.merge(other._counts)
-        return self
 
     def results(self, now: float) -> list[Score]:
         live = self._counts.window_total(now)
@@ -51,12 +44,6 @@ class PredictedClassDrift:
                   alarm=bool(n[m, s] >= self.window.min_samples and distance[m, s] > self.window.js_threshold))
             for m, model in enumerate(self.models) for s, key in enumerate(self.subgroups)
         ]
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self._counts.state()
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self._counts.load_state(state)
 
     def get_config(self) -> dict:
         return {"models": self.models, "subgroups": self.subgroups, "max_classes": self.max_classes}

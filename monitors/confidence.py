@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
 from monitors.reference import ReferenceProfile, reference_for
 from monitors.stats import bernoulli_cusum
@@ -20,7 +21,7 @@ from monitors.stats import bernoulli_cusum
 LOW_QUANTILE, FLAG_QUANTILE = "p05", "p01"
 
 
-class ConfidenceDrift:
+class ConfidenceDrift(WindowedMonitor):
     name = "confidence"
 
     def __init__(self, models: Sequence[str], profiles: Sequence[ReferenceProfile], subgroups: Sequence[str],
@@ -33,13 +34,9 @@ class ConfidenceDrift:
         # the reference's own rate below its p05: 0.05 by construction, up to ties
         self._ref_low_rate = np.full(self._low.shape, 0.05)
         self._p0, self._p1 = window.sequential_rates(self._ref_low_rate)
-        self._reset()
-
-    def _reset(self) -> None:
         # last axis: events, low-confidence events, sum of confidence
-        self._counts = self.window.counts((len(self.models), len(self.subgroups), 3))
-
-    reset = _reset
+        self.counts_shape = (len(self.models), len(self.subgroups), 3)
+        self.reset()
 
     def flag(self, model: int, subgroup: int, confidence: float) -> bool:
         return confidence < self._flag[model, subgroup]
@@ -48,10 +45,6 @@ class ConfidenceDrift:
         low = events.confidence < self._low[events.model, events.subgroup]
         for column, values in enumerate((1.0, low.astype(np.float64), events.confidence)):
             self._counts.add(events.t, (events.model, events.subgroup, np.full(len(events), column)), values)
-
-    def merge(self, other: "ConfidenceDrift") -> "ConfidenceDrift":
-        self._counts.merge(other._counts)
-        return self
 
     def results(self, now: float) -> list[Score]:
         series = self._counts.window_series(now)
@@ -74,12 +67,6 @@ class ConfidenceDrift:
                     Score(self.name, "cusum", cusum[m][s], k, model, key, alarm=alarm[m][s]),
                 ]
         return scores
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self._counts.state()
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self._counts.load_state(state)
 
     def get_config(self) -> dict:
         return {"models": self.models, "subgroups": self.subgroups}

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
 from monitors.reference import ReferenceProfile, reference_for
 from monitors.stats import bernoulli_cusum
@@ -45,7 +46,7 @@ def reference_rate(profile: ReferenceProfile, subgroup: str, source: int, target
     return ref.confusion_matrix[source][target] / max(ref.count, 1)
 
 
-class KnownConfusions:
+class KnownConfusions(WindowedMonitor):
     name = "known_confusion"
 
     def __init__(self, pairs: Sequence[ConfusionPair], models: Sequence[str], profiles: Sequence[ReferenceProfile],
@@ -66,13 +67,9 @@ class KnownConfusions:
                     self._expected[m, :, p] = [reference_rate(profile, key, src, tgt) for key in self.subgroups]
         self._margins = np.array([pair.margin for pair in self.pairs])
         self._p0, self._p1 = window.sequential_rates(self._expected)
-        self._reset()
-
-    def _reset(self) -> None:
         # last axis: one column per pair, then the event count
-        self._counts = self.window.counts((len(self.models), len(self.subgroups), len(self.pairs) + 1))
-
-    reset = _reset
+        self.counts_shape = (len(self.models), len(self.subgroups), len(self.pairs) + 1)
+        self.reset()
 
     def fired(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> int:
         """Bit mask of the pairs that fire on one prediction (O(pairs))."""
@@ -90,10 +87,6 @@ class KnownConfusions:
             hit = (events.confusions >> p) & 1 == 1
             if hit.any():
                 self._counts.add(events.t[hit], (events.model[hit], events.subgroup[hit], np.full(int(hit.sum()), p)))
-
-    def merge(self, other: "KnownConfusions") -> "KnownConfusions":
-        self._counts.merge(other._counts)
-        return self
 
     def results(self, now: float) -> list[Score]:
         series = self._counts.window_series(now)
@@ -120,12 +113,6 @@ class KnownConfusions:
                         Score(self.name, "cusum", cusum[m][s][p], k, model, key, pair.name, alarm=alarm[m][s][p]),
                     ]
         return scores
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self._counts.state()
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self._counts.load_state(state)
 
     def get_config(self) -> dict:
         return {"pairs": [vars(p) for p in self.pairs], "models": self.models, "subgroups": self.subgroups}

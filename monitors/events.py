@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -67,7 +67,6 @@ class WindowConfig:
     rate_ratio: float = 3.0
     rate_floor: float = 0.005
     js_threshold: float = 0.2
-    extra: dict = field(default_factory=dict)
 
     def counts(self, shape: tuple[int, ...]):
         from monitors.buckets import BucketedCounts

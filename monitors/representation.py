@@ -12,11 +12,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
 from monitors.stats import bernoulli_cusum, js_distance, psi
 
 
-class SubgroupRepresentation:
+class SubgroupRepresentation(WindowedMonitor):
     name = "representation"
 
     def __init__(self, subgroups: Sequence[str], training_shares: Mapping[str, float], window: WindowConfig) -> None:
@@ -26,19 +27,11 @@ class SubgroupRepresentation:
         self._reference = np.array([self.training_shares.get(k, 0.0) for k in self.subgroups])
         self._p0, self._p1 = window.sequential_rates(self._reference)
         self._watched = self._reference < 0.5
-        self._reset()
-
-    def _reset(self) -> None:
-        self._counts = self.window.counts((len(self.subgroups),))
-
-    reset = _reset
+        self.counts_shape = (len(self.subgroups),)
+        self.reset()
 
     def update_many(self, events: EventBatch) -> None:
         self._counts.add(events.t, (events.subgroup,))
-
-    def merge(self, other: "SubgroupRepresentation") -> "SubgroupRepresentation":
-        self._counts.merge(other._counts)
-        return self
 
     def results(self, now: float) -> list[Score]:
         series = self._counts.window_series(now)
@@ -58,12 +51,6 @@ class SubgroupRepresentation:
             scores.append(Score(self.name, "cusum", float(cusum[i]), n, subgroup=key,
                                 alarm=bool(enough and self._watched[i] and cusum[i] > self.window.cusum_threshold)))
         return scores
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self._counts.state()
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self._counts.load_state(state)
 
     def get_config(self) -> dict:
         return {"subgroups": self.subgroups, "training_shares": self.training_shares}

@@ -60,17 +60,25 @@ class NoMonitors:
         return None
 
 
+def window_config(config: MonitorsConfig) -> WindowConfig:
+    return WindowConfig(
+        bucket_s=config.bucket_seconds, n_buckets=max(1, round(config.window_seconds / config.bucket_seconds)),
+        min_samples=config.min_samples, cusum_threshold=config.cusum_threshold, rate_ratio=config.rate_ratio,
+        rate_floor=config.rate_floor, js_threshold=config.js_threshold,
+    )
+
+
+def confusion_pairs(config: MonitorsConfig) -> list[ConfusionPair]:
+    return [ConfusionPair(p.source, p.target, p.margin, tuple(p.subgroups) if p.subgroups else None)
+            for p in config.known_confusions]
+
+
 class MonitorPipeline:
     def __init__(self, config: MonitorsConfig, models: Sequence[str], profiles: Sequence[ReferenceProfile],
                  subgroups: Sequence[str]) -> None:
         self.config = config
-        self.window = WindowConfig(
-            bucket_s=config.bucket_seconds, n_buckets=max(1, round(config.window_seconds / config.bucket_seconds)),
-            min_samples=config.min_samples, cusum_threshold=config.cusum_threshold, rate_ratio=config.rate_ratio,
-            rate_floor=config.rate_floor, js_threshold=config.js_threshold,
-        )
-        self.pairs = [ConfusionPair(p.source, p.target, p.margin, tuple(p.subgroups) if p.subgroups else None)
-                      for p in config.known_confusions]
+        self.window = window_config(config)
+        self.pairs = confusion_pairs(config)
         self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
         self.suite = MonitorSuite(*self._args)
         self._merged = MonitorSuite(*self._args)

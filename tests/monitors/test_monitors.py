@@ -21,13 +21,18 @@ def by(scores, **match):
     return [s for s in scores if all(getattr(s, k) == v for k, v in match.items())]
 
 
+def feed(monitor, events, window):
+    """Update with `events`; the time of the last one, and which events are still in the window."""
+    monitor.update_many(events)
+    now = float(events.t[-1])
+    return now, np.floor(events.t) > np.floor(now) - window.n_buckets
+
+
 def test_representation_shares_and_distance(window):
     """Live shares equal np.bincount shares; JS distance equals scipy against the training mix."""
     mon = SubgroupRepresentation(SUBGROUPS, {SUBGROUPS[0]: 0.97, SUBGROUPS[1]: 0.03}, window)
-    ev = random_events(2000, phone_share=0.2)
-    mon.update_many(ev)
-    scores = mon.results(float(ev.t[-1]))
-    recent = np.floor(ev.t) > np.floor(ev.t[-1]) - window.n_buckets
+    now, recent = feed(mon, ev := random_events(2000, phone_share=0.2), window)
+    scores = mon.results(now)
     live = np.bincount(ev.subgroup[recent], minlength=3)
     for i, key in enumerate(SUBGROUPS):
         assert by(scores, statistic="share", subgroup=key)[0].value == pytest.approx(live[i] / live.sum())
@@ -48,9 +53,7 @@ def test_class_drift_matches_scipy(profiles, window):
     """Per model and subgroup, JS distance of live predicted classes vs the profile's distribution."""
     mon = PredictedClassDrift(MODELS, profiles, SUBGROUPS, window)
     ev = random_events(3000)
-    mon.update_many(ev)
-    now = float(ev.t[-1])
-    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    now, recent = feed(mon, ev, window)
     for m, model in enumerate(MODELS):
         rows = recent & (ev.model == m) & (ev.subgroup == 0)
         live = np.bincount(ev.predicted[rows], minlength=4)
@@ -63,9 +66,7 @@ def test_confidence_rates_flags_and_collapse(profiles, window):
     """Low-confidence rate and mean equal numpy; the flag uses the reference p01; a collapse alarms."""
     mon = ConfidenceDrift(MODELS, profiles, SUBGROUPS, window)
     ev = random_events(3000)
-    mon.update_many(ev)
-    now = float(ev.t[-1])
-    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    now, recent = feed(mon, ev, window)
     rows = recent & (ev.model == 0) & (ev.subgroup == 0)
     p05 = profiles[0].subgroups[SUBGROUPS[0]].confidence_quantiles["p05"]
     scores = by(mon.results(now), model="base", subgroup=SUBGROUPS[0])
@@ -95,9 +96,7 @@ def test_known_confusion_rates_and_reference(profiles, window):
     """Fire rates equal numpy counts; the reference is the subgroup's validation confusion rate."""
     mon = KnownConfusions(PAIRS, MODELS, profiles, SUBGROUPS, window)
     ev = random_events(3000, n_pairs=2)
-    mon.update_many(ev)
-    now = float(ev.t[-1])
-    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    now, recent = feed(mon, ev, window)
     rows = recent & (ev.model == 1) & (ev.subgroup == 0)
     score = by(mon.results(now), model="fixed", subgroup=SUBGROUPS[0], pair="a->b", statistic="fire_rate")[0]
     assert score.value == pytest.approx(np.mean(ev.confusions[rows] & 1))

@@ -9,11 +9,11 @@ import pytest
 from harness import promtext
 from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
-from monitors.confusion import ConfusionPair
-from monitors.events import EventBatch, WindowConfig
+from monitors.events import EventBatch
 from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
 from service.config import Settings
+from service.monitoring import confusion_pairs, window_config
 from service.subgroups import SubgroupResolver, subgroup_key
 from tests.conftest import run_module
 
@@ -76,9 +76,9 @@ def test_phone_heavy_traffic_moves_drift_and_confusion_metrics(model_home, tmp_p
     # one process over the same events: window statistics must match what two workers published
     settings = Settings()
     keys = SubgroupResolver(settings.subgroups.attributes).keys()
-    pairs = [ConfusionPair(p.source, p.target, p.margin) for p in settings.monitors.known_confusions]
+    pairs = confusion_pairs(settings.monitors)
     suite = MonitorSuite([BASE, "classguard-retrained"], [profiles[BASE], profiles["classguard-retrained"]], keys,
-                         pairs, WindowConfig(n_buckets=300))
+                         pairs, window_config(settings.monitors))
     rows = []
     for _, _, body in results:  # each event as the response describes it, flags included
         s = suite.subgroup_index[subgroup_key(body["subgroup"])]
