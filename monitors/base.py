@@ -1,7 +1,12 @@
 """What every monitor shares: its window is one BucketedCounts, so resetting, merging and
-shipping state between workers is the same for all of them."""
+shipping state between workers is the same for all of them; and its configuration
+round-trips through plain data (`get_config()` / `from_config()`), profiles aside."""
 
 from __future__ import annotations
+
+import inspect
+from dataclasses import asdict
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,3 +30,17 @@ class WindowedMonitor:
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self._counts.load_state(state)
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments as plain data (JSON-able), except reference profiles."""
+        names = [n for n in inspect.signature(type(self)).parameters if n != "profiles"]
+        config = {n: getattr(self, n) for n in names}
+        config["window"] = asdict(self.window)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], profiles: Sequence[Any] = ()) -> "WindowedMonitor":
+        kwargs = {**config, "window": WindowConfig(**config["window"])}
+        if "profiles" in inspect.signature(cls).parameters:
+            kwargs["profiles"] = profiles
+        return cls(**kwargs)

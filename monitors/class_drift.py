@@ -44,6 +44,3 @@ class PredictedClassDrift(WindowedMonitor):
                   alarm=bool(n[m, s] >= self.window.min_samples and distance[m, s] > self.window.js_threshold))
             for m, model in enumerate(self.models) for s, key in enumerate(self.subgroups)
         ]
-
-    def get_config(self) -> dict:
-        return {"models": self.models, "subgroups": self.subgroups, "max_classes": self.max_classes}

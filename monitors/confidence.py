@@ -67,6 +67,3 @@ class ConfidenceDrift(WindowedMonitor):
                     Score(self.name, "cusum", cusum[m][s], k, model, key, alarm=alarm[m][s]),
                 ]
         return scores
-
-    def get_config(self) -> dict:
-        return {"models": self.models, "subgroups": self.subgroups}

@@ -11,7 +11,7 @@ never below `rate_floor`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +30,8 @@ class ConfusionPair:
     subgroups: tuple[str, ...] | None = None  # None: every subgroup
 
     def __post_init__(self) -> None:
+        if self.subgroups is not None:
+            object.__setattr__(self, "subgroups", tuple(self.subgroups))  # lists arrive from JSON/YAML
         if self.source == self.target:
             raise ValueError(f"a confusion pair needs two different classes, got {self.source}->{self.target}")
         if not 0.0 < self.margin <= 1.0:
@@ -115,4 +117,8 @@ class KnownConfusions(WindowedMonitor):
         return scores
 
     def get_config(self) -> dict:
-        return {"pairs": [vars(p) for p in self.pairs], "models": self.models, "subgroups": self.subgroups}
+        return {**super().get_config(), "pairs": [asdict(p) for p in self.pairs]}
+
+    @classmethod
+    def from_config(cls, config: dict, profiles: Sequence[ReferenceProfile] = ()) -> "KnownConfusions":
+        return super().from_config({**config, "pairs": [ConfusionPair(**p) for p in config["pairs"]]}, profiles)

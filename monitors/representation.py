@@ -51,6 +51,3 @@ class SubgroupRepresentation(WindowedMonitor):
             scores.append(Score(self.name, "cusum", float(cusum[i]), n, subgroup=key,
                                 alarm=bool(enough and self._watched[i] and cusum[i] > self.window.cusum_threshold)))
         return scores
-
-    def get_config(self) -> dict:
-        return {"subgroups": self.subgroups, "training_shares": self.training_shares}

@@ -95,4 +95,4 @@ class MonitorSuite:
             monitor.load_state({k[len(prefix):]: arrays[k] for k in arrays if k.startswith(prefix)})
 
     def get_config(self) -> dict:
-        return {"window": vars(self.window), "monitors": {m.name: m.get_config() for m in self.monitors}}
+        return {m.name: m.get_config() for m in self.monitors}

@@ -1,5 +1,6 @@
 """Each monitor against numpy/scipy on the same events; and the contract every monitor keeps."""
 
+import json
 import pickle
 
 import numpy as np
@@ -122,9 +123,10 @@ def suite_factory(profiles, window):
     return lambda: MonitorSuite(MODELS, profiles, SUBGROUPS, PAIRS, window)
 
 
-def test_every_monitor_keeps_the_contract(suite_factory):
-    """Every monitor updates, merges, resets, pickles, round-trips its state and config."""
-    suite = suite_factory()
+def test_every_monitor_keeps_the_contract(suite_factory, profiles):
+    """Every monitor updates, resets, pickles, and round-trips its state and its config
+    (through JSON) to a monitor that publishes the same scores."""
+    suite, suite_profiles = suite_factory(), profiles
     ev = random_events(500, n_pairs=2)
     suite.update_many(ev)
     now = float(ev.t[-1])
@@ -133,7 +135,11 @@ def test_every_monitor_keeps_the_contract(suite_factory):
         assert before and all(s.monitor == monitor.name for s in before)
         clone = pickle.loads(pickle.dumps(monitor))
         assert [s.value for s in clone.results(now)] == pytest.approx([s.value for s in before], nan_ok=True)
-        assert isinstance(monitor.get_config(), dict)
+        config = json.loads(json.dumps(monitor.get_config()))  # plain data
+        rebuilt = type(monitor).from_config(config, profiles=suite_profiles)
+        assert rebuilt.get_config() == monitor.get_config()
+        rebuilt.load_state(monitor.state())
+        assert [s.value for s in rebuilt.results(now)] == pytest.approx([s.value for s in before], nan_ok=True)
         monitor.reset()
         assert all(s.samples == 0 for s in monitor.results(now))
 
