@@ -24,7 +24,11 @@ from service.errors import InputError
 class Admin:
     def __init__(self) -> None:
         self.engine = None  # bound per worker when the service starts
-        self.app = Starlette(routes=[Route("/drift-report", self.drift_report, methods=["GET"])])
+        self.app = Starlette(routes=[
+            Route("/drift-report", self.drift_report, methods=["GET"]),
+            Route("/guardrails", self.show_guardrails, methods=["GET"]),
+            Route("/guardrails", self.swap_guardrails, methods=["POST"]),
+        ])
 
     def bind(self, engine) -> None:
         self.engine = engine
@@ -64,6 +68,41 @@ class Admin:
             metrics.REJECTED.labels("admin", exc.reason).inc()
             return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status}, status_code=exc.status)
         return Response(body, media_type=media)
+
+
+    async def _guarded(self, request: Request, work) -> Response:
+        try:
+            self.authorize(request)
+            return JSONResponse(await work())
+        except InputError as exc:
+            metrics.REJECTED.labels("admin", exc.reason).inc()
+            return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status},
+                                status_code=exc.status)
+
+    async def show_guardrails(self, request: Request) -> Response:
+        async def work():
+            runtime = self.engine.guardrails
+            return {**runtime.describe(), "guardrails": [g.name for g in runtime.chain.guardrails]}
+
+        return await self._guarded(request, work)
+
+    async def swap_guardrails(self, request: Request) -> Response:
+        """Body: {"profile": NAME} for a declared profile, or {"profile": NAME, "chain": [...]}."""
+
+        async def work():
+            try:
+                body = await request.json()
+            except ValueError:
+                raise InputError("bad_parameter", 'send a JSON object: {"profile": NAME[, "chain": [...]]}') from None
+            if not isinstance(body, dict) or not isinstance(body.get("profile"), str):
+                raise InputError("bad_parameter", "the JSON object needs a `profile` name")
+            try:
+                chain = self.engine.guardrails.swap(profile=body["profile"], chain=body.get("chain"))
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+                raise InputError("invalid_guardrails", str(exc)) from None
+            return {"profile": chain.profile, "hash": chain.config_hash, "applied": True}
+
+        return await self._guarded(request, work)
 
 
 def _seconds(text: str) -> float:

@@ -109,6 +109,14 @@ class MonitorsConfig(Strict):
         return self
 
 
+class GuardrailsConfig(Strict):
+    profiles_path: Path = Field(Path("config/guardrails.yaml"), description="YAML of named guardrail chains")
+    active: str | None = Field(None, description="profile at start-up (default: the file's `active`)")
+    audit_log: Path = Field(Path("var/guardrail-audit.jsonl"), description="one JSON line per chain change")
+    sync_seconds: float = Field(0.5, gt=0.0, le=10.0, description="how often workers pick up a swapped chain")
+    shadow_max_in_flight: int = Field(256, ge=1, description="shadow runs waiting at once; more are skipped, counted")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSGUARD_", env_nested_delimiter="__", extra="forbid",
                                       frozen=True)
@@ -125,6 +133,7 @@ class Settings(BaseSettings):
     batching: BatchingConfig = BatchingConfig()
     subgroups: SubgroupsConfig = SubgroupsConfig()
     monitors: MonitorsConfig = MonitorsConfig()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

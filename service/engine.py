@@ -24,10 +24,12 @@ from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import REASONS, InputError
 from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
+from service.guardrail_runtime import GuardrailRuntime
 from service.models import ServedModel, find_stored, resolve_device
-from service.monitoring import MonitorPipeline, NoMonitors
+from service.monitoring import MonitorPipeline, NoMonitors, runtime_dir
 from service.preprocess import decode_image, normalise, to_unit_array
-from service.subgroups import SubgroupResolver, subgroup_key
+from service.serving import Serving
+from service.subgroups import SubgroupResolver
 
 log = logging.getLogger("classguard")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -73,12 +75,15 @@ class Engine:
                             self.resolver.keys())
             if settings.monitors.enabled else NoMonitors()
         )
+        self.guardrails = GuardrailRuntime(settings.guardrails, models=set(self.models),
+                                           subgroups=set(self.resolver.keys()), shared_dir=runtime_dir("guardrails"))
         self.batchers = {
             name: MicroBatcher(model.predict, max_batch_size=settings.batching.max_batch_size,
                                max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
                                on_batch=self._batch_observer(name))
             for name, model in self.models.items()
         }
+        self.serving = Serving(self)
         for model in self.models.values():  # first forward pass pays lazy init, not a client
             model.predict(np.zeros((1, self.spec.channels, self.spec.height, self.spec.width), np.float32))
 
@@ -104,28 +109,6 @@ class Engine:
         if len(upload.data) > _DECODE_IN_THREAD_BYTES:
             return await asyncio.to_thread(self.prepare, upload, raw_context)
         return self.prepare(upload, raw_context)
-
-    def answer(self, model: ServedModel, probs: np.ndarray, item: Prepared, request_id: str) -> dict[str, Any]:
-        labels = model.profile.labels
-        k = min(self.settings.top_k, len(labels))
-        top = np.argsort(probs)[::-1][:k]
-        best = int(top[0])
-        confidence = float(probs[best])
-        key = subgroup_key(item.subgroup)
-        metrics.PREDICTIONS.labels(model.name, key, metrics.class_label(labels, best)).inc()
-        metrics.CONFIDENCE.labels(model.name, key).observe(confidence)
-        flags = self.monitors.observe(model.name, key, probs, best)
-        return {
-            "request_id": request_id,
-            "label": labels[best],
-            "confidence": round(confidence, 6),
-            "top_k": [{"label": labels[int(i)], "probability": round(float(probs[i]), 6)} for i in top],
-            "abstained": False,
-            "model": model.tag,
-            "subgroup": item.subgroup,
-            "guardrails": [],
-            "flags": flags,
-        }
 
     # -- endpoints -------------------------------------------------------------------------
     async def classify(self, request: Request) -> JSONResponse:
@@ -158,8 +141,7 @@ class Engine:
         if len(contexts) > 1:
             raise InputError("malformed_context", "send at most one `context` field")
         item = await self.prepare_async(uploads[0], contexts[0])
-        probs = await self.batchers[self.primary.name](item.pixels[None])
-        return self.answer(self.primary, probs[0], item, request_id)
+        return (await self.serving.answer_all(item.pixels[None], [item.subgroup], [request_id]))[0]
 
     async def _classify_batch(self, request: Request, request_id: str) -> dict[str, Any]:
         limit = self.settings.limits.max_batch_images
@@ -175,7 +157,8 @@ class Engine:
                 metrics.REJECTED.labels("classify_batch", exc.reason).inc()
                 results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
         if ready:
-            probs = await self.batchers[self.primary.name](np.stack([p.pixels for _, p in ready]))
-            for row, (i, item) in enumerate(ready):
-                results[i] = {"index": i, **self.answer(self.primary, probs[row], item, f"{request_id}.{i}")}
+            answers = await self.serving.answer_all(np.stack([p.pixels for _, p in ready]), [p.subgroup for _, p in ready],
+                                                    [f"{request_id}.{i}" for i, _ in ready])
+            for (i, _), answer in zip(ready, answers):
+                results[i] = {"index": i, **answer}
         return {"request_id": request_id, "model": self.primary.tag, "results": results}

@@ -23,6 +23,7 @@ REASONS: dict[str, int] = {
     "admin_disabled": 404,
     "bad_parameter": 400,
     "not_enough_data": 409,
+    "invalid_guardrails": 422,
 }
 
 

@@ -45,7 +45,12 @@ MODEL_INFO = Gauge(
 )
 
 
-def class_label(labels: tuple[str, ...], index: int) -> str:
+ABSTAINED = "abstained"  # the predicted_class of an answer withheld by a guardrail
+
+
+def class_label(labels: tuple[str, ...], index: int | None) -> str:
+    if index is None:
+        return ABSTAINED
     return labels[index] if index < MAX_CLASS_LABELS else "other"
 
 # -- monitors ---------------------------------------------------------------------------------
@@ -88,3 +93,29 @@ MONITOR_RUN_DURATION = Histogram(
     "classguard_monitor_run_duration_seconds", "Time to merge worker state and recompute every score.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+
+# -- guardrails -------------------------------------------------------------------------------
+GUARDRAIL_ACTIONS = Counter(
+    "classguard_guardrail_actions", "Guardrail decisions, by guardrail, action and subgroup.",
+    ["guardrail", "action", "subgroup"],
+)
+ROUTED = Counter("classguard_routed", "Requests answered by a route target.", ["target", "subgroup"])
+ROUTE_FALLBACKS = Counter(
+    "classguard_route_fallbacks", "Routed requests answered by the primary because the target failed.",
+    ["target", "reason"],
+)
+SHADOW_COMPARISONS = Counter(
+    "classguard_shadow_comparisons", "Shadow runs compared with the answer, by outcome (agree/flip).",
+    ["model", "subgroup", "outcome"],
+)
+SHADOW_FLIPS = Counter(
+    "classguard_shadow_flips", "Shadow disagreements: the answer's class and the shadow model's.",
+    ["model", "subgroup", "from_class", "to_class"],
+)
+SHADOW_SKIPPED = Counter("classguard_shadow_skipped", "Shadow runs skipped (too many in flight, or failed).",
+                         ["model", "reason"])
+GUARDRAIL_CONFIG_INFO = Gauge(
+    "classguard_guardrail_config_info", "The active guardrail chain (value 1) by profile and config hash.",
+    ["profile", "hash"], multiprocess_mode="mostrecent",
+)
+GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes, by outcome.", ["outcome"])

@@ -39,16 +39,19 @@ DECISIONS = {"js_distance", "cusum"}  # the statistics that carry a decision rul
 RECENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions")
 
 
-def default_state_dir() -> Path:
-    # BentoML wipes its metrics directory at every `bentoml serve` start: state goes with it
+def runtime_dir(name: str) -> Path:
+    """A directory every worker of this `bentoml serve` shares, emptied at each start: inside
+    BentoML's metrics directory, which it wipes at start (a temporary one outside BentoML)."""
     base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    path = Path(base) / "classguard-monitors" if base else Path(tempfile.mkdtemp(prefix="classguard-monitors-"))
+    path = Path(base) / "classguard" / name if base else Path(tempfile.mkdtemp(prefix=f"classguard-{name}-"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 class NoMonitors:
     """The off switch: same interface, does nothing."""
+
+    alerts: dict[str, frozenset[str]] = {}
 
     def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
         return []
@@ -82,13 +85,14 @@ class MonitorPipeline:
         self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
         self.suite = MonitorSuite(*self._args)
         self._merged = MonitorSuite(*self._args)
-        self.state_dir = config.state_dir or default_state_dir()
+        self.state_dir = config.state_dir or runtime_dir("monitors")
         self.state_file = Path(self.state_dir) / f"worker-{os.getpid()}.npz"
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()  # the timer thread and a report request may drain at once
         # the latest events themselves, for on-demand drift reports (shared like the windows)
         self.recent: deque[tuple] = deque(maxlen=config.report_events)
         self._last_publish = 0.0
+        self.alerts: dict[str, frozenset[str]] = {}  # subgroup -> monitors alarming for it, as last published
         self._pair_names = [p.name for p in self.pairs]
 
     # -- request path ------------------------------------------------------------------------
@@ -144,6 +148,11 @@ class MonitorPipeline:
         for name in results.errors:
             metrics.MONITOR_ERRORS.labels(name).inc()
         export(results.scores)
+        alarming: dict[str, set[str]] = {}
+        for s in results.scores:
+            if s.alarm and s.subgroup:
+                alarming.setdefault(s.subgroup, set()).add(s.monitor)
+        self.alerts = {k: frozenset(v) for k, v in alarming.items()}
         self._last_publish = now
         metrics.MONITOR_LAST_RUN.set(now)
         metrics.MONITOR_RUN_DURATION.observe(time.perf_counter() - started)

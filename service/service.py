@@ -24,19 +24,21 @@ class Classguard:
 
         self.engine = Engine(settings)
         ADMIN.bind(self.engine)
-        self._monitor_task = None
+        self._tasks: list = []
 
     @bentoml.on_startup
-    async def start_monitors(self) -> None:
+    async def start_background(self) -> None:
         import asyncio
 
-        # keep a reference: the event loop holds tasks only weakly
-        self._monitor_task = asyncio.get_running_loop().create_task(self.engine.monitors.run())
+        loop = asyncio.get_running_loop()
+        # keep references: the event loop holds tasks only weakly
+        self._tasks = [loop.create_task(self.engine.monitors.run()),
+                       loop.create_task(self.engine.guardrails.run())]
 
     @bentoml.on_shutdown
-    def stop_monitors(self) -> None:
-        if self._monitor_task:
-            self._monitor_task.cancel()
+    def stop_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
     @bentoml.api(route="/classify", input_spec=ClassifyForm, output_spec=Prediction)
     async def classify(self, ctx: bentoml.Context, **_: object) -> JSONResponse:

@@ -60,7 +60,7 @@ def test_phone_heavy_traffic_moves_drift_and_confusion_metrics(model_home, tmp_p
     with Server(env=env, log_path=tmp_path / "serve.log") as server:
         results, _ = run(server.url, traffic, concurrency=16)
         samples = wait_for_publish(server.url, len(traffic))
-        state_files = list((server.home / "prometheus_multiproc_dir" / "classguard-monitors").glob("worker-*.npz"))
+        state_files = list((server.home / "prometheus_multiproc_dir" / "classguard" / "monitors").glob("worker-*.npz"))
     assert all(status == 200 for _, status, _ in results)
     assert len(state_files) == 2  # both workers published their window state
 

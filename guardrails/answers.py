@@ -1,0 +1,109 @@
+"""Guardrails that change the answer: suppress labels, abstain, guard known confusions."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from guardrails.core import Answer, Decision, Request
+
+CONFUSION_FLAG_PREFIX = "known_confusion:"
+
+
+def _in(subgroups: frozenset[str] | None, request: Request) -> bool:
+    return subgroups is None or request.subgroup_key in subgroups
+
+
+class AllowAll:
+    """The null guardrail: changes nothing, records that it was asked."""
+
+    kind = "answer"
+    name = "allow_all"
+
+    def __call__(self, request: Request, answer: Answer) -> Answer:
+        return answer.decided(Decision(self.name, "allow", "no guardrail configured"))
+
+
+class SuppressLabels:
+    """Never emit `labels` (for `subgroups` only, if given). The best remaining label answers
+    when its probability is at least `floor`; otherwise the service abstains. Suppressed
+    labels are also kept out of `top_k`."""
+
+    kind = "answer"
+    name = "suppress_labels"
+
+    def __init__(self, labels: Sequence[str], floor: float = 0.5, subgroups: Sequence[str] | None = None) -> None:
+        if not labels:
+            raise ValueError("suppress_labels needs at least one label")
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"floor must be within [0, 1], got {floor}")
+        self.labels, self.floor = tuple(labels), floor
+        self.subgroups = frozenset(subgroups) if subgroups else None
+
+    def __call__(self, request: Request, answer: Answer) -> Answer:
+        if not _in(self.subgroups, request):
+            return answer
+        hidden = frozenset(i for i, name in enumerate(answer.labels) if name in self.labels)
+        if answer.label is None or answer.label not in hidden:
+            return answer.decided(Decision(self.name, "pass", "answer is not a suppressed label"),
+                                  suppressed=answer.suppressed | hidden)
+        return _fallback(self.name, answer, answer.suppressed | hidden, self.floor,
+                         f"label {answer.labels[answer.label]} is suppressed")
+
+
+def _fallback(name: str, answer: Answer, suppressed: frozenset[int], floor: float, why: str) -> Answer:
+    candidate = answer.decided(Decision(name, "suppress", why), suppressed=suppressed)
+    best = candidate.best_allowed()
+    if best is not None and answer.probs[best] >= floor:
+        return candidate.decided(Decision(name, "fallback_label", f"next allowed label {answer.labels[best]} "
+                                          f"has probability {answer.probs[best]:.3f} >= {floor}"), label=best)
+    return candidate.decided(Decision(name, "abstain", f"no allowed label reaches probability {floor}"), label=None)
+
+
+class AbstainBelow:
+    """Abstain when the answer's confidence is below `threshold` (or the subgroup's own)."""
+
+    kind = "answer"
+    name = "abstain_below"
+
+    def __init__(self, threshold: float, per_subgroup: Mapping[str, float] | None = None) -> None:
+        for value in [threshold, *(per_subgroup or {}).values()]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"thresholds must be within [0, 1], got {value}")
+        self.threshold, self.per_subgroup = threshold, dict(per_subgroup or {})
+
+    def __call__(self, request: Request, answer: Answer) -> Answer:
+        if answer.label is None:
+            return answer
+        threshold = self.per_subgroup.get(request.subgroup_key, self.threshold)
+        if answer.confidence >= threshold:
+            return answer
+        return answer.decided(Decision(self.name, "abstain", f"confidence {answer.confidence:.3f} < {threshold}"),
+                              label=None)
+
+
+class ConfusionGuard:
+    """When a known-confusion detector fired on this prediction: abstain, or suppress the
+    emitted label and fall back like suppress_labels."""
+
+    kind = "answer"
+    name = "confusion_guard"
+
+    def __init__(self, action: str = "abstain", floor: float = 0.5, pairs: Sequence[str] | None = None,
+                 subgroups: Sequence[str] | None = None) -> None:
+        if action not in ("abstain", "suppress"):
+            raise ValueError(f"action must be 'abstain' or 'suppress', got {action!r}")
+        self.action, self.floor = action, floor
+        self.pairs = frozenset(pairs) if pairs else None
+        self.subgroups = frozenset(subgroups) if subgroups else None
+
+    def __call__(self, request: Request, answer: Answer) -> Answer:
+        if answer.label is None or not _in(self.subgroups, request):
+            return answer
+        fired = [f[len(CONFUSION_FLAG_PREFIX):] for f in answer.flags if f.startswith(CONFUSION_FLAG_PREFIX)]
+        fired = [p for p in fired if self.pairs is None or p in self.pairs]
+        if not fired:
+            return answer
+        why = f"known confusion {', '.join(fired)} fired"
+        if self.action == "abstain":
+            return answer.decided(Decision(self.name, "abstain", why), label=None)
+        return _fallback(self.name, answer, answer.suppressed | {answer.label}, self.floor, why)

@@ -1,0 +1,50 @@
+"""The guardrail chain: an ordered list of guardrails and the short runner that applies it.
+
+Routes are tried in list order and the first that matches decides the model; answer
+guardrails then run in list order on that model's answer; shadow guardrails name models to
+compare off the response path. A chain is immutable: swapping chains is replacing one
+reference, so no request ever sees half of a chain.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from guardrails.core import Answer, Decision, Request
+
+
+class Chain:
+    def __init__(self, guardrails: Sequence, *, profile: str = "", config_hash: str = "") -> None:
+        kinds = {g.kind for g in guardrails} - {"route", "answer", "shadow"}
+        if kinds:
+            raise ValueError(f"unknown guardrail kind(s) {sorted(kinds)}")
+        self.guardrails = tuple(guardrails)
+        self.profile, self.config_hash = profile, config_hash
+        self._routes = [g for g in self.guardrails if g.kind == "route"]
+        self._answers = [g for g in self.guardrails if g.kind == "answer"]
+        self._shadows = [g for g in self.guardrails if g.kind == "shadow"]
+
+    def models(self) -> set[str]:
+        """Every model the chain may call: route targets and shadow models."""
+        return {g.target for g in self._routes} | {g.model for g in self._shadows}
+
+    def route(self, request: Request, flags: Sequence[str] | None = None) -> Decision | None:
+        """Before the model runs (flags None): routes without flag conditions. After the
+        primary answered: routes with flag conditions, judged on its flags."""
+        for guardrail in self._routes:
+            if guardrail.needs_flags == (flags is not None):
+                decision = guardrail(request, flags or ())
+                if decision is not None:
+                    return decision
+        return None
+
+    def timeout_s(self, target: str) -> float:
+        return min((g.timeout_s for g in self._routes if g.target == target), default=1.0)
+
+    def answer(self, request: Request, answer: Answer) -> Answer:
+        for guardrail in self._answers:
+            answer = guardrail(request, answer)
+        return answer
+
+    def shadows(self, request: Request) -> list[Decision]:
+        return [d for d in (g(request) for g in self._shadows) if d is not None]

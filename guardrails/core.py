@@ -1,0 +1,83 @@
+"""The data every guardrail reads and writes.
+
+A guardrail is a callable; a chain is a list of them; every decision is a `Decision`
+(guardrail, action, reason) so responses, metrics and incident records read the same trace.
+Three kinds, told apart by `kind`:
+
+- "route":  __call__(request, flags) -> Decision | None. Which model answers. Called before the
+            model runs (flags empty) and again after, with the serving model's flags.
+- "answer": __call__(request, answer) -> Answer. Changes the answer (suppress, abstain).
+- "shadow": __call__(request) -> Decision | None. Which model to compare against, off the
+            response path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Decision:
+    guardrail: str
+    action: str
+    reason: str
+    model: str | None = None  # the model a route or shadow decision names
+
+    def as_dict(self) -> dict[str, str]:
+        return {"guardrail": self.guardrail, "action": self.action, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What guardrails may know about a request before any model runs."""
+
+    request_id: str
+    subgroup: Mapping[str, str]
+    subgroup_key: str
+    alerts: frozenset[str] = frozenset()  # monitors alarming for this subgroup, e.g. "representation"
+
+    def bucket(self, salt: str) -> float:
+        """A stable number in [0, 1) from the request id: the same id always lands the same."""
+        digest = hashlib.blake2b(f"{salt}:{self.request_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A model's output and what guardrails made of it. `label` is a class index or None when
+    the service abstains; suppressed classes never appear in `top_k`."""
+
+    model: str
+    labels: tuple[str, ...]
+    probs: np.ndarray
+    label: int | None
+    suppressed: frozenset[int] = frozenset()
+    decisions: tuple[Decision, ...] = ()
+    flags: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def of(cls, model: str, labels: tuple[str, ...], probs: np.ndarray, flags=()) -> "Answer":
+        return cls(model, labels, probs, int(np.argmax(probs)), flags=tuple(flags))
+
+    @property
+    def abstained(self) -> bool:
+        return self.label is None
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probs[self.label]) if self.label is not None else 0.0
+
+    def best_allowed(self) -> int | None:
+        order = np.argsort(self.probs)[::-1]
+        return next((int(i) for i in order if int(i) not in self.suppressed), None)
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        order = [int(i) for i in np.argsort(self.probs)[::-1] if int(i) not in self.suppressed]
+        return [(self.labels[i], float(self.probs[i])) for i in order[:k]]
+
+    def decided(self, decision: Decision, **changes) -> "Answer":
+        return replace(self, decisions=self.decisions + (decision,), **changes)

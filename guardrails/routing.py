@@ -1,0 +1,78 @@
+"""Guardrails that choose which model answers (route) or is compared (shadow)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from guardrails.core import Decision, Request
+
+
+class Route:
+    """Answer matching requests with `target`. A request matches when every given condition
+    holds: its subgroup is in `subgroups`; one of `flags` fired on the primary's prediction;
+    one of `alerts` (monitor names) is alarming for its subgroup; it falls in the `canary`
+    share (deterministic by request id). If the target fails or times out, the primary
+    answers and the fallback is recorded."""
+
+    kind = "route"
+    name = "route"
+
+    def __init__(self, target: str, subgroups: Sequence[str] | None = None, flags: Sequence[str] | None = None,
+                 alerts: Sequence[str] | None = None, canary: float | None = None, timeout_ms: float = 1000.0) -> None:
+        if canary is not None and not 0.0 <= canary <= 1.0:
+            raise ValueError(f"canary must be a share within [0, 1], got {canary}")
+        if timeout_ms <= 0:
+            raise ValueError("timeout_ms must be positive")
+        self.target, self.timeout_s = target, timeout_ms / 1000.0
+        self.subgroups = frozenset(subgroups) if subgroups else None
+        self.flags = frozenset(flags) if flags else None
+        self.alerts = frozenset(alerts) if alerts else None
+        self.canary = canary
+
+    @property
+    def needs_flags(self) -> bool:
+        """Flag conditions can only be judged after the primary has answered."""
+        return self.flags is not None
+
+    def __call__(self, request: Request, flags: Sequence[str] = ()) -> Decision | None:
+        reasons = []
+        if self.subgroups is not None:
+            if request.subgroup_key not in self.subgroups:
+                return None
+            reasons.append(f"subgroup {request.subgroup_key}")
+        if self.flags is not None:
+            hit = sorted(self.flags.intersection(flags))
+            if not hit:
+                return None
+            reasons.append(f"flag {', '.join(hit)}")
+        if self.alerts is not None:
+            hit = sorted(self.alerts & request.alerts)
+            if not hit:
+                return None
+            reasons.append(f"alert {', '.join(hit)} active")
+        if self.canary is not None:
+            if request.bucket("canary") >= self.canary:
+                return None
+            reasons.append(f"canary {self.canary:.0%}")
+        return Decision(self.name, "route", "; ".join(reasons) or "every request", model=self.target)
+
+
+class Shadow:
+    """Also run `model` on a `share` of requests (deterministic by request id), off the
+    response path, to measure agreement and class flips. Never changes the answer."""
+
+    kind = "shadow"
+    name = "shadow"
+
+    def __init__(self, model: str, share: float = 1.0, subgroups: Sequence[str] | None = None) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be within [0, 1], got {share}")
+        self.model, self.share = model, share
+        self.subgroups = frozenset(subgroups) if subgroups else None
+
+    def __call__(self, request: Request) -> Decision | None:
+        if self.subgroups is not None and request.subgroup_key not in self.subgroups:
+            return None
+        if request.bucket("shadow") >= self.share:
+            return None
+        return Decision(self.name, "shadow", f"sampled into {self.share:.0%}", model=self.model)
