@@ -23,14 +23,35 @@ from service.guardrail_config import Profiles, compile_chain, load_profiles
 log = logging.getLogger("classguard.guardrails")
 
 
+def active_profile(config: GuardrailsConfig, profiles: Profiles) -> str:
+    name = config.active or profiles.active
+    if name not in profiles.profiles:
+        raise ValueError(f"guardrails.active {name!r} is not a profile in {config.profiles_path}; "
+                         f"profiles: {sorted(profiles.profiles)}")
+    return name
+
+
+def check_startup_chain(settings) -> None:
+    """Compile the start-up chain against the configured models and subgroups, so a route to a
+    model that is not loaded stops `bentoml serve` at import with the reason, instead of
+    crash-looping its workers."""
+    from service.subgroups import SubgroupResolver
+
+    profiles = load_profiles(settings.guardrails.profiles_path)
+    name = active_profile(settings.guardrails, profiles)
+    models = {tag.split(":")[0] for tag in settings.models.tags()}
+    subgroups = set(SubgroupResolver(settings.subgroups.attributes).keys())
+    try:
+        compile_chain(profiles.profiles[name], name, models=models, subgroups=subgroups)
+    except ValueError as exc:
+        raise ValueError(f"guardrail profile {name!r}: {exc}") from None
+
+
 class GuardrailRuntime:
     def __init__(self, config: GuardrailsConfig, *, models: set[str], subgroups: set[str], shared_dir: Path) -> None:
         self.config, self.models, self.subgroups = config, models, subgroups
         self.profiles: Profiles = load_profiles(config.profiles_path)
-        name = config.active or self.profiles.active
-        if name not in self.profiles.profiles:
-            raise ValueError(f"guardrails.active {name!r} is not a profile in {config.profiles_path}; "
-                             f"profiles: {sorted(self.profiles.profiles)}")
+        name = active_profile(config, self.profiles)
         self.shared_file = Path(shared_dir) / "guardrails.json"
         self._seen_mtime = 0.0
         self.chain: Chain = self._compile(self.profiles.profiles[name], name)

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from service.admin import ADMIN
 from service.config import load_settings
+from service.guardrail_runtime import check_startup_chain
 from service.models import find_stored
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, Prediction
 
@@ -59,6 +60,7 @@ def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
 
 # Every configured model becomes a class attribute before decoration, so BentoML sees it
 # and `bentoml build` packs it into the Bento.
+check_startup_chain(settings)  # a chain naming a model that is not loaded fails here, clearly
 for _i, _tag in enumerate(settings.models.tags()):
     find_stored(_tag)  # a missing model is a clear error now, not a failed cloud pull later
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
