@@ -9,6 +9,7 @@ so a swap reaches all workers within about `sync_seconds`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -74,12 +75,16 @@ class GuardrailRuntime:
             raise
         specs = [s.model_dump(mode="json", exclude_none=True) for s in _specs(chain)]
         record = {"time": time.time(), "profile": profile, "hash": new.config_hash, "chain": specs}
-        tmp = self.shared_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.shared_file)
-        old, self.chain = self.chain, new
-        self._seen_mtime = self.shared_file.stat().st_mtime
-        self._audit(old, new, source)
+        # one swap at a time across workers, each starting from the chain that is really active
+        with open(self.shared_file.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.sync()
+            tmp = self.shared_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.shared_file)
+            old, self.chain = self.chain, new
+            self._seen_mtime = self.shared_file.stat().st_mtime
+            self._audit(old, new, source)
         self._publish_info(old, new)
         metrics.GUARDRAIL_SWAPS.labels("applied").inc()
         return new
