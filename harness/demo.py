@@ -1,12 +1,19 @@
-"""`make demo`: serve the baseline model, stream real test-split digits from both capture
-processes through it, and print what the live service reports per subgroup.
+"""`make demo`: the 2015 incident and its two fixes, on live traffic.
 
-The client sends no subgroup: the service infers `capture` from each image (the realistic
-case), and the table shows how often that inference agreed with the true capture.
+The baseline serves real test-split digits from both capture processes; the client sends no
+subgroup, the service infers `capture` from each image. Four steps, the guardrail chain
+swapped live through the admin route between them, a per-subgroup table after each, read
+from the service's /metrics (accuracy and wrong answers against the known test labels):
+
+1. baseline only: phone accuracy collapses, the monitors fire;
+2. suppress the labels the baseline confuses on phone: harmful answers stop, abstentions rise;
+3. shadow the retrained model: agreement and flips show what it would change, per subgroup;
+4. route phone to the retrained model: phone accuracy recovers, scanner unchanged.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections import defaultdict
@@ -16,52 +23,89 @@ from harness import promtext
 from harness.server import Server
 from harness.traffic import run, stream, holdout_samples
 
-STREAM_SIZE = 1_500
+STREAM_SIZE = 1_000
 PHONE_SHARE = 0.3
 LOG = Path("artifacts/demo-serve.log")
+STEPS = [
+    ("allow_all", "1. baseline only"),
+    ("suppress_phone_confusions", "2. suppress the confused labels on phone (the 2015 fix)"),
+    ("shadow_retrained", "3. shadow the retrained model"),
+    ("route_phone_to_retrained", "4. route phone to the retrained model (the real fix)"),
+]
+SUBGROUPS = ("capture=phone", "capture=scanner")
+SUPPRESSED = {"0", "7", "4"}  # the labels suppress_phone_confusions withholds on phone
+
+
+def swap(url: str, token: str, profile: str) -> str:
+    import httpx
+
+    r = httpx.post(f"{url}/admin/guardrails", json={"profile": profile},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    r.raise_for_status()
+    return r.json()["hash"]
+
+
+def delta(after: promtext.Samples, before: promtext.Samples, name: str, **match: str) -> float:
+    return promtext.total(after, name, **match) - promtext.total(before, name, **match)
+
+
+def step_table(results, before, after) -> list[str]:
+    right, wrong, harmful = defaultdict(int), defaultdict(int), defaultdict(int)
+    models = defaultdict(set)
+    for sample, _, body in results:
+        key = ",".join(f"{k}={v}" for k, v in body["subgroup"].items())
+        models[key].add(body["model"].split(":")[0].removeprefix("classguard-"))
+        if body["label"] is not None:
+            right[key] += body["label"] == str(sample.label)
+            wrong[key] += body["label"] != str(sample.label)
+            harmful[key] += body["label"] != str(sample.label) and body["label"] in SUPPRESSED
+    lines = [f"  {'subgroup':<16} {'requests':>8} {'answered right':>15} {'wrong':>6} {'wrong as 0/7/4':>15} {'abstained':>10} "
+             f"{'served by':>10} {'shadow agrees':>14} {'known confusions':>17}"]
+    for key in SUBGROUPS:
+        n = delta(after, before, "classguard_predictions_total", subgroup=key)
+        abstained = delta(after, before, "classguard_predictions_total", subgroup=key, predicted_class="abstained")
+        compared = delta(after, before, "classguard_shadow_comparisons_total", subgroup=key)
+        agree = delta(after, before, "classguard_shadow_comparisons_total", subgroup=key, outcome="agree")
+        confusions = delta(after, before, "classguard_known_confusion_detections_total", subgroup=key)
+        shadow = f"{agree / compared:.1%}" if compared else "-"
+        lines.append(f"  {key:<16} {n:>8.0f} {right[key] / max(n, 1):>15.1%} {wrong[key]:>6} {harmful[key]:>15} "
+                     f"{abstained / max(n, 1):>10.1%} "
+                     f"{'/'.join(sorted(models[key])):>10} {shadow:>14} {confusions:>17.0f}")
+    return lines
+
+
+def alarms(samples: promtext.Samples) -> list[str]:
+    raised = sorted({(dict(k)["monitor"], dict(k)["statistic"], dict(k)["subgroup"] or "whole mix", dict(k)["pair"])
+                     for (name, k), v in samples.items() if name == "classguard_monitor_alarm" and v})
+    return [f"{m} ({s}) {g} {p}".rstrip() for m, s, g, p in raised]
 
 
 def main() -> int:
     LOG.parent.mkdir(exist_ok=True)
+    token = secrets.token_urlsafe(16)
     samples = stream(holdout_samples(), STREAM_SIZE, PHONE_SHARE, seed=7)
+    env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1",
+           "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl"}
     print(f"starting bentoml serve (log: {LOG}) ...", file=sys.stderr)
-    with Server(log_path=LOG, env={"CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}) as server:
-        print(f"sending {len(samples)} test-split images ({PHONE_SHARE:.0%} phone) to {server.url}/classify ...",
-              file=sys.stderr)
-        results, seconds = run(server.url, samples, concurrency=16, send_context=False)
-        time.sleep(2.5)  # let the monitors publish the last events
-        samples_after = promtext.scrape(server.url)
-    failed = [r for r in results if r[1] != 200]
-    if failed:
-        print(f"{len(failed)} requests failed, first: {failed[0][1]} {failed[0][2]}", file=sys.stderr)
-        return 1
-    correct, agree, count = defaultdict(int), defaultdict(int), defaultdict(int)
-    model = results[0][2]["model"]
-    for sample, _, body in results:
-        key = ",".join(f"{k}={v}" for k, v in body["subgroup"].items())
-        count[key] += 1
-        correct[key] += body["label"] == str(sample.label)
-        agree[key] += body["subgroup"].get("capture") == sample.capture
-    name = model.split(":")[0]
-    print(f"\nmodel {model}: {len(results)} requests in {seconds:.1f} s ({len(results) / seconds:.0f} req/s)\n")
-    print(f"{'subgroup':<18} {'requests':>9} {'share':>6} {'train share':>12} {'accuracy':>9} {'mean conf':>10} "
-          f"{'known confusions':>17} {'capture inferred right':>23}")
-    for key in sorted(count):
-        served = promtext.total(samples_after, "classguard_predictions_total", model=name, subgroup=key)
-        conf_sum = promtext.total(samples_after, "classguard_prediction_confidence_sum", model=name, subgroup=key)
-        conf_n = promtext.total(samples_after, "classguard_prediction_confidence_count", model=name, subgroup=key)
-        train_share = promtext.total(samples_after, "classguard_monitor_reference", monitor="representation",
-                                     statistic="share", subgroup=key)
-        confusions = promtext.total(samples_after, "classguard_known_confusion_detections_total", model=name, subgroup=key)
-        print(f"{key:<18} {served:>9.0f} {served / len(results):>6.1%} {train_share:>12.1%} "
-              f"{correct[key] / count[key]:>9.1%} {conf_sum / max(conf_n, 1):>10.3f} {confusions:>17.0f} "
-              f"{agree[key] / count[key]:>23.1%}")
-    print("\naccuracy: responses vs the test labels; every other column: the live service's /metrics.")
-    raised = sorted({(dict(k)["monitor"], dict(k)["statistic"], dict(k)["subgroup"], dict(k)["pair"])
-                     for (n, k), v in samples_after.items() if n == "classguard_monitor_alarm" and v})
-    print("monitor alarms raised:" if raised else "monitor alarms raised: none")
-    for monitor, statistic, subgroup, pair in raised:
-        print(f"  {monitor} ({statistic}) {subgroup or 'whole mix'} {pair}".rstrip())
+    with Server(log_path=LOG, env=env) as server:
+        print(f"each step: {len(samples)} test-split images ({PHONE_SHARE:.0%} phone, no subgroup sent) "
+              f"to {server.url}/classify\n")
+        for profile, title in STEPS:
+            config_hash = swap(server.url, token, profile)
+            time.sleep(1.0)  # every worker picks up the chain within guardrails.sync_seconds
+            before = promtext.scrape(server.url)
+            results, seconds = run(server.url, samples, concurrency=16, send_context=False)
+            time.sleep(2.0)  # shadows finish, monitors publish
+            after = promtext.scrape(server.url)
+            failed = [r for r in results if r[1] != 200]
+            if failed:
+                print(f"{len(failed)} requests failed, first: {failed[0][1]} {failed[0][2]}", file=sys.stderr)
+                return 1
+            print(f"{title}   [profile {profile}, config {config_hash}, {len(results) / seconds:.0f} req/s]")
+            print("\n".join(step_table(results, before, after)))
+            raised = alarms(after)
+            print(f"  monitor alarms: {'; '.join(raised) if raised else 'none'}\n")
+    print("answered right / wrong: responses vs the test labels; every other column: the live /metrics.")
     return 0
 
 

@@ -4,6 +4,8 @@
     classguard import-model NAME ...      bring your own torch classifier (see --help)
     classguard profile TAG                print a stored model's reference profile as JSON
     classguard drift-report [--url URL]   fetch the Evidently drift report of recent traffic
+    classguard guardrails show            the running service's active guardrail chain
+    classguard guardrails apply PROFILE [--file CHAIN.yaml]   swap the chain on every worker
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--model", help="model name (default: the primary)")
     report.add_argument("--output", "-o", help="file to write (default: stdout)")
 
+    guard = commands.add_parser("guardrails", help="show or swap the running service's guardrail chain")
+    guard.add_argument("action", choices=("show", "apply"))
+    guard.add_argument("profile", nargs="?", help="profile name (apply)")
+    guard.add_argument("--file", help="YAML list of guardrails to apply under PROFILE's name")
+    guard.add_argument("--url", default="http://127.0.0.1:3000")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -54,30 +62,57 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "drift-report":
             return drift_report(args)
+        if args.command == "guardrails":
+            return guardrails(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"classguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 1
 
 
-def drift_report(args: argparse.Namespace) -> int:
-    """GET /admin/drift-report with the token from CLASSGUARD_ADMIN_TOKEN."""
+def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float = 120) -> bytes:
+    """One authenticated admin request (token from CLASSGUARD_ADMIN_TOKEN); errors as RuntimeError."""
     import os
     import urllib.error
-    import urllib.parse
     import urllib.request
 
     token = os.environ.get("CLASSGUARD_ADMIN_TOKEN")
     if not token:
         raise ValueError("set CLASSGUARD_ADMIN_TOKEN to the service's admin token")
-    query = {"format": args.format, "window_seconds": args.window_seconds, **({"model": args.model} if args.model else {})}
-    request = urllib.request.Request(f"{args.url.rstrip('/')}/admin/drift-report?{urllib.parse.urlencode(query)}",
-                                     headers={"Authorization": f"Bearer {token}"})
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(f"{url.rstrip('/')}/admin/{path}", data=data, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            body = response.read()
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{exc.code}: {exc.read().decode(errors='replace')}") from None
+
+
+def guardrails(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        print(admin_call(args.url, "guardrails").decode())
+        return 0
+    if not args.profile:
+        raise ValueError("apply needs a PROFILE name")
+    body: dict = {"profile": args.profile}
+    if args.file:
+        import yaml
+
+        with open(args.file) as f:
+            body["chain"] = yaml.safe_load(f)
+    print(admin_call(args.url, "guardrails", body=body).decode())
+    return 0
+
+
+def drift_report(args: argparse.Namespace) -> int:
+    """GET /admin/drift-report."""
+    import urllib.parse
+
+    query = {"format": args.format, "window_seconds": args.window_seconds, **({"model": args.model} if args.model else {})}
+    body = admin_call(args.url, f"drift-report?{urllib.parse.urlencode(query)}")
     if args.output:
         with open(args.output, "wb") as f:
             f.write(body)

@@ -98,3 +98,18 @@ def test_missing_route_model_is_a_startup_error(model_home, tmp_path):
         with Server(env=env, log_path=tmp_path / "serve.log", startup_timeout=60):
             pass
     assert "names model 'classguard-retrained', which is not loaded" in (tmp_path / "serve.log").read_text()
+
+
+def test_cli_shows_and_applies_a_chain_from_a_file(live, tmp_path):
+    """`classguard guardrails apply NAME --file` installs a chain; `show` reports its hash."""
+    from tests.conftest import run_module
+
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("- {type: abstain_below, threshold: 0.99}\n")
+    env = {"CLASSGUARD_ADMIN_TOKEN": TOKEN}
+    applied = run_module("service.cli", "guardrails", "apply", "strict", "--file", str(chain), "--url", live.url, env=env)
+    assert applied.returncode == 0, applied.stderr
+    shown = json.loads(run_module("service.cli", "guardrails", "show", "--url", live.url, env=env).stdout)
+    assert shown["profile"] == "strict" and shown["hash"] == json.loads(applied.stdout)["hash"]
+    bad = run_module("service.cli", "guardrails", "apply", "x", "--url", live.url, env=env)
+    assert bad.returncode == 2 and "422" in bad.stderr
