@@ -24,9 +24,11 @@ def admin_server(model_home, tmp_path_factory):
         yield server
 
 
-def test_admin_is_off_without_a_token(server):
-    """With CLASSGUARD_ADMIN_TOKEN unset the admin route answers 404 with a reason."""
-    r = httpx.get(f"{server.url}/admin/drift-report", headers={"Authorization": f"Bearer {TOKEN}"})
+@pytest.mark.parametrize("method, path", [("GET", "drift-report"), ("GET", "guardrails"), ("POST", "guardrails")])
+def test_admin_is_off_without_a_token(server, method, path):
+    """With CLASSGUARD_ADMIN_TOKEN unset every admin route answers 404 with a reason."""
+    r = httpx.request(method, f"{server.url}/admin/{path}", headers={"Authorization": f"Bearer {TOKEN}"},
+                      json={"profile": "allow_all"} if method == "POST" else None)
     assert r.status_code == 404 and r.json()["error"] == "admin_disabled"
 
 
