@@ -82,6 +82,7 @@ class Admin:
     async def show_guardrails(self, request: Request) -> Response:
         async def work():
             runtime = self.engine.guardrails
+            runtime.sync()  # this worker may not have picked up a swap made on another yet
             return {**runtime.describe(), "guardrails": [g.name for g in runtime.chain.guardrails]}
 
         return await self._guarded(request, work)
