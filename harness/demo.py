@@ -13,6 +13,7 @@ from the service's /metrics (accuracy and wrong answers against the known test l
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sys
 import time
@@ -20,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness import promtext
+from harness.prometheus import Prometheus, available
 from harness.server import Server
 from harness.traffic import run, stream, holdout_samples
 
@@ -80,6 +82,35 @@ def alarms(samples: promtext.Samples) -> list[str]:
     return [f"{m} ({s}) {g} {p}".rstrip() for m, s, g, p in raised]
 
 
+class AlertWatch:
+    """Polls a real Prometheus in the background; remembers when each alert first became
+    pending and firing, counted from the demo's start."""
+
+    def __init__(self, prom: Prometheus, started: float) -> None:
+        import threading
+
+        self.prom, self.started, self.seen = prom, started, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for a in self.prom.alerts():
+                    key = (a["labels"]["alertname"], a["labels"].get("subgroup", ""), a["state"])
+                    self.seen.setdefault(key, time.monotonic() - self.started)
+            except Exception:
+                pass
+            self._stop.wait(0.5)
+
+    def report(self) -> list[str]:
+        self._stop.set()
+        self._thread.join()
+        return [f"  {seconds:6.1f} s  {name} {subgroup} {state}".rstrip()
+                for (name, subgroup, state), seconds in sorted(self.seen.items(), key=lambda kv: kv[1])]
+
+
 def main() -> int:
     LOG.parent.mkdir(exist_ok=True)
     token = secrets.token_urlsafe(16)
@@ -87,9 +118,15 @@ def main() -> int:
     env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1",
            "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl"}
     print(f"starting bentoml serve (log: {LOG}) ...", file=sys.stderr)
-    with Server(log_path=LOG, env=env) as server:
+    with Server(log_path=LOG, env=env) as server, contextlib.ExitStack() as stack:
         print(f"each step: {len(samples)} test-split images ({PHONE_SHARE:.0%} phone, no subgroup sent) "
               f"to {server.url}/classify\n")
+        watch = None
+        if available():
+            prom = stack.enter_context(Prometheus(server.url))
+            prom.wait_for_samples()
+            watch = AlertWatch(prom, time.monotonic())
+            print(f"Prometheus {prom.url} scrapes the service every second with classguard's alert rules\n")
         for profile, title in STEPS:
             config_hash = swap(server.url, token, profile)
             time.sleep(1.0)  # every worker picks up the chain within guardrails.sync_seconds
@@ -105,6 +142,13 @@ def main() -> int:
             print("\n".join(step_table(results, before, after)))
             raised = alarms(after)
             print(f"  monitor alarms: {'; '.join(raised) if raised else 'none'}\n")
+        if watch is not None:
+            lines = watch.report()
+            print("Prometheus alerts, seconds after the first step began (rules wait `for:` before firing):")
+            print("\n".join(lines) if lines else "  none")
+            print()
+        else:
+            print("(Prometheus is not installed: apt-get install prometheus, and the demo shows its alerts too)\n")
     print("answered right / wrong: responses vs the test labels; every other column: the live /metrics.")
     return 0
 

@@ -65,9 +65,6 @@ class Engine:
             self.models[model.name] = model
             metrics.MODEL_INFO.labels(model.name, model.version, model.role, model.device, model.precision).set(1)
         self.primary = next(iter(self.models.values()))
-        for endpoint in ("classify", "classify_batch"):  # zero series exist before the first error,
-            for reason in REASONS:                       # so rate() alerts see them from the start
-                metrics.REJECTED.labels(endpoint, reason)
         self.spec = self.primary.profile.input_spec
         self.resolver = SubgroupResolver(settings.subgroups.attributes)
         self.monitors = (
@@ -84,8 +81,34 @@ class Engine:
             for name, model in self.models.items()
         }
         self.serving = Serving(self)
+        self._create_series()
         for model in self.models.values():  # first forward pass pays lazy init, not a client
             model.predict(np.zeros((1, self.spec.channels, self.spec.height, self.spec.width), np.float32))
+
+    def _create_series(self) -> None:
+        """Zero-valued series for every bounded label combination, so rate() in alerts and
+        dashboards sees them before the first event (a missing series is not a zero)."""
+        keys = self.resolver.keys()
+        for endpoint in ("classify", "classify_batch"):
+            metrics.INTERNAL_ERRORS.labels(endpoint)
+            for reason in REASONS:
+                metrics.REJECTED.labels(endpoint, reason)
+        for model in self.models:
+            for reason in ("timeout", "error"):
+                metrics.ROUTE_FALLBACKS.labels(model, reason)
+            for key in keys:
+                metrics.PREDICTIONS.labels(model, key, metrics.ABSTAINED)  # abstention rate reads 0, not nothing
+                metrics.ROUTED.labels(model, key)
+                metrics.ANOMALIES.labels("low_confidence", model, key)
+                metrics.ANOMALIES.labels("known_confusion", model, key)
+                for outcome in ("agree", "flip"):
+                    metrics.SHADOW_COMPARISONS.labels(model, key, outcome)
+                for pair in self.settings.monitors.known_confusions:
+                    metrics.KNOWN_CONFUSIONS.labels(f"{pair.source}->{pair.target}", model, key)
+        for outcome in ("applied", "refused", "sync_failed", "audit_failed"):
+            metrics.GUARDRAIL_SWAPS.labels(outcome)
+        metrics.MONITOR_DROPPED.inc(0)
+        metrics.MONITOR_EVENTS.inc(0)
 
     @staticmethod
     def _batch_observer(name: str):

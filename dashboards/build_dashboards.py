@@ -1,0 +1,122 @@
+"""Writes the Grafana dashboards (classic JSON, schemaVersion 39) from the panel lists below.
+
+    python dashboards/build_dashboards.py
+
+Panels are data here, so tests can check every expression against a real Prometheus and the
+metric names the service exports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).parent / "grafana" / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "classguard-prometheus"}
+R = "$__rate_interval"
+
+OVERVIEW = [
+    ("Traffic per subgroup", "timeseries", "reqps", [
+        ("{{subgroup}} ({{model}})", f"sum by (model, subgroup) (rate(classguard_predictions_total[{R}]))")]),
+    ("Errors and rejections", "timeseries", "reqps", [
+        ("5xx {{endpoint}}", f"sum by (endpoint) (rate(classguard_internal_errors_total[{R}]))"),
+        ("4xx {{reason}}", f"sum by (reason) (rate(classguard_rejected_requests_total[{R}]))")]),
+    ("Latency p50/p99", "timeseries", "s", [
+        ("p50 {{endpoint}}", f"histogram_quantile(0.5, sum by (le, endpoint) (rate(classguard_request_duration_seconds_bucket[{R}])))"),
+        ("p99 {{endpoint}}", f"histogram_quantile(0.99, sum by (le, endpoint) (rate(classguard_request_duration_seconds_bucket[{R}])))")]),
+    ("Subgroup share vs training share", "timeseries", "percentunit", [
+        ("live {{subgroup}}", 'classguard_monitor_score{monitor="representation", statistic="share"}'),
+        ("training {{subgroup}}", 'classguard_monitor_reference{monitor="representation", statistic="share"}')]),
+    ("Drift scores", "timeseries", "none", [
+        ("{{monitor}} {{statistic}} {{model}} {{subgroup}}", 'classguard_monitor_score{statistic=~"js_distance|psi"}')]),
+    ("Monitor alarms", "stat", "none", [
+        ("{{monitor}} {{subgroup}} {{pair}}", "sum by (monitor, subgroup, pair) (classguard_monitor_alarm)")]),
+    ("Mean confidence per subgroup", "timeseries", "percentunit", [
+        ("{{subgroup}} ({{model}})", 'classguard_monitor_score{monitor="confidence", statistic="mean_confidence"}')]),
+    ("Known confusions per pair", "timeseries", "reqps", [
+        ("{{pair}} {{subgroup}}", f"sum by (pair, subgroup) (rate(classguard_known_confusion_detections_total[{R}]))")]),
+    ("Guardrail actions", "timeseries", "reqps", [
+        ("{{guardrail}} {{action}} {{subgroup}}", f"sum by (guardrail, action, subgroup) (rate(classguard_guardrail_actions_total[{R}]))")]),
+    ("Abstention rate", "timeseries", "percentunit", [
+        ("{{subgroup}}", f'sum by (subgroup) (rate(classguard_predictions_total{{predicted_class="abstained"}}[{R}])) / sum by (subgroup) (rate(classguard_predictions_total[{R}]))')]),
+    ("Routed share and fallbacks", "timeseries", "reqps", [
+        ("routed to {{target}} {{subgroup}}", f"sum by (target, subgroup) (rate(classguard_routed_total[{R}]))"),
+        ("fallback {{target}} {{reason}}", f"sum by (target, reason) (rate(classguard_route_fallbacks_total[{R}]))")]),
+    ("Shadow agreement", "timeseries", "percentunit", [
+        ("{{model}} {{subgroup}}", f'sum by (model, subgroup) (rate(classguard_shadow_comparisons_total{{outcome="agree"}}[{R}])) / sum by (model, subgroup) (rate(classguard_shadow_comparisons_total[{R}]))')]),
+    ("Active guardrail config", "table", "none", [
+        ("{{profile}} {{hash}}", "classguard_guardrail_config_info == 1")]),
+    ("Monitor pipeline", "timeseries", "none", [
+        ("events/s", f"sum(rate(classguard_monitor_events_total[{R}]))"),
+        ("dropped/s", f"sum(rate(classguard_monitor_events_dropped_total[{R}]))"),
+        ("seconds since last run", "time() - max(classguard_monitor_last_run_timestamp_seconds)")]),
+    ("Inference batch size", "timeseries", "none", [
+        ("{{model}}", f"sum by (model) (rate(classguard_inference_batch_size_sum[{R}])) / sum by (model) (rate(classguard_inference_batch_size_count[{R}]))")]),
+    ("Models", "table", "none", [("{{model}} {{version}} {{role}} {{device}}", "classguard_model_info == 1")]),
+]
+
+SEL = 'model="$model", subgroup="$subgroup"'
+INCIDENT = [
+    ("Answered per subgroup", "timeseries", "reqps", [
+        ("{{predicted_class}}", f"sum by (predicted_class) (rate(classguard_predictions_total{{{SEL}}}[{R}]))")]),
+    ("Mean confidence per subgroup", "timeseries", "percentunit", [
+        ("live", f'classguard_monitor_score{{monitor="confidence", statistic="mean_confidence", {SEL}}}'),
+        ("reference", f'classguard_monitor_reference{{monitor="confidence", statistic="mean_confidence", {SEL}}}')]),
+    ("Low-confidence rate vs reference", "timeseries", "percentunit", [
+        ("live", f'classguard_monitor_score{{monitor="confidence", statistic="low_confidence_rate", {SEL}}}'),
+        ("reference", f'classguard_monitor_reference{{monitor="confidence", statistic="low_confidence_rate", {SEL}}}')]),
+    ("Confidence distribution", "heatmap", "none", [
+        ("{{le}}", f"sum by (le) (rate(classguard_prediction_confidence_bucket{{{SEL}}}[{R}]))")]),
+    ("Predicted-class drift (JS)", "timeseries", "none", [
+        ("js distance", f'classguard_monitor_score{{monitor="class_drift", statistic="js_distance", {SEL}}}')]),
+    ("Known-confusion rate vs reference", "timeseries", "percentunit", [
+        ("{{pair}} live", f'classguard_monitor_score{{monitor="known_confusion", statistic="fire_rate", {SEL}}}'),
+        ("{{pair}} reference", f'classguard_monitor_reference{{monitor="known_confusion", statistic="fire_rate", {SEL}}}')]),
+    ("Anomalies by kind", "timeseries", "reqps", [
+        ("{{kind}}", f"sum by (kind) (rate(classguard_anomalies_total{{{SEL}}}[{R}]))")]),
+    ("Window sample sizes", "timeseries", "none", [
+        ("{{monitor}}", f"classguard_monitor_window_samples{{{SEL}}}")]),
+    ("Guardrail actions in this subgroup", "timeseries", "reqps", [
+        ("{{guardrail}} {{action}}", f'sum by (guardrail, action) (rate(classguard_guardrail_actions_total{{subgroup="$subgroup"}}[{R}]))')]),
+]
+
+
+def panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, str]]) -> dict:
+    return {
+        "id": pid, "type": kind, "title": title, "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": 12, "x": 12 * ((pid - 1) % 2), "y": 8 * ((pid - 1) // 2)},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {},
+        "targets": [{"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+                    for i, (legend, expr) in enumerate(targets)],
+    }
+
+
+def dashboard(uid: str, title: str, panels: list, variables: list[dict]) -> dict:
+    return {
+        "uid": uid, "title": title, "tags": ["classguard"], "timezone": "utc", "schemaVersion": 39, "version": 1,
+        "editable": True, "refresh": "10s", "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": variables}, "annotations": {"list": []},
+        "panels": [panel(i + 1, *p) for i, p in enumerate(panels)],
+    }
+
+
+def variable(name: str, query: str) -> dict:
+    return {"name": name, "type": "query", "datasource": DATASOURCE, "query": query, "refresh": 2,
+            "definition": query, "includeAll": False, "multi": False}
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    boards = {
+        "classguard-overview.json": dashboard("classguard-overview", "classguard overview", OVERVIEW, []),
+        "classguard-incident.json": dashboard("classguard-incident", "classguard incident", INCIDENT, [
+            variable("model", "label_values(classguard_predictions_total, model)"),
+            variable("subgroup", "label_values(classguard_predictions_total, subgroup)")]),
+    }
+    for name, board in boards.items():
+        (OUT / name).write_text(json.dumps(board, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

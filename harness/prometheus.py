@@ -1,0 +1,87 @@
+"""A real Prometheus server (Debian's `prometheus`) on loopback, scraping a classguard server
+with classguard's rules, for tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from harness.server import REPO, free_port
+
+RULES = REPO / "dashboards" / "prometheus" / "rules"
+
+
+def available() -> bool:
+    return shutil.which("prometheus") is not None
+
+
+class Prometheus:
+    """`with Prometheus(target_url) as prom:` scrapes every second and evaluates the rules every second."""
+
+    def __init__(self, target: str, *, interval: str = "1s") -> None:
+        self.target = target.removeprefix("http://")
+        self.interval = interval
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Prometheus":
+        self._dir = tempfile.TemporaryDirectory(prefix="classguard-prometheus-")
+        root = Path(self._dir.name)
+        config = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
+            "scrape_configs": [{"job_name": "classguard", "static_configs": [{"targets": [self.target]}]}],
+        }
+        (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self._log = open(root / "prometheus.log", "wb")
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__()
+        raise TimeoutError("prometheus did not become ready in 30 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+        self._dir.cleanup()
+
+    def get(self, path: str, **params: str) -> dict:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as r:
+            body = json.loads(r.read())
+        if body.get("status") != "success":
+            raise RuntimeError(body)
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.get("query", query=expr)["result"]
+
+    def alerts(self) -> list[dict]:
+        """Pending and firing alerts, each with labels, state and value."""
+        return self.get("alerts")["alerts"]
+
+    def wait_for_samples(self, metric: str = "classguard_model_info", timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.query(metric):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"no {metric} scraped within {timeout}s")

@@ -1,0 +1,64 @@
+"""A real Prometheus scraping a live `bentoml serve`: the incident raises the expected alerts,
+a stationary scanner stream raises none, and every dashboard panel query returns data."""
+
+import json
+import time
+
+import pytest
+
+from harness.prometheus import Prometheus
+from harness.server import Server
+from harness.traffic import holdout_samples, run, stream
+from tests.dashboards.conftest import DASHBOARDS, concrete, need
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(model_home, tmp_path_factory):
+    need("prometheus")
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
+    with Server(env=env, log_path=tmp_path_factory.mktemp("prom") / "serve.log") as server:
+        with Prometheus(server.url) as prom:
+            prom.wait_for_samples()
+            yield server, prom
+
+
+def active(prom):
+    return {(a["labels"]["alertname"], a["labels"].get("subgroup", "")): a["state"] for a in prom.alerts()}
+
+
+def test_stationary_scanner_stream_raises_no_alert(stack):
+    """400 scanner images, scraped and evaluated for several seconds: no alert pending or firing."""
+    server, prom = stack
+    run(server.url, stream(holdout_samples(), 400, phone_share=0.0, seed=2), concurrency=8)
+    time.sleep(6)
+    assert active(prom) == {}
+
+
+def test_incident_raises_the_subgroup_alert(stack):
+    """Phone-heavy traffic to the baseline makes ClassguardSubgroupOverRepresented pending (or
+    firing) for capture=phone within seconds, through Prometheus's own rule evaluation."""
+    server, prom = stack
+    run(server.url, stream(holdout_samples(), 800, phone_share=0.5, seed=3), concurrency=16)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        state = active(prom)
+        if ("ClassguardSubgroupOverRepresented", "capture=phone") in state:
+            break
+        time.sleep(0.5)
+    assert state.get(("ClassguardSubgroupOverRepresented", "capture=phone")) in {"pending", "firing"}
+    assert not any(sub == "capture=scanner" for _, sub in state)
+
+
+def test_every_dashboard_panel_returns_data(stack):
+    """During the scenario, each panel expression of both dashboards returns at least one series."""
+    _, prom = stack
+    queries = {f"{board.stem}: {panel['title']} [{target['refId']}]": concrete(target["expr"])
+               for board in sorted((DASHBOARDS / "grafana" / "dashboards").glob("*.json"))
+               for panel in json.loads(board.read_text())["panels"] for target in panel["targets"]}
+    deadline = time.monotonic() + 15  # rate() needs two scrapes of series the incident created
+    while queries and time.monotonic() < deadline:
+        queries = {name: q for name, q in queries.items() if not prom.query(q)}
+        time.sleep(1)
+    assert not queries, sorted(queries)
