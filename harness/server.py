@@ -44,6 +44,9 @@ class Server:
         self.home = Path(self._home.name)
         (self.home / "models").symlink_to(store.resolve(), target_is_directory=True)
         self.env["BENTOML_HOME"] = str(self.home)
+        # its own prediction log and audit log too, unless the caller names them
+        self.env.setdefault("CLASSGUARD_LOG__PATH", str(self.home / "predictions.sqlite"))
+        self.env.setdefault("CLASSGUARD_GUARDRAILS__AUDIT_LOG", str(self.home / "guardrail-audit.jsonl"))
         bentoml = str(Path(sys.executable).with_name("bentoml"))
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(

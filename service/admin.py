@@ -28,6 +28,9 @@ class Admin:
             Route("/drift-report", self.drift_report, methods=["GET"]),
             Route("/guardrails", self.show_guardrails, methods=["GET"]),
             Route("/guardrails", self.swap_guardrails, methods=["POST"]),
+            Route("/predictions", self.list_predictions, methods=["GET"]),
+            Route("/predictions/{request_id}", self.show_prediction, methods=["GET"]),
+            Route("/predictions-summary", self.prediction_summary, methods=["GET"]),
         ])
 
     def bind(self, engine) -> None:
@@ -65,8 +68,7 @@ class Admin:
             except NotEnoughData as exc:
                 raise InputError("not_enough_data", str(exc)) from None
         except InputError as exc:
-            metrics.REJECTED.labels("admin", exc.reason).inc()
-            return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status}, status_code=exc.status)
+            return self._refuse(exc)
         return Response(body, media_type=media)
 
 
@@ -75,9 +77,7 @@ class Admin:
             self.authorize(request)
             return JSONResponse(await work())
         except InputError as exc:
-            metrics.REJECTED.labels("admin", exc.reason).inc()
-            return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status},
-                                status_code=exc.status)
+            return self._refuse(exc)
 
     async def show_guardrails(self, request: Request) -> Response:
         async def work():
@@ -104,6 +104,74 @@ class Admin:
             return {"profile": chain.profile, "hash": chain.config_hash, "applied": True}
 
         return await self._guarded(request, work)
+
+
+    async def list_predictions(self, request: Request) -> Response:
+        """Logged predictions, newest first: ?since=15m&until=&subgroup=&flag=&action=&model=
+        &flagged=1&limit=100&format=json|jsonl|csv."""
+        from service import prediction_log
+
+        p = request.query_params
+        try:
+            self.authorize(request)
+            fmt = p.get("format", "json")
+            if fmt not in ("json", "jsonl", "csv"):
+                raise InputError("bad_parameter", "format must be json, jsonl or csv")
+            try:
+                filters = dict(since=prediction_log.parse_since(p.get("since")),
+                               until=prediction_log.parse_since(p.get("until")),
+                               subgroup=p.get("subgroup"), flag=p.get("flag"), action=p.get("action"),
+                               model=p.get("model"), flagged_only=p.get("flagged") in ("1", "true"),
+                               limit=min(int(p.get("limit", "100")), 10_000))
+            except ValueError as exc:
+                raise InputError("bad_parameter", str(exc)) from None
+            records = await asyncio.to_thread(self._read, prediction_log.query, **filters)
+        except InputError as exc:
+            return self._refuse(exc)
+        if fmt == "json":
+            return JSONResponse({"count": len(records), "predictions": records})
+        media = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+        return Response(prediction_log.export(records, fmt), media_type=media)
+
+    async def show_prediction(self, request: Request) -> Response:
+        from service import prediction_log
+
+        try:
+            self.authorize(request)
+            record = await asyncio.to_thread(self._read, prediction_log.get, request.path_params["request_id"])
+            if record is None:
+                raise InputError("not_found", "no logged prediction has this request id")
+        except InputError as exc:
+            return self._refuse(exc)
+        return JSONResponse(record)
+
+    async def prediction_summary(self, request: Request) -> Response:
+        from service import prediction_log
+
+        try:
+            self.authorize(request)
+            since = time.time() - _seconds(request.query_params.get("window_seconds", "3600"))
+            rows = await asyncio.to_thread(self._read, prediction_log.summary, since)
+        except InputError as exc:
+            return self._refuse(exc)
+        return JSONResponse({"since": since, "rows": rows})
+
+    def _read(self, fn, *args, **kwargs):
+        from service import prediction_log
+
+        config = self.engine.settings.log
+        if not config.enabled:
+            raise InputError("not_enough_data", "the prediction log is disabled (log.enabled: false)")
+        conn = prediction_log.connect(config.path)
+        try:
+            return fn(conn, *args, **kwargs)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _refuse(exc: InputError) -> Response:
+        metrics.REJECTED.labels("admin", exc.reason).inc()
+        return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status}, status_code=exc.status)
 
 
 def _seconds(text: str) -> float:

@@ -6,6 +6,7 @@
     classguard drift-report [--url URL]   fetch the Evidently drift report of recent traffic
     classguard guardrails show            the running service's active guardrail chain
     classguard guardrails apply PROFILE [--file CHAIN.yaml]   swap the chain on every worker
+    classguard log list|show ID|summary   look up the prediction log (reads the SQLite file)
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     guard.add_argument("--file", help="YAML list of guardrails to apply under PROFILE's name")
     guard.add_argument("--url", default="http://127.0.0.1:3000")
 
+    logs = commands.add_parser("log", help="look up logged predictions (the SQLite prediction log)")
+    logs.add_argument("action", choices=("list", "show", "summary"))
+    logs.add_argument("request_id", nargs="?", help="with show")
+    logs.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
+    logs.add_argument("--since", help="15m, 2h, 1d or Unix seconds")
+    logs.add_argument("--until")
+    logs.add_argument("--subgroup")
+    logs.add_argument("--flag", help="e.g. low_confidence or known_confusion:6->0")
+    logs.add_argument("--action-taken", dest="guardrail_action", help="a guardrail action, e.g. abstain")
+    logs.add_argument("--model")
+    logs.add_argument("--flagged", action="store_true", help="only flagged predictions")
+    logs.add_argument("--limit", type=int, default=50)
+    logs.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -64,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return drift_report(args)
         if args.command == "guardrails":
             return guardrails(args)
+        if args.command == "log":
+            return log_lookup(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"classguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -104,6 +121,48 @@ def guardrails(args: argparse.Namespace) -> int:
         with open(args.file) as f:
             body["chain"] = yaml.safe_load(f)
     print(admin_call(args.url, "guardrails", body=body).decode())
+    return 0
+
+
+def log_lookup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service import prediction_log
+    from service.config import load_settings
+
+    path = Path(args.db) if args.db else load_settings().log.path
+    if not path.exists():
+        raise FileNotFoundError(f"no prediction log at {path}")
+    conn = prediction_log.connect(path)
+    if args.action == "show":
+        if not args.request_id:
+            raise ValueError("show needs a REQUEST_ID")
+        record = prediction_log.get(conn, args.request_id)
+        if record is None:
+            raise ValueError(f"no logged prediction has request id {args.request_id!r}")
+        print(json.dumps(record, indent=2))
+        return 0
+    if args.action == "summary":
+        since = prediction_log.parse_since(args.since or "1h")
+        for row in prediction_log.summary(conn, since):
+            print(f"{row['subgroup']:<20} {row['flag']:<28} {row['count']:>8}")
+        return 0
+    records = prediction_log.query(
+        conn, since=prediction_log.parse_since(args.since), until=prediction_log.parse_since(args.until),
+        subgroup=args.subgroup, flag=args.flag, action=args.guardrail_action, model=args.model,
+        flagged_only=args.flagged, limit=args.limit)
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+    elif args.format in ("jsonl", "csv"):
+        sys.stdout.write(prediction_log.export(records, args.format))
+    else:
+        import time as _time
+
+        for r in records:
+            when = _time.strftime("%H:%M:%S", _time.localtime(r["ts"]))
+            actions = ",".join(d["action"] for d in r["guardrails"]) or "-"
+            print(f"{when} {r['request_id']:<36} {r['subgroup']:<18} {r['model']:<22} "
+                  f"{str(r['label']):<5} {r['confidence']:.3f} {','.join(r['flags']) or '-':<28} {actions}")
     return 0
 
 

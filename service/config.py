@@ -117,6 +117,19 @@ class GuardrailsConfig(Strict):
     shadow_max_in_flight: int = Field(256, ge=1, description="shadow runs waiting at once; more are skipped, counted")
 
 
+class LogConfig(Strict):
+    enabled: bool = True
+    path: Path = Field(Path("var/predictions.sqlite"), description="SQLite file (WAL mode)")
+    mode: Literal["all", "sampled", "flagged"] = Field("all", description="which unflagged predictions to keep")
+    sample_share: float = Field(0.1, ge=0.0, le=1.0, description="with mode=sampled: share of unflagged ones")
+    store_image_hash: bool = Field(False, description="SHA-256 of each upload (never the image itself)")
+    retention_days: float = Field(7.0, gt=0.0, description="rows older than this are deleted")
+    max_rows: int = Field(1_000_000, ge=1, description="the oldest rows beyond this are deleted")
+    retention_check_seconds: float = Field(30.0, gt=0.0)
+    flush_seconds: float = Field(0.5, gt=0.0, le=60.0, description="how often queued rows are written")
+    queue_size: int = Field(50_000, ge=1, description="rows waiting to be written; more are dropped, counted")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSGUARD_", env_nested_delimiter="__", extra="forbid",
                                       frozen=True)
@@ -134,6 +147,7 @@ class Settings(BaseSettings):
     subgroups: SubgroupsConfig = SubgroupsConfig()
     monitors: MonitorsConfig = MonitorsConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
+    log: LogConfig = LogConfig()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -27,6 +27,7 @@ from service.http_input import Upload, batch_contexts, image_uploads, parse_cont
 from service.guardrail_runtime import GuardrailRuntime
 from service.models import ServedModel, find_stored, resolve_device
 from service.monitoring import MonitorPipeline, NoMonitors, runtime_dir
+from service.prediction_log import NoLog, PredictionLog
 from service.preprocess import decode_image, normalise, to_unit_array
 from service.serving import Serving
 from service.subgroups import SubgroupResolver
@@ -80,6 +81,7 @@ class Engine:
                                on_batch=self._batch_observer(name))
             for name, model in self.models.items()
         }
+        self.log = PredictionLog(settings.log) if settings.log.enabled else NoLog()
         self.serving = Serving(self)
         self._create_series()
         for model in self.models.values():  # first forward pass pays lazy init, not a client
@@ -164,7 +166,7 @@ class Engine:
         if len(contexts) > 1:
             raise InputError("malformed_context", "send at most one `context` field")
         item = await self.prepare_async(uploads[0], contexts[0])
-        return (await self.serving.answer_all(item.pixels[None], [item.subgroup], [request_id]))[0]
+        return (await self.serving.answer_all(item.pixels[None], [item.subgroup], [request_id], [uploads[0].data]))[0]
 
     async def _classify_batch(self, request: Request, request_id: str) -> dict[str, Any]:
         limit = self.settings.limits.max_batch_images
@@ -181,7 +183,8 @@ class Engine:
                 results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
         if ready:
             answers = await self.serving.answer_all(np.stack([p.pixels for _, p in ready]), [p.subgroup for _, p in ready],
-                                                    [f"{request_id}.{i}" for i, _ in ready])
+                                                    [f"{request_id}.{i}" for i, _ in ready],
+                                                    [uploads[i].data for i, _ in ready])
             for (i, _), answer in zip(ready, answers):
                 results[i] = {"index": i, **answer}
         return {"request_id": request_id, "model": self.primary.tag, "results": results}

@@ -24,6 +24,7 @@ REASONS: dict[str, int] = {
     "bad_parameter": 400,
     "not_enough_data": 409,
     "invalid_guardrails": 422,
+    "not_found": 404,
 }
 
 

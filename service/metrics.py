@@ -119,3 +119,8 @@ GUARDRAIL_CONFIG_INFO = Gauge(
     ["profile", "hash"], multiprocess_mode="mostrecent",
 )
 GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes, by outcome.", ["outcome"])
+
+# -- prediction log ---------------------------------------------------------------------------
+LOG_WRITTEN = Counter("classguard_log_rows_written", "Prediction-log rows written to SQLite.")
+LOG_DROPPED = Counter("classguard_log_rows_dropped", "Prediction-log rows the full queue could not take.")
+LOG_ERRORS = Counter("classguard_log_errors", "Prediction-log failures (rows or operations), by stage.", ["stage"])

@@ -34,12 +34,15 @@ class Classguard:
         loop = asyncio.get_running_loop()
         # keep references: the event loop holds tasks only weakly
         self._tasks = [loop.create_task(self.engine.monitors.run()),
-                       loop.create_task(self.engine.guardrails.run())]
+                       loop.create_task(self.engine.guardrails.run()),
+                       loop.create_task(self.engine.log.run())]
 
     @bentoml.on_shutdown
     def stop_background(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if hasattr(self.engine.log, "flush"):
+            self.engine.log.flush()  # rows still queued are written, not lost
 
     @bentoml.api(route="/classify", input_spec=ClassifyForm, output_spec=Prediction)
     async def classify(self, ctx: bentoml.Context, **_: object) -> JSONResponse:

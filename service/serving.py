@@ -27,11 +27,12 @@ class Serving:
     def __init__(self, engine) -> None:
         self.models, self.primary, self.batchers = engine.models, engine.primary, engine.batchers
         self.monitors, self.guardrails, self.top_k = engine.monitors, engine.guardrails, engine.settings.top_k
+        self.log = engine.log
         self.shadow_limit = engine.settings.guardrails.shadow_max_in_flight
         self._shadow_tasks: set[asyncio.Task] = set()
 
     async def answer_all(self, pixels: np.ndarray, subgroups: Sequence[dict[str, str]],
-                         request_ids: Sequence[str]) -> list[dict[str, Any]]:
+                         request_ids: Sequence[str], images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
         chain = self.guardrails.chain
         alerts = getattr(self.monitors, "alerts", {})
         keys = [subgroup_key(s) for s in subgroups]
@@ -72,7 +73,10 @@ class Serving:
             for decision in chain.shadows(request):
                 decisions.append(decision)
                 self._shadow(decision.model, pixels[i], answer, keys[i])
-            results.append(self._render(request, model, answer, decisions))
+            rendered = self._render(request, model, answer, decisions)
+            self.log.record(rendered, answer.probs, chain.config_hash, model.name, request.subgroup_key,
+                            images[i] if images is not None else None)
+            results.append(rendered)
         return results
 
     async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]], chain) -> list[np.ndarray]:

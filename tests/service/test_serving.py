@@ -10,6 +10,7 @@ from guardrails.answers import AllowAll
 from guardrails.chain import Chain
 from guardrails.routing import Route, Shadow
 from service.monitoring import NoMonitors
+from service.prediction_log import NoLog
 from service.serving import Serving
 
 LABELS = tuple("0123456789")
@@ -38,7 +39,7 @@ def make_serving(chain, target_behaviour="ok"):
 
     engine = SimpleNamespace(
         models={"base": model("base"), "fixed": model("fixed")}, primary=model("base"),
-        batchers={"base": primary, "fixed": target}, monitors=NoMonitors(),
+        batchers={"base": primary, "fixed": target}, monitors=NoMonitors(), log=NoLog(),
         guardrails=SimpleNamespace(chain=chain),
         settings=SimpleNamespace(top_k=3, guardrails=SimpleNamespace(shadow_max_in_flight=8)),
     )

@@ -1,0 +1,227 @@
+"""The prediction and incident log: SQLite (WAL), written off the request path.
+
+Request path: `record()` applies the logging policy (every prediction, a sampled share, and
+always the flagged ones) and appends to a bounded queue; a full queue drops the row and
+counts it. Background (a thread, every `flush_seconds`): one transaction inserts the batch.
+Retention (age and row count) is enforced every `retention_check_seconds`. Each worker
+writes through its own connection; SQLite's locking (WAL, busy timeout) serialises them.
+Raw images are never stored; an optional SHA-256 of the upload is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import metrics
+from service.config import LogConfig
+
+log = logging.getLogger("classguard.log")
+QUIET_ACTIONS = {"allow", "pass", "shadow"}  # guardrail actions that do not make a row "flagged"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id  TEXT PRIMARY KEY,
+    ts          REAL NOT NULL,
+    subgroup    TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    label       TEXT,
+    abstained   INTEGER NOT NULL,
+    confidence  REAL NOT NULL,
+    flagged     INTEGER NOT NULL,
+    flags       TEXT NOT NULL,
+    guardrails  TEXT NOT NULL,
+    top_k       TEXT NOT NULL,
+    probs       BLOB NOT NULL,
+    config_hash TEXT NOT NULL,
+    image_sha256 TEXT
+);
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
+CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
+"""
+COLUMNS = ("request_id", "ts", "subgroup", "model", "label", "abstained", "confidence", "flagged", "flags",
+           "guardrails", "top_k", "probs", "config_hash", "image_sha256")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def is_flagged(response: dict[str, Any]) -> bool:
+    return bool(response["flags"]) or response["abstained"] or any(
+        d["action"] not in QUIET_ACTIONS for d in response["guardrails"])
+
+
+class NoLog:
+    """The off switch: same interface, records nothing."""
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def run(self) -> None:
+        return None
+
+
+class PredictionLog:
+    def __init__(self, config: LogConfig) -> None:
+        self.config = config
+        self._queue: deque[tuple] = deque()
+        self._lock = threading.Lock()
+        self._conn = connect(config.path)
+        self._last_retention = 0.0
+
+    # -- request path ------------------------------------------------------------------------
+    def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str,
+               subgroup: str, image: bytes | None = None) -> None:
+        flagged = is_flagged(response)
+        if not flagged and not self._sampled(response["request_id"]):
+            return
+        if len(self._queue) >= self.config.queue_size:
+            metrics.LOG_DROPPED.inc()
+            return
+        digest = hashlib.sha256(image).hexdigest() if image is not None and self.config.store_image_hash else None
+        self._queue.append((
+            response["request_id"], time.time(), subgroup, model, response["label"], int(response["abstained"]),
+            float(response["confidence"]), int(flagged), json.dumps(response["flags"]),
+            json.dumps(response["guardrails"]), json.dumps(response["top_k"]),
+            np.asarray(probs, dtype=np.float32).tobytes(), config_hash, digest,
+        ))
+
+    def _sampled(self, request_id: str) -> bool:
+        if self.config.mode == "all":
+            return True
+        if self.config.mode == "flagged":
+            return False
+        digest = hashlib.blake2b(f"log:{request_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64 < self.config.sample_share
+
+    # -- background ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_seconds)
+            try:
+                await asyncio.to_thread(self.flush)
+            except Exception:
+                metrics.LOG_ERRORS.labels("flush").inc()
+                log.exception("prediction log flush failed")
+
+    def flush(self, now: float | None = None) -> int:
+        rows = [self._queue.popleft() for _ in range(len(self._queue))]
+        with self._lock:
+            if rows:
+                try:
+                    with self._conn:
+                        self._conn.executemany(
+                            f"INSERT OR REPLACE INTO predictions ({', '.join(COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+                    metrics.LOG_WRITTEN.inc(len(rows))
+                except sqlite3.Error:
+                    metrics.LOG_ERRORS.labels("write").inc(len(rows))
+                    log.warning("could not write %d log rows", len(rows), exc_info=True)
+            now = time.time() if now is None else now
+            if now - self._last_retention >= self.config.retention_check_seconds:
+                self._enforce_retention(now)
+        return len(rows)
+
+    def _enforce_retention(self, now: float) -> None:
+        try:
+            with self._conn:
+                self._conn.execute("DELETE FROM predictions WHERE ts < ?", (now - self.config.retention_days * 86400,))
+                self._conn.execute(
+                    "DELETE FROM predictions WHERE ts < (SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET ?)",
+                    (self.config.max_rows - 1,))
+            self._last_retention = now
+        except sqlite3.Error:
+            metrics.LOG_ERRORS.labels("retention").inc()
+            log.warning("log retention failed", exc_info=True)
+
+
+# -- lookups (admin routes and CLI read the same file) -----------------------------------------------
+def query(conn: sqlite3.Connection, *, since: float | None = None, until: float | None = None,
+          subgroup: str | None = None, flag: str | None = None, action: str | None = None,
+          model: str | None = None, flagged_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    where, args = [], []
+    for clause, value in (("ts >= ?", since), ("ts <= ?", until), ("subgroup = ?", subgroup), ("model = ?", model)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    if flagged_only:
+        where.append("flagged = 1")
+    if flag:
+        where.append("EXISTS (SELECT 1 FROM json_each(flags) WHERE json_each.value = ?)")
+        args.append(flag)
+    if action:
+        where.append("EXISTS (SELECT 1 FROM json_each(guardrails) WHERE json_extract(json_each.value, '$.action') = ?)")
+        args.append(action)
+    sql = (f"SELECT {', '.join(COLUMNS)} FROM predictions {'WHERE ' + ' AND '.join(where) if where else ''} "
+           "ORDER BY ts DESC LIMIT ?")
+    return [_row(r) for r in conn.execute(sql, (*args, int(limit)))]
+
+
+def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    row = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
+    return _row(row, probs=True) if row else None
+
+
+def summary(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+    """Per subgroup and flag: how many logged predictions carried it since `since`."""
+    sql = """SELECT subgroup, COALESCE(json_each.value, '(none)') AS flag, COUNT(*)
+             FROM predictions LEFT JOIN json_each(predictions.flags) WHERE ts >= ?
+             GROUP BY subgroup, flag ORDER BY subgroup, COUNT(*) DESC"""
+    return [{"subgroup": s, "flag": f, "count": n} for s, f, n in conn.execute(sql, (since,))]
+
+
+def _row(row: tuple, probs: bool = False) -> dict[str, Any]:
+    out = dict(zip(COLUMNS, row))
+    for key in ("flags", "guardrails", "top_k"):
+        out[key] = json.loads(out[key])
+    out["abstained"], out["flagged"] = bool(out["abstained"]), bool(out["flagged"])
+    blob = out.pop("probs")
+    if probs:
+        out["probs"] = [round(float(p), 6) for p in np.frombuffer(blob, dtype=np.float32)]
+    return out
+
+
+def parse_since(text: str | None, now: float | None = None) -> float | None:
+    """'15m', '2h', '1d', '90s' before now, or absolute Unix seconds."""
+    if text is None:
+        return None
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return now - float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected e.g. 15m, 2h, 1d or Unix seconds, got {text!r}") from None
+
+
+def export(records: list[dict[str, Any]], fmt: str) -> str:
+    """Lookup results as JSON Lines or CSV (nested fields as JSON text)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in records)
+    import csv
+    import io
+
+    out = io.StringIO()
+    columns = [c for c in COLUMNS if c != "probs"]
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+    return out.getvalue()
