@@ -6,7 +6,7 @@
     classguard drift-report [--url URL]   fetch the Evidently drift report of recent traffic
     classguard guardrails show            the running service's active guardrail chain
     classguard guardrails apply PROFILE [--file CHAIN.yaml]   swap the chain on every worker
-    classguard log list|show ID|summary   look up the prediction log (reads the SQLite file)
+    classguard log list|show ID|summary|confusion   look up the prediction log (reads the SQLite file)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     guard.add_argument("--url", default="http://127.0.0.1:3000")
 
     logs = commands.add_parser("log", help="look up logged predictions (the SQLite prediction log)")
-    logs.add_argument("action", choices=("list", "show", "summary"))
+    logs.add_argument("action", choices=("list", "show", "summary", "confusion"))
     logs.add_argument("request_id", nargs="?", help="with show")
     logs.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
     logs.add_argument("--since", help="15m, 2h, 1d or Unix seconds")
@@ -141,6 +141,20 @@ def log_lookup(args: argparse.Namespace) -> int:
         if record is None:
             raise ValueError(f"no logged prediction has request id {args.request_id!r}")
         print(json.dumps(record, indent=2))
+        return 0
+    if args.action == "confusion":
+        from service import feedback
+
+        counts = feedback.confusion(conn, subgroup=args.subgroup, model=args.model,
+                                    since=prediction_log.parse_since(args.since))
+        truths = sorted({t for t, _ in counts})
+        emitted = sorted({e for _, e in counts})
+        print("true \\ answered " + " ".join(f"{e:>9}" for e in emitted))
+        for t in truths:
+            print(f"{t:<16} " + " ".join(f"{counts.get((t, e), 0):>9}" for e in emitted))
+        total = sum(counts.values())
+        right = sum(n for (t, e), n in counts.items() if t == e)
+        print(f"\n{total} answers with feedback, {right} right ({right / max(total, 1):.1%})")
         return 0
     if args.action == "summary":
         since = prediction_log.parse_since(args.since or "1h")

@@ -142,6 +142,7 @@ class Settings(BaseSettings):
     top_k: int = Field(3, ge=1, le=20)
     access_log: bool = Field(False, description="BentoML's per-request INFO log (costs throughput)")
     admin_token: SecretStr | None = Field(None, description="bearer token of the /admin routes; unset: they are off")
+    feedback_token: SecretStr | None = Field(None, description="bearer token of POST /feedback; unset: it is off")
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     subgroups: SubgroupsConfig = SubgroupsConfig()

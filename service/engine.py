@@ -8,6 +8,8 @@ answers everything else.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
 import re
 import time
@@ -23,7 +25,7 @@ from service import metrics
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import REASONS, InputError
-from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
+from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_body, read_form
 from service.guardrail_runtime import GuardrailRuntime
 from service.models import ServedModel, find_stored, resolve_device
 from service.monitoring import MonitorPipeline, NoMonitors, runtime_dir
@@ -91,6 +93,10 @@ class Engine:
         """Zero-valued series for every bounded label combination, so rate() in alerts and
         dashboards sees them before the first event (a missing series is not a zero)."""
         keys = self.resolver.keys()
+        for model in self.models:
+            for key in keys:
+                for outcome in ("correct", "wrong", "abstained"):
+                    metrics.FEEDBACK.labels(model, key, outcome)
         for endpoint in ("classify", "classify_batch"):
             metrics.INTERNAL_ERRORS.labels(endpoint)
             for reason in REASONS:
@@ -158,6 +164,53 @@ class Engine:
                     "status": 500, "request_id": request_id}
         metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
         return JSONResponse(body, status_code=status, headers={REQUEST_ID_HEADER: request_id})
+
+    async def feedback(self, request: Request) -> JSONResponse:
+        try:
+            items = await self._feedback_items(request)
+            if not self.settings.log.enabled:
+                raise InputError("feedback_disabled", "feedback needs the prediction log (log.enabled: true)")
+            labels_of = {m.name: m.profile.labels for m in self.models.values()}
+            pairs = [(p.source, p.target) for p in self.settings.monitors.known_confusions]
+            results = await asyncio.to_thread(self._record_feedback, items, labels_of, pairs)
+        except InputError as exc:
+            metrics.REJECTED.labels("feedback", exc.reason).inc()
+            return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status}, status_code=exc.status)
+        status = results[0]["status"] if len(results) == 1 else 200
+        return JSONResponse({"recorded": sum(r["result"] == "recorded" for r in results), "results": results},
+                            status_code=status)
+
+    async def _feedback_items(self, request: Request) -> list[tuple[str, str]]:
+        token = self.settings.feedback_token
+        if token is None:
+            raise InputError("feedback_disabled", "feedback is off: set CLASSGUARD_FEEDBACK_TOKEN to enable it")
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+            raise InputError("unauthorized", "send `Authorization: Bearer <CLASSGUARD_FEEDBACK_TOKEN>`")
+        try:
+            body = json.loads(await read_body(request, 1_000_000))
+        except ValueError:
+            raise InputError("malformed_feedback", "send JSON: {request_id, label} or {items: [...]}") from None
+        raw = body.get("items", [body]) if isinstance(body, dict) else None
+        if not isinstance(raw, list) or not 1 <= len(raw) <= 1000:
+            raise InputError("malformed_feedback", "send {request_id, label} or {items: [...]} with 1 to 1,000 items")
+        items = []
+        for item in raw:
+            if not (isinstance(item, dict) and isinstance(item.get("request_id"), str) and isinstance(item.get("label"), str)):
+                raise InputError("malformed_feedback", "each item needs string `request_id` and `label`")
+            items.append((item["request_id"], item["label"]))
+        return items
+
+    def _record_feedback(self, items, labels_of, pairs) -> list[dict[str, Any]]:
+        from service import feedback, prediction_log
+
+        if hasattr(self.log, "flush"):
+            self.log.flush()  # this worker's newest answers are findable at once
+        conn = prediction_log.connect(self.settings.log.path)
+        try:
+            return feedback.record(conn, items, labels_of, pairs)
+        finally:
+            conn.close()
 
     async def _classify(self, request: Request, request_id: str) -> dict[str, Any]:
         fields = await read_form(request, self.settings.limits, max_files=1)

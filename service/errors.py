@@ -25,6 +25,8 @@ REASONS: dict[str, int] = {
     "not_enough_data": 409,
     "invalid_guardrails": 422,
     "not_found": 404,
+    "malformed_feedback": 400,
+    "feedback_disabled": 404,
 }
 
 

@@ -124,3 +124,13 @@ GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes
 LOG_WRITTEN = Counter("classguard_log_rows_written", "Prediction-log rows written to SQLite.")
 LOG_DROPPED = Counter("classguard_log_rows_dropped", "Prediction-log rows the full queue could not take.")
 LOG_ERRORS = Counter("classguard_log_errors", "Prediction-log failures (rows or operations), by stage.", ["stage"])
+
+# -- ground truth ------------------------------------------------------------------------------
+FEEDBACK = Counter(
+    "classguard_feedback", "True labels joined with answers, by outcome (correct, wrong, abstained).",
+    ["model", "subgroup", "outcome"],
+)
+FEEDBACK_CONFUSIONS = Counter(
+    "classguard_feedback_known_confusions", "Answers that feedback proved to be a known confusion.",
+    ["pair", "model", "subgroup"],
+)

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     ts          REAL NOT NULL,
     subgroup    TEXT NOT NULL,
     model       TEXT NOT NULL,
+    model_version TEXT NOT NULL,
     label       TEXT,
     abstained   INTEGER NOT NULL,
     confidence  REAL NOT NULL,
@@ -48,8 +49,13 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
 CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id  TEXT PRIMARY KEY,
+    label       TEXT NOT NULL,
+    ts          REAL NOT NULL
+);
 """
-COLUMNS = ("request_id", "ts", "subgroup", "model", "label", "abstained", "confidence", "flagged", "flags",
+COLUMNS = ("request_id", "ts", "subgroup", "model", "model_version", "label", "abstained", "confidence", "flagged", "flags",
            "guardrails", "top_k", "probs", "config_hash", "image_sha256")
 
 
@@ -88,6 +94,7 @@ class PredictionLog:
     # -- request path ------------------------------------------------------------------------
     def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str,
                subgroup: str, image: bytes | None = None) -> None:
+        """Queue one answered prediction; `model` is name:version."""
         flagged = is_flagged(response)
         if not flagged and not self._sampled(response["request_id"]):
             return
@@ -96,7 +103,8 @@ class PredictionLog:
             return
         digest = hashlib.sha256(image).hexdigest() if image is not None and self.config.store_image_hash else None
         self._queue.append((
-            response["request_id"], time.time(), subgroup, model, response["label"], int(response["abstained"]),
+            response["request_id"], time.time(), subgroup, *model.split(":", 1), response["label"],
+            int(response["abstained"]),
             float(response["confidence"]), int(flagged), json.dumps(response["flags"]),
             json.dumps(response["guardrails"]), json.dumps(response["top_k"]),
             np.asarray(probs, dtype=np.float32).tobytes(), config_hash, digest,

@@ -29,6 +29,22 @@ class ClassifyBatchForm(_DeferredForm):
     contexts: Optional[list[str]] = Field(None, description="one JSON object per image, or one JSON array")
 
 
+class FeedbackItem(BaseModel):
+    request_id: str
+    label: str = Field(description="the true class name")
+
+
+class FeedbackForm(_DeferredForm):
+    request_id: Optional[str] = Field(None, description="one item: the answered request's id")
+    label: Optional[str] = Field(None, description="one item: its true label")
+    items: Optional[list[FeedbackItem]] = Field(None, description="or many items at once (at most 1,000)")
+
+
+class FeedbackResponse(BaseModel):
+    recorded: int
+    results: list[dict[str, Any]] = Field(description="per item: request_id, result, status, detail")
+
+
 class TopK(BaseModel):
     label: str
     probability: float

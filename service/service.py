@@ -12,7 +12,7 @@ from service.admin import ADMIN
 from service.config import load_settings
 from service.guardrail_runtime import check_startup_chain
 from service.models import find_stored
-from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, Prediction
+from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, FeedbackForm, FeedbackResponse, Prediction
 
 settings = load_settings()
 
@@ -53,6 +53,12 @@ class Classguard:
     async def classify_batch(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
         """Classify many images in one request (repeated `images`, optional `contexts`), in order."""
         return _passthrough(ctx, await self.engine.classify_batch(ctx.request))
+
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackForm, output_spec=FeedbackResponse)
+    async def feedback(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
+        """True labels for answered requests (bearer CLASSGUARD_FEEDBACK_TOKEN): one item or `items`."""
+        return _passthrough(ctx, await self.engine.feedback(ctx.request))
 
 
 def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:

@@ -74,7 +74,7 @@ class Serving:
                 decisions.append(decision)
                 self._shadow(decision.model, pixels[i], answer, keys[i])
             rendered = self._render(request, model, answer, decisions)
-            self.log.record(rendered, answer.probs, chain.config_hash, model.name, request.subgroup_key,
+            self.log.record(rendered, answer.probs, chain.config_hash, model.tag, request.subgroup_key,
                             images[i] if images is not None else None)
             results.append(rendered)
         return results

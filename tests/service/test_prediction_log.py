@@ -18,7 +18,7 @@ def response(i: int, *, flags=(), abstained=False, actions=("allow",), subgroup=
 
 def write(log, n, start=0, **kwargs):
     for i in range(start, start + n):
-        log.record(response(i, **kwargs), np.full(10, 0.1), "hash1", "base", kwargs.get("subgroup", "capture=phone"))
+        log.record(response(i, **kwargs), np.full(10, 0.1), "hash1", "base:v1", kwargs.get("subgroup", "capture=phone"))
     log.flush()
 
 
@@ -39,7 +39,7 @@ def test_full_queue_drops_without_blocking(tmp_path):
     log = PredictionLog(LogConfig(path=tmp_path / "p.sqlite", queue_size=10))
     started = time.perf_counter()
     for i in range(25):
-        log.record(response(i), np.zeros(10), "h", "base", "capture=phone")
+        log.record(response(i), np.zeros(10), "h", "base:v1", "capture=phone")
     assert time.perf_counter() - started < 0.5
     assert log.flush() == 10
 

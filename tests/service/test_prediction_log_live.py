@@ -14,6 +14,7 @@ from tests.conftest import run_module
 
 pytestmark = pytest.mark.integration
 TOKEN = "log-token"
+FEEDBACK_TOKEN = "feedback-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -22,7 +23,7 @@ def logged(model_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("log")
     db = tmp / "predictions.sqlite"
     env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_ADMIN_TOKEN": TOKEN, "CLASSGUARD_WORKERS": "2",
-           "CLASSGUARD_LOG__PATH": str(db)}
+           "CLASSGUARD_LOG__PATH": str(db), "CLASSGUARD_FEEDBACK_TOKEN": FEEDBACK_TOKEN}
     with Server(env=env, log_path=tmp / "serve.log") as server:
         results, _ = run(server.url, stream(holdout_samples(), 600, phone_share=0.5, seed=9), concurrency=16)
         time.sleep(1.5)  # both workers flush (log.flush_seconds 0.5)
@@ -68,3 +69,50 @@ def test_cli_lists_and_shows_from_the_log_file(logged):
     assert len(listed) == sum("low_confidence" in b["flags"] for _, _, b in results)
     shown = run_module("service.cli", "log", "show", results[0][2]["request_id"], "--db", str(db), env={})
     assert json.loads(shown.stdout)["request_id"] == results[0][2]["request_id"]
+
+
+def send_feedback(url, body, token=FEEDBACK_TOKEN):
+    return httpx.post(f"{url}/feedback", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_feedback_joins_answers_and_exports_realized_accuracy(logged):
+    """True labels for 300 answers: each recorded once, realized accuracy per subgroup on /metrics
+    equals the responses' accuracy, and the CLI's confusion matrix counts them."""
+    from harness import promtext
+
+    server, db, results = logged
+    items = [{"request_id": b["request_id"], "label": str(s.label)} for s, _, b in results[:300]]
+    r = send_feedback(server.url, {"items": items})
+    assert r.status_code == 200 and r.json()["recorded"] == 300
+    samples = promtext.scrape(server.url)
+    for key in ("capture=phone", "capture=scanner"):
+        mine = [(s, b) for s, _, b in results[:300] if b["subgroup"]["capture"] == key.split("=")[1]]
+        right = promtext.total(samples, "classguard_feedback_total", subgroup=key, outcome="correct")
+        wrong = promtext.total(samples, "classguard_feedback_total", subgroup=key, outcome="wrong")
+        assert right == sum(b["label"] == str(s.label) for s, b in mine) and right + wrong == len(mine)
+    done = run_module("service.cli", "log", "confusion", "--db", str(db), env={})
+    assert done.returncode == 0 and "300 answers with feedback" in done.stdout
+
+
+def test_feedback_items_are_judged_one_by_one(logged):
+    """Duplicate: idempotent 200; different label: 409 and unchanged; unknown id: 404;
+    unknown label: 422; a bad body: 400; a wrong token: 401."""
+    server, _, results = logged
+    rid, truth = results[400][2]["request_id"], str(results[400][0].label)
+    assert send_feedback(server.url, {"request_id": rid, "label": truth}).status_code == 201
+    assert send_feedback(server.url, {"request_id": rid, "label": truth}).json()["results"][0]["result"] == "duplicate"
+    other = "1" if truth != "1" else "2"
+    assert send_feedback(server.url, {"request_id": rid, "label": other}).status_code == 409
+    assert send_feedback(server.url, {"request_id": "nope", "label": "3"}).status_code == 404
+    assert send_feedback(server.url, {"request_id": results[401][2]["request_id"], "label": "cat"}).status_code == 422
+    batch = send_feedback(server.url, {"items": [{"request_id": "nope", "label": "1"},
+                                                 {"request_id": results[402][2]["request_id"], "label": "1"}]})
+    assert [x["status"] for x in batch.json()["results"]] == [404, 201]
+    assert send_feedback(server.url, {"items": []}).status_code == 400
+    assert send_feedback(server.url, {"request_id": rid, "label": truth}, token="wrong").status_code == 401
+
+
+def test_feedback_is_off_without_its_token(server):
+    """Without CLASSGUARD_FEEDBACK_TOKEN, POST /feedback answers 404 with a reason."""
+    r = httpx.post(f"{server.url}/feedback", json={"request_id": "x", "label": "1"})
+    assert r.status_code == 404 and r.json()["error"] == "feedback_disabled"
