@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails build clean
+.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -56,3 +56,6 @@ bench-monitors: train
 
 bench-guardrails: train
 	$(BIN)/python -m benchmarks.guardrail_latency
+
+bench-estimate: train
+	$(BIN)/python -m benchmarks.estimate_accuracy

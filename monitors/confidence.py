@@ -5,6 +5,10 @@ A prediction is `low confidence` when its top-class probability falls below the 
 the window: the low-confidence rate and mean confidence against the reference, and a
 one-sided Bernoulli CUSUM that catches a sudden collapse within a few dozen events. Per
 prediction: `flag()` marks confidence below the reference's 1st percentile.
+
+Without labels, accuracy is estimated as the mean calibrated confidence (the top-class
+probability after temperature scaling with the model's validation temperature): the idea
+of NannyML's CBPE, for a single-label classifier, as a streaming mean.
 """
 
 from __future__ import annotations
@@ -31,32 +35,42 @@ class ConfidenceDrift(WindowedMonitor):
         self._low = np.array([[r.confidence_quantiles[LOW_QUANTILE] for r in row] for row in refs])
         self._flag = np.array([[r.confidence_quantiles[FLAG_QUANTILE] for r in row] for row in refs])
         self._ref_mean = np.array([[r.mean_confidence for r in row] for row in refs])
+        self._ref_accuracy = np.array([[r.accuracy for r in row] for row in refs])
+        self.temperatures = [float(p.temperature) for p in profiles]
         # the reference's own rate below its p05: 0.05 by construction, up to ties
         self._ref_low_rate = np.full(self._low.shape, 0.05)
         self._p0, self._p1 = window.sequential_rates(self._ref_low_rate)
-        # last axis: events, low-confidence events, sum of confidence
-        self.counts_shape = (len(self.models), len(self.subgroups), 3)
+        # last axis: events, low-confidence events, sum of confidence, sum of calibrated confidence
+        self.counts_shape = (len(self.models), len(self.subgroups), 4)
         self.reset()
 
     def flag(self, model: int, subgroup: int, confidence: float) -> bool:
         return confidence < self._flag[model, subgroup]
 
+    def calibrated(self, model: int, probs: np.ndarray) -> float:
+        """Top-class probability of softmax(log(probs) / T), T the model's validation temperature."""
+        z = np.log(np.clip(probs, 1e-12, None)) / self.temperatures[model]
+        z = np.exp(z - z.max())
+        return float(z.max() / z.sum())
+
     def update_many(self, events: EventBatch) -> None:
         low = events.confidence < self._low[events.model, events.subgroup]
-        for column, values in enumerate((1.0, low.astype(np.float64), events.confidence)):
+        calibrated = events.confidence if events.calibrated is None else events.calibrated
+        for column, values in enumerate((1.0, low.astype(np.float64), events.confidence, calibrated)):
             self._counts.add(events.t, (events.model, events.subgroup, np.full(len(events), column)), values)
 
     def results(self, now: float) -> list[Score]:
         series = self._counts.window_series(now)
-        total = series.sum(axis=0) if len(series) else np.zeros((*self._low.shape, 3))
-        n, low, conf_sum = total[..., 0], total[..., 1], total[..., 2]
+        total = series.sum(axis=0) if len(series) else np.zeros((*self._low.shape, 4))
+        n, low, conf_sum, calibrated_sum = total[..., 0], total[..., 1], total[..., 2], total[..., 3]
         cusum = bernoulli_cusum(series[..., 1], series[..., 0], self._p0, self._p1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            low_rate, mean = low / n, conf_sum / n
+            low_rate, mean, estimate = low / n, conf_sum / n, calibrated_sum / n
         alarm = (n >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
         # plain Python values before the loop: numpy scalar indexing is the slow part here
         n, low_rate, mean, cusum, alarm = n.tolist(), low_rate.tolist(), mean.tolist(), cusum.tolist(), alarm.tolist()
-        ref_low, ref_mean = self._ref_low_rate.tolist(), self._ref_mean.tolist()
+        estimate = estimate.tolist()
+        ref_low, ref_mean, ref_accuracy = self._ref_low_rate.tolist(), self._ref_mean.tolist(), self._ref_accuracy.tolist()
         scores = []
         for m, model in enumerate(self.models):
             for s, key in enumerate(self.subgroups):
@@ -64,6 +78,8 @@ class ConfidenceDrift(WindowedMonitor):
                 scores += [
                     Score(self.name, "low_confidence_rate", low_rate[m][s], k, model, key, reference=ref_low[m][s]),
                     Score(self.name, "mean_confidence", mean[m][s], k, model, key, reference=ref_mean[m][s]),
+                    Score(self.name, "estimated_accuracy", estimate[m][s], k, model, key,
+                          reference=ref_accuracy[m][s]),
                     Score(self.name, "cusum", cusum[m][s], k, model, key, alarm=alarm[m][s]),
                 ]
         return scores

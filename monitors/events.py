@@ -19,19 +19,22 @@ class EventBatch:
     predicted: np.ndarray
     confidence: np.ndarray
     confusions: np.ndarray
+    calibrated: np.ndarray | None = None  # temperature-scaled top-class probability; None: as confidence
 
     def __len__(self) -> int:
         return len(self.t)
 
     @classmethod
-    def from_rows(cls, rows: Sequence[tuple[float, int, int, int, float, int]]) -> "EventBatch":
-        """From (t, model, subgroup, predicted, confidence, confusion mask) tuples."""
+    def from_rows(cls, rows: Sequence[tuple]) -> "EventBatch":
+        """From (t, model, subgroup, predicted, confidence, confusion mask[, calibrated]) tuples."""
         if not rows:
             return cls.empty()
-        t, model, subgroup, predicted, confidence, confusions = zip(*rows)
+        columns = list(zip(*rows))
+        t, model, subgroup, predicted, confidence, confusions = columns[:6]
+        calibrated = np.asarray(columns[6], np.float64) if len(columns) > 6 else None
         return cls(np.asarray(t, np.float64), np.asarray(model, np.int64), np.asarray(subgroup, np.int64),
                    np.asarray(predicted, np.int64), np.asarray(confidence, np.float64),
-                   np.asarray(confusions, np.int64))
+                   np.asarray(confusions, np.int64), calibrated)
 
     @classmethod
     def empty(cls) -> "EventBatch":

@@ -51,7 +51,8 @@ class MonitorSuite:
         self._pair_flags = [confusion_flag(p) for p in self.confusions.pairs]
 
     def flags(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> tuple[list[str], int]:
-        """Per-prediction flags and the known-confusion bit mask that goes into the event."""
+        """Per-prediction flags and the known-confusion bit mask that goes into the event
+        (the event also takes `self.confidence.calibrated(model, probs)`)."""
         flags = [LOW_CONFIDENCE_FLAG] if self.confidence.flag(model, subgroup, float(probs[predicted])) else []
         mask = self.confusions.fired(model, subgroup, probs, predicted)
         if mask:

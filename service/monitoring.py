@@ -36,7 +36,7 @@ from service.config import MonitorsConfig
 log = logging.getLogger("classguard.monitors")
 DRAIN_SECONDS = 0.5
 DECISIONS = {"js_distance", "cusum"}  # the statistics that carry a decision rule
-RECENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions")
+RECENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions", "calibrated")
 
 
 def runtime_dir(name: str) -> Path:
@@ -109,7 +109,8 @@ class MonitorPipeline:
         if len(self._queue) >= self.config.queue_size:
             metrics.MONITOR_DROPPED.inc()
         else:
-            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask))
+            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask,
+                                self.suite.confidence.calibrated(m, probs)))
         return flags
 
     # -- background ----------------------------------------------------------------------------

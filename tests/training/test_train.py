@@ -1,5 +1,7 @@
 """Training is reproducible, and the stored models carry a complete reference profile."""
 
+import json
+
 import numpy as np
 import torch
 
@@ -51,3 +53,15 @@ def test_stored_profile_has_every_part(model_home):
             assert matrix.shape == (10, 10) and matrix.sum() == ref["count"]
             assert np.isclose(np.trace(matrix) / matrix.sum(), ref["accuracy"])
         assert 0.05 < profile["temperature"] < 20
+
+
+def test_label_free_estimate_is_within_five_points(model_home, tmp_path):
+    """Mean calibrated confidence estimates realized accuracy within 0.05 for both models and
+    both captures, on the test split and on the demo's seeded stream."""
+    from tests.conftest import run_module
+
+    out = tmp_path / "estimate.json"
+    done = run_module("benchmarks.estimate_accuracy", "--out", str(out), env={"BENTOML_HOME": str(model_home)})
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert len(rows) == 8 and all(abs(r["error"]) <= 0.05 for r in rows), rows
