@@ -7,6 +7,7 @@
     classguard guardrails show            the running service's active guardrail chain
     classguard guardrails apply PROFILE [--file CHAIN.yaml]   swap the chain on every worker
     classguard log list|show ID|summary|confusion   look up the prediction log (reads the SQLite file)
+    classguard replay PROFILE [--file CHAIN.yaml] [--since 1h]   what a chain would have answered
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("--limit", type=int, default=50)
     logs.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
 
+    rep = commands.add_parser("replay", help="re-apply a guardrail profile to logged predictions")
+    rep.add_argument("profile", help="a profile of the guardrails file, or the name for --file")
+    rep.add_argument("--file", help="YAML list of guardrails to replay instead of the named profile")
+    rep.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
+    rep.add_argument("--since", default="1h", help="15m, 2h, 1d or Unix seconds")
+    rep.add_argument("--until")
+    rep.add_argument("--subgroup")
+    rep.add_argument("--format", choices=("table", "json"), default="table")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -81,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return guardrails(args)
         if args.command == "log":
             return log_lookup(args)
+        if args.command == "replay":
+            return replay(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"classguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -121,6 +133,42 @@ def guardrails(args: argparse.Namespace) -> int:
         with open(args.file) as f:
             body["chain"] = yaml.safe_load(f)
     print(admin_call(args.url, "guardrails", body=body).decode())
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from service import prediction_log
+    from service import replay as replaying
+    from service.config import load_settings
+    from service.guardrail_config import compile_chain, load_profiles
+    from service.models import find_stored
+    from service.subgroups import SubgroupResolver
+    from training.package import PROFILE_KEY
+
+    settings = load_settings()
+    path = Path(args.db) if args.db else settings.log.path
+    if not path.exists():
+        raise FileNotFoundError(f"no prediction log at {path}")
+    if args.file:
+        with open(args.file) as f:
+            specs = yaml.safe_load(f)
+    else:
+        profiles = load_profiles(settings.guardrails.profiles_path)
+        if args.profile not in profiles.profiles:
+            raise ValueError(f"unknown profile {args.profile!r}; profiles: {sorted(profiles.profiles)}")
+        specs = profiles.profiles[args.profile]
+    labels_of = {tag.split(":")[0]: find_stored(tag).info.metadata[PROFILE_KEY]["labels"]
+                 for tag in settings.models.tags()}
+    chain = compile_chain(specs, args.profile, models=set(labels_of),
+                          subgroups=set(SubgroupResolver(settings.subgroups.attributes).keys()))
+    conn = prediction_log.connect(path)
+    report = replaying.replay(conn, chain, labels_of, since=prediction_log.parse_since(args.since),
+                              until=prediction_log.parse_since(args.until), subgroup=args.subgroup)
+    print(json.dumps(report, indent=2) if args.format == "json" else replaying.render(report))
     return 0
 
 

@@ -116,3 +116,32 @@ def test_feedback_is_off_without_its_token(server):
     """Without CLASSGUARD_FEEDBACK_TOKEN, POST /feedback answers 404 with a reason."""
     r = httpx.post(f"{server.url}/feedback", json={"request_id": "x", "label": "1"})
     assert r.status_code == 404 and r.json()["error"] == "feedback_disabled"
+
+
+def test_replay_equals_what_the_live_chain_did(logged, model_home):
+    """Traffic answered live under suppress_phone_confusions, replayed from the log with the same
+    profile: no answer changes. Replayed with allow_all: exactly the answers the guardrails
+    changed come back. Replayed with a route: the phone rows are reported as would-route."""
+    server, db, _ = logged
+    assert httpx.post(f"{server.url}/admin/guardrails", json={"profile": "suppress_phone_confusions"},
+                      headers=AUTH).status_code == 200
+    time.sleep(1.0)
+    t0 = time.time()
+    results, _ = run(server.url, stream(holdout_samples(), 300, phone_share=0.8, seed=12), concurrency=8)
+    time.sleep(1.5)
+    changed_live = sum(any(d["action"] in ("fallback_label", "abstain") for d in b["guardrails"]) for _, _, b in results)
+    assert changed_live > 20
+
+    def replay(profile):
+        done = run_module("service.cli", "replay", profile, "--db", str(db), "--since", str(t0), "--format", "json",
+                          env={"BENTOML_HOME": str(model_home)})
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    same = replay("suppress_phone_confusions")
+    assert same["rows"] == 300 and all(s.get("changed", 0) == 0 for s in same["subgroups"].values())
+    undone = replay("allow_all")
+    assert sum(s.get("changed", 0) for s in undone["subgroups"].values()) == changed_live
+    routed = replay("route_phone_to_retrained")
+    phone_rows = sum(b["subgroup"]["capture"] == "phone" for _, _, b in results)
+    assert routed["would_route"] == {"classguard-retrained": phone_rows}
