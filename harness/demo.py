@@ -9,6 +9,10 @@ from the service's /metrics (accuracy and wrong answers against the known test l
 2. suppress the labels the baseline confuses on phone: harmful answers stop, abstentions rise;
 3. shadow the retrained model: agreement and flips show what it would change, per subgroup;
 4. route phone to the retrained model: phone accuracy recovers, scanner unchanged.
+
+Then the true labels arrive (POST /feedback) and an on-call walkthrough runs the real CLI on
+the prediction log: the requests behind the alert, one trace, the replay of a fix over the
+incident's traffic, and the feedback-based confusion matrix after the real fix.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from harness.traffic import run, stream, holdout_samples
 STREAM_SIZE = 1_000
 PHONE_SHARE = 0.3
 LOG = Path("artifacts/demo-serve.log")
+DB = Path("artifacts/demo-predictions.sqlite")
 STEPS = [
     ("allow_all", "1. baseline only"),
     ("suppress_phone_confusions", "2. suppress the confused labels on phone (the 2015 fix)"),
@@ -115,8 +120,13 @@ def main() -> int:
     LOG.parent.mkdir(exist_ok=True)
     token = secrets.token_urlsafe(16)
     samples = stream(holdout_samples(), STREAM_SIZE, PHONE_SHARE, seed=7)
-    env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1",
+    for stale in DB.parent.glob(DB.name + "*"):
+        stale.unlink()  # the walkthrough is about this run's traffic
+    env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_FEEDBACK_TOKEN": token,
+           "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_LOG__PATH": str(DB),
            "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl"}
+    started_at: dict[str, float] = {}
+    answered = []
     print(f"starting bentoml serve (log: {LOG}) ...", file=sys.stderr)
     with Server(log_path=LOG, env=env) as server, contextlib.ExitStack() as stack:
         print(f"each step: {len(samples)} test-split images ({PHONE_SHARE:.0%} phone, no subgroup sent) "
@@ -131,7 +141,9 @@ def main() -> int:
             config_hash = swap(server.url, token, profile)
             time.sleep(1.0)  # every worker picks up the chain within guardrails.sync_seconds
             before = promtext.scrape(server.url)
+            started_at[profile] = time.time()
             results, seconds = run(server.url, samples, concurrency=16, send_context=False)
+            answered += results
             time.sleep(2.0)  # shadows finish, monitors publish
             after = promtext.scrape(server.url)
             failed = [r for r in results if r[1] != 200]
@@ -142,14 +154,66 @@ def main() -> int:
             print("\n".join(step_table(results, before, after)))
             raised = alarms(after)
             print(f"  monitor alarms: {'; '.join(raised) if raised else 'none'}\n")
+        first_alert = None
         if watch is not None:
+            first_alert = next(iter(sorted(watch.seen.items(), key=lambda kv: kv[1])), None)
             lines = watch.report()
             print("Prometheus alerts, seconds after the first step began (rules wait `for:` before firing):")
             print("\n".join(lines) if lines else "  none")
             print()
         else:
             print("(Prometheus is not installed: apt-get install prometheus, and the demo shows its alerts too)\n")
-    print("answered right / wrong: responses vs the test labels; every other column: the live /metrics.")
+        recorded = send_feedback(server.url, token, answered)
+        time.sleep(1.0)
+    print("answered right / wrong: responses vs the test labels; every other column: the live /metrics.\n")
+    walkthrough(first_alert, started_at, recorded)
+    return 0
+
+
+def send_feedback(url: str, token: str, answered) -> int:
+    """The true labels arrive: POST /feedback for every answered request, 1,000 at a time."""
+    import httpx
+
+    items = [{"request_id": body["request_id"], "label": str(sample.label)} for sample, _, body in answered]
+    recorded = 0
+    for start in range(0, len(items), 1000):
+        r = httpx.post(f"{url}/feedback", json={"items": items[start:start + 1000]},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        recorded += r.json()["recorded"]
+    return recorded
+
+
+def cli(*args: str) -> str:
+    import os
+    import subprocess
+
+    env = {**os.environ, "CLASSGUARD_LOG__PATH": str(DB)}
+    done = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, env=env)
+    return (done.stdout + done.stderr).rstrip()
+
+
+def walkthrough(first_alert, started_at: dict[str, float], recorded: int) -> None:
+    """On call, from the real CLI, on this run's prediction log."""
+    print("=== on-call walkthrough (the real CLI on the prediction log) ===\n")
+    if first_alert:
+        (name, subgroup, state), seconds = first_alert
+        print(f"the page: {name} for {subgroup} ({state} {seconds:.1f} s into the incident)\n")
+    incident = str(started_at["allow_all"])
+    incident_end = str(started_at["suppress_phone_confusions"])
+    print("$ classguard log list --subgroup capture=phone --flag 'known_confusion:6->0' --limit 5")
+    listing = cli("log", "list", "--subgroup", "capture=phone", "--flag", "known_confusion:6->0",
+                  "--since", incident, "--until", incident_end, "--limit", "5")
+    print(listing + "\n")
+    request_id = listing.split()[1] if listing else None
+    if request_id:
+        print(f"$ classguard log show {request_id}")
+        print(cli("log", "show", request_id) + "\n")
+    print(f"{recorded} true labels recorded through POST /feedback.\n")
+    print("$ classguard replay suppress_phone_confusions   (over the incident's traffic)")
+    print(cli("replay", "suppress_phone_confusions", "--since", incident, "--until", incident_end) + "\n")
+    print("$ classguard log confusion --subgroup capture=phone   (after routing phone to the retrained model)")
+    print(cli("log", "confusion", "--subgroup", "capture=phone", "--since", str(started_at["route_phone_to_retrained"])))
+    print()
     return 0
 
 

@@ -188,7 +188,8 @@ def log_lookup(args: argparse.Namespace) -> int:
         record = prediction_log.get(conn, args.request_id)
         if record is None:
             raise ValueError(f"no logged prediction has request id {args.request_id!r}")
-        print(json.dumps(record, indent=2))
+        # one field a line, values compact: the trace reads at a glance and is still valid JSON
+        print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}")
         return 0
     if args.action == "confusion":
         from service import feedback

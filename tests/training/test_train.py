@@ -35,7 +35,6 @@ def test_stored_profile_has_every_part(model_home):
     """Each stored model's metadata holds labels, input spec, training shares, per-subgroup
     class distribution, confidence histogram, confusion matrix, accuracy and a temperature."""
     from tests.conftest import run_module
-    import json
 
     for name, phone_share in (("classguard-baseline", 0.03), ("classguard-retrained", 0.5)):
         done = run_module("service.cli", "profile", f"{name}:latest", env={"BENTOML_HOME": str(model_home)})
