@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate build clean
+.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate bench-log build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -16,7 +16,7 @@ help:
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
-	@echo "make bench-detection / bench-monitors / bench-guardrails - detection quality, monitor cost, guardrail latency"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,6 @@ bench-guardrails: train
 
 bench-estimate: train
 	$(BIN)/python -m benchmarks.estimate_accuracy
+
+bench-log: venv
+	$(BIN)/python -m benchmarks.log_throughput
