@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.traffic import stream
     from monitors.confidence import ConfidenceDrift
-    from monitors.events import EventBatch, WindowConfig
+    from monitors.events import WindowConfig
     from monitors.reference import ReferenceProfile, softmax
     from service.models import find_stored
     from training.digits import build_incident

@@ -10,7 +10,7 @@ from scipy.spatial.distance import jensenshannon
 from monitors.class_drift import PredictedClassDrift
 from monitors.confidence import ConfidenceDrift
 from monitors.confusion import ConfusionPair, KnownConfusions, reference_rate
-from monitors.events import EventBatch, WindowConfig
+from monitors.events import EventBatch
 from monitors.representation import SubgroupRepresentation
 from monitors.suite import LOW_CONFIDENCE_FLAG, MonitorSuite
 from tests.monitors.conftest import MODELS, SUBGROUPS, random_events

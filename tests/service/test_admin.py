@@ -2,7 +2,6 @@
 (JSON and HTML, over HTTP and from the CLI) with one.
 """
 
-import json
 
 import httpx
 import pytest

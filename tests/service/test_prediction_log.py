@@ -4,7 +4,6 @@ import multiprocessing
 import time
 
 import numpy as np
-import pytest
 
 from service.config import LogConfig
 from service.prediction_log import PredictionLog, connect, get, query, summary
