@@ -93,7 +93,7 @@ class Admin:
         async def work():
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise InputError("bad_parameter", 'send a JSON object: {"profile": NAME[, "chain": [...]]}') from None
             if not isinstance(body, dict) or not isinstance(body.get("profile"), str):
                 raise InputError("bad_parameter", "the JSON object needs a `profile` name")

@@ -189,7 +189,7 @@ class Engine:
             raise InputError("unauthorized", "send `Authorization: Bearer <CLASSGUARD_FEEDBACK_TOKEN>`")
         try:
             body = json.loads(await read_body(request, 1_000_000))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError("malformed_feedback", "send JSON: {request_id, label} or {items: [...]}") from None
         raw = body.get("items", [body]) if isinstance(body, dict) else None
         if not isinstance(raw, list) or not 1 <= len(raw) <= 1000:

@@ -76,8 +76,8 @@ def parse_context(raw: Any, limit: int) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError as exc:
-        raise InputError("malformed_context", f"context is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # deeply nested JSON exhausts the parser's recursion
+        raise InputError("malformed_context", f"context is not valid JSON: {type(exc).__name__}: {exc}") from None
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -106,7 +106,7 @@ def batch_contexts(fields: dict[str, list[Any]], n_images: int) -> list[Any]:
         if text.lstrip().startswith("["):
             try:
                 items = json.loads(text)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise InputError("malformed_context", f"contexts is not a valid JSON array: {exc}") from None
             raw = [None if item is None else json.dumps(item) for item in items]
     if len(raw) != n_images:
