@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate bench-log build clean
+.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -62,3 +62,6 @@ bench-estimate: train
 
 bench-log: venv
 	$(BIN)/python -m benchmarks.log_throughput
+
+soak: train
+	$(BIN)/python -m benchmarks.soak --requests 100000

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bentoml
 from starlette.responses import JSONResponse
 
+from service import bentoml_patches
 from service.admin import ADMIN
 from service.config import load_settings
 from service.guardrail_runtime import check_startup_chain
@@ -15,6 +16,7 @@ from service.models import find_stored
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, FeedbackForm, FeedbackResponse, Prediction
 
 settings = load_settings()
+bentoml_patches.apply()  # cancel BentoML's per-request timeout timer (see the module)
 
 
 class Classguard:
