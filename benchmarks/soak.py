@@ -53,7 +53,7 @@ def soak(requests: int, *, concurrency: int = 32, env: dict | None = None, max_s
         conn = connect(Path(server.env["CLASSGUARD_LOG__PATH"]))
         log_rows = conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
     counted = promtext.total(samples, "classguard_predictions_total")
-    window = promtext.total(samples, "classguard_monitor_window_samples", monitor="representation")
+    window = promtext.total(samples, "classguard_monitor_window_samples", monitor="representation", subgroup="")
     return {
         "requests": answered + failed, "failed": failed, "seconds": round(seconds, 1),
         "requests_per_s": round((answered + failed) / seconds), "rss_after_warmup_mb": round(rss_start / 2**20, 1),
