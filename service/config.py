@@ -127,6 +127,7 @@ class LogConfig(Strict):
     max_rows: int = Field(1_000_000, ge=1, description="the oldest rows beyond this are deleted")
     retention_check_seconds: float = Field(30.0, gt=0.0)
     flush_seconds: float = Field(0.5, gt=0.0, le=60.0, description="how often queued rows are written")
+    busy_timeout_seconds: float = Field(5.0, gt=0.0, le=60.0, description="wait for a locked database, then count a failure")
     queue_size: int = Field(50_000, ge=1, description="rows waiting to be written; more are dropped, counted")
 
 

@@ -59,9 +59,9 @@ COLUMNS = ("request_id", "ts", "subgroup", "model", "model_version", "label", "a
            "guardrails", "top_k", "probs", "config_hash", "image_sha256")
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
@@ -88,7 +88,7 @@ class PredictionLog:
         self.config = config
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
-        self._conn = connect(config.path)
+        self._conn = connect(config.path, config.busy_timeout_seconds)
         self._last_retention = 0.0
 
     # -- request path ------------------------------------------------------------------------
