@@ -1,0 +1,85 @@
+"""The batch path against the physical limit: images/s through /classify_batch vs the raw
+TorchScript forward pass of the same model at the same batch sizes, one run.
+
+    python -m benchmarks.batch_path         (make bench-batch)
+
+Raw: the model alone on already-decoded inputs (torch threads as the service sets them).
+Service: requests of N real test-split PNGs each, two in flight, everything on (monitors,
+the demo's chain with a 10% shadow, the log). Results: stdout and artifacts/bench_batch.json.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path("artifacts/bench_batch.json")
+BATCHES = (1, 16, 64, 256)
+
+
+def raw_images_per_s(batch: int, seconds: float = 3.0) -> float:
+    import torch
+
+    from service.models import find_stored
+    from training.package import WEIGHTS_FILE
+
+    torch.set_num_threads(1)
+    module = torch.jit.load(find_stored("classguard-baseline:latest").path_of(WEIGHTS_FILE)).eval()
+    x = torch.rand(batch, 1, 8, 8)
+    n, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - started < seconds:
+            torch.softmax(module(x), dim=1).numpy()
+            n += batch
+    return n / (time.perf_counter() - started)
+
+
+def service_images_per_s(url: str, pngs: list[bytes], batch: int, seconds: float = 6.0) -> float:
+    import httpx
+
+    files = [("images", (f"{i}.png", pngs[i % len(pngs)], "image/png")) for i in range(batch)]
+    counts = []
+
+    def client() -> None:
+        n, started = 0, time.perf_counter()
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.perf_counter() - started < seconds:
+                c.post("/classify_batch", files=files).raise_for_status()
+                n += batch
+        counts.append(n / (time.perf_counter() - started))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts)
+
+
+def main() -> int:
+    from harness.server import Server
+    from harness.traffic import holdout_samples
+
+    pngs = [s.png for s in holdout_samples()]
+    results = {"raw": {}, "service": {}}
+    for b in BATCHES:
+        results["raw"][str(b)] = round(raw_images_per_s(b))
+    with Server(env={"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}) as server:
+        service_images_per_s(server.url, pngs, 16, seconds=1.0)  # warm-up
+        for b in BATCHES:
+            results["service"][str(b)] = round(service_images_per_s(server.url, pngs, b))
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{'batch':>6} {'raw torch images/s':>19} {'/classify_batch images/s':>25} {'ratio':>6}")
+    for b in BATCHES:
+        raw, svc = results["raw"][str(b)], results["service"][str(b)]
+        print(f"{b:>6} {raw:>19,} {svc:>25,} {svc / raw:>6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
