@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 OUT = Path("artifacts/bench_batch.json")
 BATCHES = (1, 16, 64, 256)

@@ -93,10 +93,6 @@ class Engine:
         """Zero-valued series for every bounded label combination, so rate() in alerts and
         dashboards sees them before the first event (a missing series is not a zero)."""
         keys = self.resolver.keys()
-        for model in self.models:
-            for key in keys:
-                for outcome in ("correct", "wrong", "abstained"):
-                    metrics.FEEDBACK.labels(model, key, outcome)
         for endpoint in ("classify", "classify_batch"):
             metrics.INTERNAL_ERRORS.labels(endpoint)
             for reason in REASONS:
@@ -105,6 +101,8 @@ class Engine:
             for reason in ("timeout", "error"):
                 metrics.ROUTE_FALLBACKS.labels(model, reason)
             for key in keys:
+                for outcome in ("correct", "wrong", "abstained"):
+                    metrics.FEEDBACK.labels(model, key, outcome)
                 metrics.PREDICTIONS.labels(model, key, metrics.ABSTAINED)  # abstention rate reads 0, not nothing
                 metrics.ROUTED.labels(model, key)
                 metrics.ANOMALIES.labels("low_confidence", model, key)

@@ -34,7 +34,7 @@ class Serving:
     async def answer_all(self, pixels: np.ndarray, subgroups: Sequence[dict[str, str]],
                          request_ids: Sequence[str], images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
         chain = self.guardrails.chain
-        alerts = getattr(self.monitors, "alerts", {})
+        alerts = self.monitors.alerts
         keys = [subgroup_key(s) for s in subgroups]
         requests = [Request(rid, s, k, alerts.get(k, frozenset())) for rid, s, k in zip(request_ids, subgroups, keys)]
         trace: list[list[Decision]] = [[] for _ in requests]
