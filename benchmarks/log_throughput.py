@@ -9,12 +9,13 @@ then reports rows/s for record (the request path) and for the flush (the writer 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import save_flat
 
 OUT = Path("artifacts/bench_log.json")
 
@@ -43,10 +44,7 @@ def main() -> int:
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
     results = {"rows": n, "record_rows_per_s": round(n / record_s), "flush_rows_per_s": round(n / flush_s),
                "bytes_per_row": round(size / n)}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    for k, v in results.items():
-        print(f"{k:<20} {v}")
+    save_flat(OUT, results)
     return 0
 
 

@@ -11,13 +11,14 @@ Results: stdout and artifacts/bench_monitor_cost.json.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import save_flat
 
 OUT = Path("artifacts/bench_monitor_cost.json")
 
@@ -91,10 +92,7 @@ def main() -> int:
         results["observe_us_per_prediction"] = round(1e6 * timeit(observe_all, 5) / 1000, 2)
         pipeline._queue.clear()
         results["publish_ms_with_state_file"] = round(1000 * timeit(lambda: pipeline.publish(now), 20), 3)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    for k, v in results.items():
-        print(f"{k:<48} {v}")
+    save_flat(OUT, results)
     return 0
 
 

@@ -10,10 +10,11 @@ answered; the monitor window and the prediction log stay within their bounds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from benchmarks import save_flat
 
 OUT = Path("artifacts/bench_soak.json")
 
@@ -69,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
     result = soak(args.requests, max_seconds=args.max_seconds)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    for k, v in result.items():
-        print(f"{k:<28} {v}")
+    save_flat(OUT, result)
     ok = (result["failed"] == 0 and result["rss_growth"] < 0.10
           and result["predictions_counted"] == result["answered_including_warmup"]
           and result["log_rows"] <= result["log_max_rows"])
