@@ -192,3 +192,14 @@ def test_flags_name_what_fired(suite_factory, profiles):
     assert "known_confusion:a->b" in flags and mask == 1
     low_flags, _ = suite.flags(0, 1, np.array([0.26, 0.25, 0.25, 0.24]), 0)
     assert (LOW_CONFIDENCE_FLAG in low_flags) == (0.26 < p01)
+
+
+def test_calibrated_confidence_is_temperature_scaled_softmax(profiles, window):
+    """calibrated() equals the top class of scipy's softmax(log(p) / T), T from the profile."""
+    from scipy.special import softmax as scipy_softmax
+
+    mon = ConfidenceDrift(MODELS, profiles, SUBGROUPS, window)
+    probs = np.random.default_rng(4).dirichlet(np.ones(4), 20)
+    for m in range(2):
+        want = scipy_softmax(np.log(probs) / profiles[m].temperature, axis=1).max(axis=1)
+        assert np.allclose([mon.calibrated(m, p) for p in probs], want)
