@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch build clean
+.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -16,7 +16,7 @@ help:
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
-	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / soak"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / soak"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,3 +68,6 @@ soak: train
 
 bench-batch: train
 	$(BIN)/python -m benchmarks.batch_path
+
+bench-resnet: venv
+	$(BIN)/python -m benchmarks.realistic_model

@@ -1,0 +1,130 @@
+"""The sidecar's cost next to a real model's compute: a ResNet-18-sized network (random
+weights, 224 x 224 RGB, 10 classes) imported with `classguard import-model`, served with
+everything classguard does, against its raw TorchScript forward pass, one run.
+
+    python -m benchmarks.realistic_model        (make bench-resnet)
+
+Results name the device: CUDA when available, else CPU (torch threads as the service sets
+them, 1). Stdout and artifacts/bench_resnet.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path("artifacts/bench_resnet.json")
+SIZE = 224
+
+
+def resnet18(n_classes: int = 10):
+    """ResNet-18's layout (He et al., 2016): 4 stages of 2 basic blocks, 11.2 M parameters."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.body(x) + self.skip(x))
+
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_classes)]
+    torch.manual_seed(0)
+    return nn.Sequential(*layers).eval()
+
+
+def main() -> int:
+    import httpx
+    import torch
+    from PIL import Image
+
+    from harness.server import Server
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, SIZE, SIZE, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.jit.script(resnet18()).save(str(tmp / "resnet18.ts"))
+        np.savez(tmp / "val.npz", images=images, labels=rng.integers(0, 10, len(images)))
+        env = {**os.environ, "BENTOML_HOME": str(tmp / "home")}
+        done = subprocess.run([sys.executable, "-m", "service.cli", "import-model", "resnet18", "--torchscript",
+                               str(tmp / "resnet18.ts"), "--val-npz", str(tmp / "val.npz"), "--input-size",
+                               f"{SIZE}x{SIZE}", "--channels", "3", "--mean", "0.485,0.456,0.406",
+                               "--std", "0.229,0.224,0.225"], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stderr)
+
+        module = torch.jit.load(str(tmp / "resnet18.ts"), map_location=device).eval()
+        raw = {}
+        with torch.inference_mode():
+            for batch in (1, 8):
+                x = torch.rand(batch, 3, SIZE, SIZE, device=device)
+                module(x)
+                times = []
+                for _ in range(10 if batch == 1 else 4):
+                    started = time.perf_counter()
+                    module(x).cpu()
+                    times.append(time.perf_counter() - started)
+                raw[batch] = {"ms_per_batch": 1000 * float(np.median(times)), "images_per_s": batch / float(np.median(times))}
+
+        pngs = []
+        for img in images[:8]:
+            buffer = io.BytesIO()
+            Image.fromarray(img).save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        serve_env = {"BENTOML_HOME": str(tmp / "home"), "CLASSGUARD_MODELS__PRIMARY": "resnet18:latest",
+                     "CLASSGUARD_MODELS__OTHERS": "[]", "CLASSGUARD_GUARDRAILS__ACTIVE": "allow_all",
+                     "CLASSGUARD_MONITORS__KNOWN_CONFUSIONS": "[]"}
+        with Server(env=serve_env) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+            client.post("/classify", files={"image": ("a.png", pngs[0])}).raise_for_status()
+            single = []
+            for i in range(10):
+                started = time.perf_counter()
+                client.post("/classify", files={"image": ("a.png", pngs[i % 8])}).raise_for_status()
+                single.append(time.perf_counter() - started)
+            files = [("images", (f"{i}.png", pngs[i], "image/png")) for i in range(8)]
+            batch_times = []
+            for _ in range(4):
+                started = time.perf_counter()
+                client.post("/classify_batch", files=files).raise_for_status()
+                batch_times.append(time.perf_counter() - started)
+    served_ms = 1000 * float(np.median(single))
+    results = {
+        "device": device, "model": "ResNet-18 layout, random weights, 224x224x3, TorchScript",
+        "raw_forward_ms_batch1": round(raw[1]["ms_per_batch"], 2),
+        "classify_ms_batch1": round(served_ms, 2),
+        "sidecar_ms_added_batch1": round(served_ms - raw[1]["ms_per_batch"], 2),
+        "raw_images_per_s_batch8": round(raw[8]["images_per_s"], 1),
+        "classify_batch_images_per_s_batch8": round(8 / float(np.median(batch_times)), 1),
+    }
+    results["batch8_ratio"] = round(results["classify_batch_images_per_s_batch8"] / results["raw_images_per_s_batch8"], 3)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    for k, v in results.items():
+        print(f"{k:<36} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
