@@ -9,7 +9,6 @@ Off unless CLASSGUARD_ADMIN_TOKEN is set (they answer 404); with it, every reque
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 
 from starlette.applications import Starlette
@@ -19,6 +18,7 @@ from starlette.routing import Route
 
 from service import metrics
 from service.errors import InputError
+from service.http_input import require_bearer
 
 
 class Admin:
@@ -38,11 +38,7 @@ class Admin:
 
     def authorize(self, request: Request) -> None:
         token = self.engine.settings.admin_token if self.engine else None
-        if token is None:
-            raise InputError("admin_disabled", "admin routes are off: set CLASSGUARD_ADMIN_TOKEN to enable them")
-        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
-            raise InputError("unauthorized", "send `Authorization: Bearer <CLASSGUARD_ADMIN_TOKEN>`")
+        require_bearer(request, token, off_reason="admin_disabled", variable="CLASSGUARD_ADMIN_TOKEN")
 
     async def drift_report(self, request: Request) -> Response:
         from service.drift_report import NotEnoughData, build

@@ -8,7 +8,6 @@ answers everything else.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -25,7 +24,8 @@ from service import metrics
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import REASONS, InputError
-from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_body, read_form
+from service.http_input import (Upload, batch_contexts, image_uploads, parse_context, read_body, read_form,
+                                require_bearer)
 from service.guardrail_runtime import GuardrailRuntime
 from service.models import ServedModel, find_stored, resolve_device
 from service.monitoring import MonitorPipeline, NoMonitors, runtime_dir
@@ -179,12 +179,8 @@ class Engine:
                             status_code=status)
 
     async def _feedback_items(self, request: Request) -> list[tuple[str, str]]:
-        token = self.settings.feedback_token
-        if token is None:
-            raise InputError("feedback_disabled", "feedback is off: set CLASSGUARD_FEEDBACK_TOKEN to enable it")
-        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
-            raise InputError("unauthorized", "send `Authorization: Bearer <CLASSGUARD_FEEDBACK_TOKEN>`")
+        require_bearer(request, self.settings.feedback_token, off_reason="feedback_disabled",
+                       variable="CLASSGUARD_FEEDBACK_TOKEN")
         try:
             body = json.loads(await read_body(request, 1_000_000))
         except (ValueError, RecursionError):

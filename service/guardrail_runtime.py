@@ -19,7 +19,7 @@ from pathlib import Path
 from guardrails.chain import Chain
 from service import metrics
 from service.config import GuardrailsConfig
-from service.guardrail_config import Profiles, compile_chain, load_profiles
+from service.guardrail_config import CHAIN, Profiles, compile_chain, load_profiles
 
 log = logging.getLogger("classguard.guardrails")
 
@@ -73,7 +73,7 @@ class GuardrailRuntime:
         except Exception:
             metrics.GUARDRAIL_SWAPS.labels("refused").inc()
             raise
-        specs = [s.model_dump(mode="json", exclude_none=True) for s in _specs(chain)]
+        specs = CHAIN.dump_python(CHAIN.validate_python(chain), mode="json", exclude_none=True)
         record = {"time": time.time(), "profile": profile, "hash": new.config_hash, "chain": specs}
         # one swap at a time across workers, each starting from the chain that is really active
         with open(self.shared_file.with_suffix(".lock"), "w") as lock:
@@ -140,8 +140,3 @@ class GuardrailRuntime:
         return {"profile": self.chain.profile, "hash": self.chain.config_hash,
                 "profiles": sorted(self.profiles.profiles)}
 
-
-def _specs(chain: list):
-    from service.guardrail_config import CHAIN
-
-    return CHAIN.validate_python(chain)

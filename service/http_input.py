@@ -6,6 +6,7 @@ of files; parsing here keeps every bad input a counted 4xx and never touches the
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,16 @@ from starlette.requests import Request
 
 from service.config import LimitsConfig
 from service.errors import InputError
+
+
+def require_bearer(request: Request, token: Any, *, off_reason: str, variable: str) -> None:
+    """`Authorization: Bearer <token>`, compared in constant time; routes whose token is not
+    configured (None) are off."""
+    if token is None:
+        raise InputError(off_reason, f"this route is off: set {variable} to enable it")
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+        raise InputError("unauthorized", f"send `Authorization: Bearer <{variable}>`")
 
 
 @dataclass(frozen=True)
