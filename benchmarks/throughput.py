@@ -1,25 +1,31 @@
-"""Requests/s and latency of /classify, one run: (a) the minimal BentoML endpoint, (b)
-classguard with monitors, guardrails (allow_all) and the log off, (c) classguard with
-everything on: monitors, the demo's suppression chain, a 10% shadow, the prediction log.
+"""Requests/s, latency and CPU per request of /classify, one run: (a) the minimal BentoML
+endpoint, (b) classguard with monitors, guardrails (allow_all) and the log off, (c)
+classguard with everything on: monitors, the demo's suppression chain, a 10% shadow, the
+prediction log.
 
-    make bench            (or: python -m benchmarks.throughput --duration 10)
+    make bench            (or: python -m benchmarks.throughput --duration 5 --rounds 3)
 
-All serve the same TorchScript model with one worker and no access log, one after
-the other on this machine, loaded by wrk (from Debian's `wrk` package) with the same real
-test-split PNGs (70% scanner, 30% phone, no context: classguard infers the subgroup) at each
-concurrency for requests/s; latency percentiles come from a sequential keep-alive client
-(wrk's tails on a 2-core machine measure its own descheduling).
+All three serve the same TorchScript model with one worker and no access log. They run side
+by side and take turns (the order rotates every round), so drift in this shared machine's
+speed hits each alike; each figure is the median over the rounds. wrk (Debian's `wrk`)
+sends the same real test-split PNGs (70% scanner, 30% phone, no context: classguard infers
+the subgroup). Besides requests/s, the CPU time the server's processes used per answered
+request is read from /proc: a steadier measure of what a feature costs than requests/s on a
+machine whose load generator shares the cores. Latency percentiles come from a sequential
+keep-alive client (wrk's tails on a 2-core machine measure its own descheduling).
 Results: a table on stdout and artifacts/bench_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +45,7 @@ TARGETS = {  # name: (bentoml serve target, environment)
     "(b) classguard, all off": (".", BARE),
     "(c) classguard, all on": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}),
 }
-SEQUENTIAL_REQUESTS = 1500  # per target, one in flight: the latency figures
+SEQUENTIAL_REQUESTS = 600  # per target and round, one in flight: the latency figures
 
 
 def multipart(png: bytes) -> bytes:
@@ -47,11 +53,27 @@ def multipart(png: bytes) -> bytes:
             f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def wrk(url: str, bodies: list[str], connections: int, seconds: int) -> dict[str, float]:
+def cpu_seconds(server: Server) -> float:
+    """User + system CPU of `bentoml serve` and every process under it, so far."""
+    import psutil
+
+    root = psutil.Process(server.process.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def wrk(server: Server, bodies: list[str], connections: int, seconds: int) -> dict[str, float]:
     env = {**os.environ, "BODIES": ",".join(bodies), "BOUNDARY": BOUNDARY}
     threads = min(2, connections)
+    cpu_before = cpu_seconds(server)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-                          "-s", str(LUA), f"{url}/classify"], env=env, capture_output=True, text=True, check=True).stdout
+                          "-s", str(LUA), f"{server.url}/classify"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    cpu = cpu_seconds(server) - cpu_before
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
     def latency(pct: str) -> float:
@@ -59,70 +81,102 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: int) -> dict[str
         return float(value) * unit[u]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    answered = int(re.search(r"(\d+) requests in", out).group(1))
     return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": latency("50"), "p99_ms": latency("99"), "non_2xx": int(errors.group(1)) if errors else 0}
+            "p50_ms": latency("50"), "p99_ms": latency("99"), "non_2xx": int(errors.group(1)) if errors else 0,
+            "cpu_us_per_request": round(cpu / max(answered, 1) * 1e6, 1)}
 
 
-def sequential(url: str, bodies: list[str]) -> dict[str, float]:
-    """p50/p99 of one request at a time over keep-alive."""
+def sequential(url: str, payloads: list[bytes], n: int) -> list[float]:
+    """Milliseconds of `n` requests sent one at a time over keep-alive (after 50 to warm up)."""
     import httpx
-    import numpy as np
 
-    payloads = [Path(b).read_bytes() for b in bodies]
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     times = []
     with httpx.Client(base_url=url, timeout=30) as client:
-        for i in range(SEQUENTIAL_REQUESTS):
+        for i in range(n + 50):
             started = time.perf_counter()
             client.post("/classify", content=payloads[i % len(payloads)], headers=headers).raise_for_status()
-            times.append(time.perf_counter() - started)
-    ms = np.array(times[100:]) * 1000  # the first 100 warm the connection
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+            times.append((time.perf_counter() - started) * 1000)
+    return times[50:]
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each service takes at each concurrency")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32])
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    names = list(TARGETS)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {str(c): [] for c in args.concurrency} for n in names}
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         bodies = []
         for i, sample in enumerate(stream(holdout_samples(), 64, phone_share=0.3, seed=11)):
             path = Path(tmp) / f"{i}.bin"
             path.write_bytes(multipart(sample.png))
             bodies.append(str(path))
+        payloads = [Path(b).read_bytes() for b in bodies]
+        servers = {}
         for name, (target, env) in TARGETS.items():
-            print(f"serving {name} ...", file=sys.stderr)
-            with Server(target, env=env) as server:
-                wrk(server.url, bodies, 8, 2)  # warm-up
-                results[name] = {}
-                for c in args.concurrency:
-                    results[name][str(c)] = wrk(server.url, bodies, c, args.duration)
-                    print(f"  c={c}: {results[name][str(c)]}", file=sys.stderr)
-                results[name]["sequential"] = sequential(server.url, bodies)
-                time.sleep(0.5)
+            print(f"starting {name} ...", file=sys.stderr)
+            servers[name] = stack.enter_context(Server(target, env=env))
+            wrk(servers[name], bodies, 8, 2)  # warm-up
+        for c in args.concurrency:
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    run = wrk(servers[name], bodies, c, args.duration)
+                    runs[name][str(c)].append(run)
+                    print(f"  c={c} round {r + 1} {name}: {run}", file=sys.stderr)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                latencies[name] += sequential(servers[name].url, payloads, SEQUENTIAL_REQUESTS)
+    results = {n: {c: median_of(runs[n][c]) for c in runs[n]} for n in names}
+    for n in names:
+        ms = np.array(latencies[n])
+        results[n]["sequential"] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+                                    "p99_ms": round(float(np.percentile(ms, 99)), 3), "requests": len(ms)}
+    a, b, c_ = names
+    ratios = {}
+    for c in map(str, args.concurrency):
+        per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[b][c])]
+        ratios[c] = {
+            "c_over_a": round(results[c_][c]["requests_per_s"] / results[a][c]["requests_per_s"], 3),
+            "c_over_b": round(results[c_][c]["requests_per_s"] / results[b][c]["requests_per_s"], 3),
+            "c_over_b_per_round": [round(x, 3) for x in per_round],
+            "cpu_us_added_c_minus_b": round(results[c_][c]["cpu_us_per_request"] - results[b][c]["cpu_us_per_request"], 1),
+        }
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
-              "device": "cpu", "duration_s": args.duration, "results": results}
+              "device": "cpu", "duration_s": args.duration, "rounds": args.rounds, "results": results,
+              "ratios": ratios, "runs": runs}
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'service':<26} {'conc':>5} {'req/s':>8} {'wrk p50 ms':>11} {'non-2xx':>8}")
-    for name, by_c in results.items():
-        for c in args.concurrency:
-            r = by_c[str(c)]
-            print(f"{name:<26} {c:>5} {r['requests_per_s']:>8.0f} {r['p50_ms']:>11.2f} {r['non_2xx']:>8}")
+    print(f"medians of {args.rounds} interleaved rounds of {args.duration} s")
+    print(f"{'service':<26} {'conc':>5} {'req/s':>8} {'wrk p50 ms':>11} {'CPU us/req':>11} {'non-2xx':>8}")
+    for name in names:
+        for c in map(str, args.concurrency):
+            r = results[name][c]
+            print(f"{name:<26} {c:>5} {r['requests_per_s']:>8.0f} {r['p50_ms']:>11.2f} "
+                  f"{r['cpu_us_per_request']:>11.0f} {sum(x['non_2xx'] for x in runs[name][c]):>8.0f}")
     print(f"\n{'service':<26} {'sequential p50 ms':>18} {'p99 ms':>8}")
-    for name, by_c in results.items():
-        print(f"{name:<26} {by_c['sequential']['p50_ms']:>18.2f} {by_c['sequential']['p99_ms']:>8.2f}")
-    a, b, c_ = (results[n] for n in TARGETS)
-    for c in args.concurrency:
-        rps = lambda r: r[str(c)]["requests_per_s"]  # noqa: E731
-        print(f"concurrency {c}: (c)/(a) {rps(c_) / rps(a):.2f}x, (c)/(b) {rps(c_) / rps(b):.2f}x")
-    print(f"p99 added by everything on, (c) - (b): {c_['sequential']['p99_ms'] - b['sequential']['p99_ms']:+.2f} ms; "
-          f"p50 {c_['sequential']['p50_ms'] - b['sequential']['p50_ms']:+.2f} ms")
+    for name in names:
+        print(f"{name:<26} {results[name]['sequential']['p50_ms']:>18.2f} {results[name]['sequential']['p99_ms']:>8.2f}")
+    for c, r in ratios.items():
+        print(f"concurrency {c}: (c)/(a) {r['c_over_a']:.2f}x, (c)/(b) {r['c_over_b']:.2f}x "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in r['c_over_b_per_round'])}); "
+              f"CPU added by everything on {r['cpu_us_added_c_minus_b']:+.0f} us/request")
+    seq = {n: results[n]["sequential"] for n in names}
+    print(f"p99 added by everything on, (c) - (b): {seq[c_]['p99_ms'] - seq[b]['p99_ms']:+.2f} ms; "
+          f"p50 {seq[c_]['p50_ms'] - seq[b]['p50_ms']:+.2f} ms")
     return 0
 
 

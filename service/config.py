@@ -115,6 +115,8 @@ class GuardrailsConfig(Strict):
     audit_log: Path = Field(Path("var/guardrail-audit.jsonl"), description="one JSON line per chain change")
     sync_seconds: float = Field(0.5, gt=0.0, le=10.0, description="how often workers pick up a swapped chain")
     shadow_max_in_flight: int = Field(256, ge=1, description="shadow runs waiting at once; more are skipped, counted")
+    shadow_wait_ms: float = Field(50.0, ge=0.0, le=5000.0,
+                                  description="shadow inputs wait this long to share one forward pass (off the response path)")
 
 
 class LogConfig(Strict):

@@ -122,8 +122,10 @@ GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes
 
 # -- prediction log ---------------------------------------------------------------------------
 LOG_WRITTEN = Counter("classguard_log_rows_written", "Prediction-log rows written to SQLite.")
-LOG_DROPPED = Counter("classguard_log_rows_dropped", "Prediction-log rows the full queue could not take.")
-LOG_ERRORS = Counter("classguard_log_errors", "Prediction-log failures (rows or operations), by stage.", ["stage"])
+LOG_DROPPED = Counter("classguard_log_rows_dropped", "Prediction-log rows lost: the queue was full, or a write "
+                      "failed in a way a retry would not fix.")
+LOG_ERRORS = Counter("classguard_log_errors", "Failed prediction-log operations (a write is retried at the next "
+                     "flush), by stage.", ["stage"])
 
 # -- ground truth ------------------------------------------------------------------------------
 FEEDBACK = Counter(

@@ -97,6 +97,14 @@ class MonitorPipeline:
 
     # -- request path ------------------------------------------------------------------------
     def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+        try:
+            return self._observe(model, subgroup, probs, predicted)
+        except Exception:  # a monitor bug costs this prediction its flags, never its answer
+            metrics.MONITOR_ERRORS.labels("observe").inc()
+            log.warning("monitor observe failed; the prediction is answered without flags", exc_info=True)
+            return []
+
+    def _observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
         m, s = self.suite.model_index[model], self.suite.subgroup_index[subgroup]
         flags, mask = self.suite.flags(m, s, probs, predicted)
         if flags:

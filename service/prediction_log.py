@@ -2,7 +2,8 @@
 
 Request path: `record()` applies the logging policy (every prediction, a sampled share, and
 always the flagged ones) and appends to a bounded queue; a full queue drops the row and
-counts it. Background (a thread, every `flush_seconds`): one transaction inserts the batch.
+counts it. Background (a thread, every `flush_seconds`): one transaction inserts the batch; a
+failed write keeps its rows for the next flush.
 Retention (age and row count) is enforced every `retention_check_seconds`. Each worker
 writes through its own connection; SQLite's locking (WAL, busy timeout) serialises them.
 Raw images are never stored; an optional SHA-256 of the upload is.
@@ -129,21 +130,38 @@ class PredictionLog:
                 log.exception("prediction log flush failed")
 
     def flush(self, now: float | None = None) -> int:
-        rows = [self._queue.popleft() for _ in range(len(self._queue))]
+        """Write what is queued; the number of rows written."""
         with self._lock:
-            if rows:
-                try:
-                    with self._conn:
-                        self._conn.executemany(
-                            f"INSERT OR REPLACE INTO predictions ({', '.join(COLUMNS)}) "
-                            f"VALUES ({', '.join('?' * len(COLUMNS))})", rows)
-                    metrics.LOG_WRITTEN.inc(len(rows))
-                except sqlite3.Error:
-                    metrics.LOG_ERRORS.labels("write").inc(len(rows))
-                    log.warning("could not write %d log rows", len(rows), exc_info=True)
+            rows = [self._queue.popleft() for _ in range(len(self._queue))]
+            written = self._write(rows) if rows else 0
             now = time.time() if now is None else now
             if now - self._last_retention >= self.config.retention_check_seconds:
                 self._enforce_retention(now)
+        return written
+
+    def _write(self, rows: list[tuple]) -> int:
+        try:
+            with self._conn:
+                self._conn.executemany(
+                    f"INSERT OR REPLACE INTO predictions ({', '.join(COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+        except sqlite3.OperationalError:
+            # locked, disk full, I/O error: conditions that pass. The rows go back to the front
+            # of the queue for the next flush; what no longer fits in it is dropped and counted.
+            metrics.LOG_ERRORS.labels("write").inc()
+            room = max(0, self.config.queue_size - len(self._queue))
+            self._queue.extendleft(reversed(rows[:room]))
+            if len(rows) > room:
+                metrics.LOG_DROPPED.inc(len(rows) - room)
+            log.warning("could not write %d log rows; %d kept for the next flush", len(rows), min(room, len(rows)),
+                        exc_info=True)
+            return 0
+        except sqlite3.Error:  # anything else would fail again: drop the batch, counted
+            metrics.LOG_ERRORS.labels("write").inc()
+            metrics.LOG_DROPPED.inc(len(rows))
+            log.warning("dropped %d log rows that could not be written", len(rows), exc_info=True)
+            return 0
+        metrics.LOG_WRITTEN.inc(len(rows))
         return len(rows)
 
     def _enforce_retention(self, now: float) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("classguard")
 class Serving:
     def __init__(self, engine) -> None:
         self.models, self.primary, self.batchers = engine.models, engine.primary, engine.batchers
+        self.shadow_batchers = engine.shadow_batchers
         self.monitors, self.guardrails, self.top_k = engine.monitors, engine.guardrails, engine.settings.top_k
         self.log = engine.log
         self.shadow_limit = engine.settings.guardrails.shadow_max_in_flight
@@ -118,7 +119,7 @@ class Serving:
 
     async def _compare(self, name: str, pixels: np.ndarray, answer: Answer, key: str) -> None:
         try:
-            probs = (await self.batchers[name](pixels[None]))[0]
+            probs = (await self.shadow_batchers[name](pixels[None]))[0]
         except Exception:
             metrics.SHADOW_SKIPPED.labels(name, "error").inc()
             return

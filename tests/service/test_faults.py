@@ -1,41 +1,73 @@
-"""Faults: the log's database locked, and SIGTERM during load. Predictions keep being answered
+"""Faults: the log's database locked or its disk full, and SIGTERM during load. Predictions keep being answered
 (or end cleanly), failures are counted, and nothing answered is lost."""
 
 import asyncio
 import os
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from harness import promtext
 from harness.server import Server
-from harness.traffic import holdout_samples, stream
+from harness.traffic import holdout_samples, run, stream
 from service.config import LogConfig
 from service.prediction_log import PredictionLog, connect
 
 
-def test_locked_database_is_counted_and_the_next_flush_recovers(tmp_path):
+ROW = {"request_id": "a", "label": "1", "confidence": 0.9, "abstained": False, "flags": [], "guardrails": [],
+       "top_k": []}
+
+
+def write_errors() -> float:
+    return REGISTRY.get_sample_value("classguard_log_errors_total", {"stage": "write"}) or 0.0
+
+
+def test_locked_database_is_counted_and_the_next_flush_writes_the_rows(tmp_path):
     """While another connection holds an exclusive lock, record() still returns at once and the
-    flush counts a write failure; once the lock is gone, later rows are written."""
+    flush counts a failed write; once the lock is gone, the next flush writes those rows too."""
     path = tmp_path / "p.sqlite"
     log = PredictionLog(LogConfig(path=path, busy_timeout_seconds=0.1))
     blocker = connect(path)
     blocker.execute("BEGIN EXCLUSIVE")
-    before = REGISTRY.get_sample_value("classguard_log_errors_total", {"stage": "write"}) or 0.0
-    row = {"request_id": "a", "label": "1", "confidence": 0.9, "abstained": False, "flags": [], "guardrails": [],
-           "top_k": []}
+    before = write_errors()
     started = time.perf_counter()
-    log.record(row, np.zeros(10), "h", "m:v", "capture=phone")
+    log.record(ROW, np.zeros(10), "h", "m:v", "capture=phone")
     assert time.perf_counter() - started < 0.05
-    assert log.flush() == 1
-    assert REGISTRY.get_sample_value("classguard_log_errors_total", {"stage": "write"}) == before + 1
+    assert log.flush() == 0
+    assert write_errors() == before + 1
     blocker.rollback()
-    log.record({**row, "request_id": "b"}, np.zeros(10), "h", "m:v", "capture=phone")
-    log.flush()
-    assert connect(path).execute("SELECT request_id FROM predictions").fetchall() == [("b",)]
+    log.record({**ROW, "request_id": "b"}, np.zeros(10), "h", "m:v", "capture=phone")
+    assert log.flush() == 2
+    assert connect(path).execute("SELECT request_id FROM predictions ORDER BY ts").fetchall() == [("a",), ("b",)]
+
+
+def test_full_disk_keeps_rows_up_to_the_queue_bound_and_recovers(tmp_path):
+    """SQLite's "database or disk is full" (a page cap here): failed flushes are counted, rows
+    wait in the queue up to queue_size and the excess is counted as dropped; once there is
+    room again, the kept rows are written."""
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(LogConfig(path=path, queue_size=300))
+    pages = log._conn.execute("PRAGMA page_count").fetchone()[0]
+    log._conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: a full disk
+    dropped_before, errors_before = (REGISTRY.get_sample_value("classguard_log_rows_dropped_total") or 0.0,
+                                     write_errors())
+    for i in range(200):
+        log.record({**ROW, "request_id": f"r{i}"}, np.zeros(10), "h", "m:v", "capture=phone")
+    assert log.flush() == 0
+    for i in range(200, 400):  # 200 kept + 200 new: the queue takes 100 more, refuses 100
+        log.record({**ROW, "request_id": f"r{i}"}, np.zeros(10), "h", "m:v", "capture=phone")
+    assert log.flush() == 0
+    assert write_errors() == errors_before + 2
+    assert REGISTRY.get_sample_value("classguard_log_rows_dropped_total") == dropped_before + 100
+    log._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    assert log.flush() == 300
+    assert connect(path).execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 300
 
 
 @pytest.mark.integration
@@ -75,3 +107,54 @@ def test_sigterm_during_load_finishes_in_flight_requests_and_loses_nothing(model
     logged = {r for (r,) in connect(db).execute("SELECT request_id FROM predictions")}
     missing = set(answered) - logged
     assert not missing, f"{len(missing)} of {len(answered)} answered requests are not in the log"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs of our own (needs root, as CI runs): a disk that can really fill up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory) -> Path:
+    """Write a file into `directory` until its filesystem has no space left."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(65536))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.integration
+def test_full_log_disk_keeps_answering_and_catches_up_when_space_returns(model_home, tmp_path, small_disk):
+    """The log's disk fills during traffic: every request is still answered, failed writes are
+    counted, and once space is freed the queued rows are written without a restart."""
+    db = small_disk / "p.sqlite"
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_LOG__PATH": str(db)}
+    with Server(env=env, log_path=tmp_path / "serve.log") as server:
+        filler = fill(small_disk)
+        results, _ = run(server.url, stream(holdout_samples(), 600, phone_share=0.3, seed=2), concurrency=8)
+        assert [status for _, status, _ in results] == [200] * 600
+        time.sleep(1.5)  # a few flushes, all failing
+        scraped = promtext.scrape(server.url)
+        assert promtext.total(scraped, "classguard_log_errors_total", stage="write") >= 1
+        assert promtext.total(scraped, "classguard_log_rows_written_total") == 0
+
+        filler.unlink()
+        time.sleep(1.5)
+        scraped = promtext.scrape(server.url)
+        assert promtext.total(scraped, "classguard_log_rows_written_total") == 600
+        assert promtext.total(scraped, "classguard_log_rows_dropped_total") == 0
+    answered = {body["request_id"] for _, _, body in results}
+    assert {r for (r,) in connect(db).execute("SELECT request_id FROM predictions")} == answered

@@ -40,17 +40,31 @@ def swap(url, profile, chain=None):
     return httpx.post(f"{url}/admin/guardrails", json=body, headers=AUTH, timeout=30)
 
 
+INVALID = [  # each refused with a 422 and a reason, under load as at rest
+    {"profile": "bad-model", "chain": [{"type": "route", "target": "no-such-model"}]},
+    {"profile": "bad-type", "chain": [{"type": "no-such-guardrail"}]},
+    {"profile": "bad-share", "chain": [{"type": "shadow", "model": "classguard-retrained", "share": 7}]},
+    {"profile": "no-such-profile"},
+]
+
+
 def test_swaps_under_load_are_atomic_and_reach_every_worker(live):
-    """1,200 requests while the chain is swapped 8 times: no failure, every response's trace
-    comes from exactly one chain; after the last swap every worker serves it."""
+    """1,200 requests while the chain is swapped 8 times and 8 invalid swaps are refused: no
+    failure, every response's trace comes from exactly one chain; after the last swap every
+    worker serves it; the refusals are counted."""
+    refused_before = promtext.total(promtext.scrape(live.url), "classguard_guardrail_swaps_total", outcome="refused")
     traffic = stream(holdout_samples(), 1200, phone_share=0.5, seed=4)
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(results=run(live.url, traffic, concurrency=16)[0]))
     worker.start()
     profiles = ["route_phone_to_retrained", "suppress_phone_confusions", "allow_all"] * 3
-    for profile in profiles[:8]:
+    for i, profile in enumerate(profiles[:8]):
         assert swap(live.url, profile).status_code == 200
-        time.sleep(0.15)
+        time.sleep(0.1)
+        bad = INVALID[i % len(INVALID)]
+        refused = swap(live.url, bad["profile"], bad.get("chain"))
+        assert refused.status_code == 422 and refused.json()["detail"], refused.text
+        time.sleep(0.05)
     worker.join(timeout=120)
     results = outcome["results"]
     assert all(status == 200 for _, status, _ in results)
@@ -67,6 +81,8 @@ def test_swaps_under_load_are_atomic_and_reach_every_worker(live):
             if k[0] == "classguard_guardrail_config_info"}
     assert info[applied["hash"]] == 1 and sum(info.values()) == 1
 
+    refused_after = promtext.total(promtext.scrape(live.url), "classguard_guardrail_swaps_total", outcome="refused")
+    assert refused_after == refused_before + 8
     audit = [json.loads(line) for line in live.audit.read_text().splitlines()]
     assert len(audit) == 9 and audit[-1]["hash"] == applied["hash"]
     assert all(b["previous_hash"] == a["hash"] for a, b in zip(audit, audit[1:]))

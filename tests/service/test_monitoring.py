@@ -52,6 +52,20 @@ def test_failing_monitor_is_counted_and_others_publish(make_pipeline):
     assert shares and shares[0].samples == 30
 
 
+def test_monitor_raising_on_the_request_path_costs_flags_not_the_answer(make_pipeline):
+    """If computing a prediction's flags raises, observe() returns no flags and counts the
+    failure; the next prediction is observed normally once the fault is gone."""
+    pipeline = make_pipeline()
+    healthy = pipeline.suite.flags
+    pipeline.suite.flags = lambda *args: 1 / 0
+    before = value("classguard_monitor_errors_total", monitor="observe")
+    probs = np.array([0.3, 0.45, 0.15, 0.1])
+    assert pipeline.observe("base", "capture=phone", probs, 1) == []
+    assert value("classguard_monitor_errors_total", monitor="observe") == before + 1
+    pipeline.suite.flags = healthy
+    assert "known_confusion:a->b" in pipeline.observe("base", "capture=phone", probs, 1)
+
+
 def test_workers_sharing_a_state_dir_publish_one_process_answer(make_pipeline):
     """Two pipelines that saw halves of the traffic publish, through their state files, the
     same scores as one pipeline that saw all of it (the multi-worker design end to end)."""

@@ -39,7 +39,7 @@ def make_serving(chain, target_behaviour="ok"):
 
     engine = SimpleNamespace(
         models={"base": model("base"), "fixed": model("fixed")}, primary=model("base"),
-        batchers={"base": primary, "fixed": target}, monitors=NoMonitors(), log=NoLog(),
+        batchers={"base": primary, "fixed": target}, shadow_batchers={"base": primary, "fixed": target}, monitors=NoMonitors(), log=NoLog(),
         guardrails=SimpleNamespace(chain=chain),
         settings=SimpleNamespace(top_k=3, guardrails=SimpleNamespace(shadow_max_in_flight=8)),
     )
