@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet build clean
+.PHONY: help venv train serve demo test bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
 	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / soak"
+	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ test: venv
 
 bench: train
 	$(BIN)/python -m benchmarks.throughput
+
+# every benchmark in turn; one that fails (say, no wrk) does not stop the others
+bench-all: train
+	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
+		bench-detection soak
 
 build: train
 	$(BIN)/bentoml build

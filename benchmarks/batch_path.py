@@ -4,8 +4,9 @@ TorchScript forward pass of the same model at the same batch sizes, one run.
     python -m benchmarks.batch_path         (make bench-batch)
 
 Raw: the model alone on already-decoded inputs (torch threads as the service sets them).
-Service: requests of N real test-split PNGs each, two in flight, everything on (monitors,
-the demo's chain with a 10% shadow, the log). Results: stdout and artifacts/bench_batch.json.
+Service: requests of N real test-split images each, two in flight, everything on (monitors,
+the demo's chain with a 10% shadow, the log): as N PNG parts, and as one uint8 .npy array.
+Results: stdout and artifacts/bench_batch.json.
 """
 
 from __future__ import annotations
@@ -37,10 +38,26 @@ def raw_images_per_s(batch: int, seconds: float = 3.0) -> float:
     return n / (time.perf_counter() - started)
 
 
-def service_images_per_s(url: str, pngs: list[bytes], batch: int, seconds: float = 6.0) -> float:
+def png_files(pngs: list[bytes], batch: int) -> list:
+    return [("images", (f"{i}.png", pngs[i % len(pngs)], "image/png")) for i in range(batch)]
+
+
+def array_files(pngs: list[bytes], batch: int) -> list:
+    """The same images as one uint8 .npy upload."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(pngs[i % len(pngs)])).convert("L")) for i in range(batch)])
+    buffer = io.BytesIO()
+    np.save(buffer, pixels)
+    return [("array", ("batch.npy", buffer.getvalue(), "application/octet-stream"))]
+
+
+def service_images_per_s(url: str, files: list, batch: int, seconds: float = 6.0) -> float:
     import httpx
 
-    files = [("images", (f"{i}.png", pngs[i % len(pngs)], "image/png")) for i in range(batch)]
     counts = []
 
     def client() -> None:
@@ -64,19 +81,20 @@ def main() -> int:
     from harness.traffic import holdout_samples
 
     pngs = [s.png for s in holdout_samples()]
-    results = {"raw": {}, "service": {}}
+    results = {"raw": {}, "service": {}, "service_array": {}}
     for b in BATCHES:
         results["raw"][str(b)] = round(raw_images_per_s(b))
     with Server(env={"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}) as server:
-        service_images_per_s(server.url, pngs, 16, seconds=1.0)  # warm-up
+        service_images_per_s(server.url, png_files(pngs, 16), 16, seconds=1.0)  # warm-up
         for b in BATCHES:
-            results["service"][str(b)] = round(service_images_per_s(server.url, pngs, b))
+            results["service"][str(b)] = round(service_images_per_s(server.url, png_files(pngs, b), b))
+            results["service_array"][str(b)] = round(service_images_per_s(server.url, array_files(pngs, b), b))
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{'batch':>6} {'raw torch images/s':>19} {'/classify_batch images/s':>25} {'ratio':>6}")
+    print(f"{'batch':>6} {'raw torch':>10} {'PNG images':>11} {'ratio':>6} {'one .npy':>9} {'ratio':>6}   (images/s)")
     for b in BATCHES:
-        raw, svc = results["raw"][str(b)], results["service"][str(b)]
-        print(f"{b:>6} {raw:>19,} {svc:>25,} {svc / raw:>6.1%}")
+        raw, svc, arr = (results[k][str(b)] for k in ("raw", "service", "service_array"))
+        print(f"{b:>6} {raw:>10,} {svc:>11,} {svc / raw:>6.1%} {arr:>9,} {arr / raw:>6.1%}")
     return 0
 
 

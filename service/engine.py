@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service import metrics
+from service.array_input import decode_array
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import REASONS, InputError
@@ -239,6 +240,8 @@ class Engine:
     async def _classify_batch(self, request: Request, request_id: str) -> dict[str, Any]:
         limit = self.settings.limits.max_batch_images
         fields = await read_form(request, self.settings.limits, max_files=limit)
+        if "array" in fields:
+            return await self._classify_array(fields, request_id)
         uploads = image_uploads(fields, "images")
         raw_contexts = batch_contexts(fields, len(uploads))
         results: list[dict[str, Any] | None] = [None] * len(uploads)
@@ -250,9 +253,41 @@ class Engine:
                 metrics.REJECTED.labels("classify_batch", exc.reason).inc()
                 results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
         if ready:
-            answers = await self.serving.answer_all(np.stack([p.pixels for _, p in ready]), [p.subgroup for _, p in ready],
-                                                    [f"{request_id}.{i}" for i, _ in ready],
-                                                    [uploads[i].data for i, _ in ready])
-            for (i, _), answer in zip(ready, answers):
-                results[i] = {"index": i, **answer}
+            await self._answer_slots(results, [i for i, _ in ready], np.stack([p.pixels for _, p in ready]),
+                                     [p.subgroup for _, p in ready], request_id, [uploads[i].data for i, _ in ready])
         return {"request_id": request_id, "model": self.primary.tag, "results": results}
+
+    async def _classify_array(self, fields: dict[str, list[Any]], request_id: str) -> dict[str, Any]:
+        """One .npy upload of N images: decoded and normalised in one piece, subgroups per image."""
+        arrays = fields["array"]
+        if "images" in fields or len(arrays) != 1 or not isinstance(arrays[0], Upload):
+            raise InputError("malformed_array", "send one `array` file upload, or `images`, not both")
+        data, max_images = arrays[0].data, self.settings.limits.max_batch_images
+        if len(data) > _DECODE_IN_THREAD_BYTES:
+            unit = await asyncio.to_thread(decode_array, data, self.spec, max_images)
+        else:
+            unit = decode_array(data, self.spec, max_images)
+        raw_contexts = batch_contexts(fields, len(unit))
+        limit = self.settings.limits.max_context_bytes
+        results: list[dict[str, Any] | None] = [None] * len(unit)
+        ready: list[tuple[int, dict[str, Any] | None]] = []
+        for i, raw in enumerate(raw_contexts):
+            try:
+                ready.append((i, parse_context(raw, limit)))
+            except InputError as exc:  # one bad context fails only its own image
+                metrics.REJECTED.labels("classify_batch", exc.reason).inc()
+                results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
+        if ready:
+            idx = [i for i, _ in ready]
+            unit = unit if len(idx) == len(unit) else unit[idx]
+            subgroups = self.resolver.resolve_many([c for _, c in ready], unit)
+            await self._answer_slots(results, idx, normalise(unit, self.spec), subgroups, request_id,
+                                     [u.tobytes() for u in unit])
+        return {"request_id": request_id, "model": self.primary.tag, "results": results}
+
+    async def _answer_slots(self, results: list, idx: list[int], pixels: np.ndarray, subgroups: list[dict[str, str]],
+                            request_id: str, images: list[bytes]) -> None:
+        """Answer the images that passed preparation into their slots of `results`."""
+        answers = await self.serving.answer_all(pixels, subgroups, [f"{request_id}.{i}" for i in idx], images)
+        for i, answer in zip(idx, answers):
+            results[i] = {"index": i, **answer}

@@ -16,6 +16,8 @@ REASONS: dict[str, int] = {
     "truncated_image": 400,
     "image_too_large": 413,
     "unsupported_image": 415,
+    "malformed_array": 400,
+    "invalid_array_values": 400,
     "malformed_context": 400,
     "context_count_mismatch": 400,
     "too_many_images": 413,

@@ -25,7 +25,12 @@ class ClassifyForm(_DeferredForm):
 
 
 class ClassifyBatchForm(_DeferredForm):
-    images: list[Annotated[Path, ContentType("image/*")]] = Field(description="repeat the field once per image")
+    # no Optional around the file types: BentoML's schema conversion cannot hash them in a Union
+    images: list[Annotated[Path, ContentType("image/*")]] = Field(
+        None, description="repeat the field once per image (or send `array`)")
+    array: Annotated[Path, ContentType("application/octet-stream")] = Field(
+        None, description="instead of images: one NumPy .npy of N images at the model's input size, "
+                          "uint8 (0-255) or float (0-1), N x H x W or N x C x H x W")
     contexts: Optional[list[str]] = Field(None, description="one JSON object per image, or one JSON array")
 
 

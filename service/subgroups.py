@@ -2,13 +2,15 @@
 
 Values outside an attribute's declared set become `other`, so a client can never mint a new
 metric label value. Pure Python: the derive functions receive the decoded image as a numpy
-array scaled to [0, 1] (channels x height x width) before model normalisation.
+array scaled to [0, 1] (channels x height x width) before model normalisation. A derive
+function may carry a `batch` attribute: the same inference for N images (N x C x H x W) at
+once, which `resolve_many` uses.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,13 +50,25 @@ class SubgroupResolver:
         return keys
 
     def resolve(self, context: Mapping[str, Any] | None, pixels: np.ndarray) -> dict[str, str]:
+        return self._resolve(context, lambda name: self.derivers[name](pixels))
+
+    def resolve_many(self, contexts: Sequence[Mapping[str, Any] | None], pixels: np.ndarray) -> list[dict[str, str]]:
+        """`resolve` for N images (N x C x H x W); derive functions with a `batch` form run once."""
+        batched = {name: list(derive.batch(pixels)) for name, derive in self.derivers.items()
+                   if getattr(derive, "batch", None) is not None}
+
+        def derived(i: int) -> Callable[[str], str]:
+            return lambda name: batched[name][i] if name in batched else self.derivers[name](pixels[i])
+
+        return [self._resolve(context, derived(i)) for i, context in enumerate(contexts)]
+
+    def _resolve(self, context: Mapping[str, Any] | None, derived: Callable[[str], str]) -> dict[str, str]:
         resolved: dict[str, str] = {}
         context = context or {}
         for name, allowed in self.allowed.items():
             sent = context.get(name)
-            derive = self.derivers.get(name)
-            if derive is not None and (sent is None or self.prefer[name] == "derived"):
-                value = derive(pixels)
+            if name in self.derivers and (sent is None or self.prefer[name] == "derived"):
+                value = derived(name)
             else:
                 value = sent
             resolved[name] = value if isinstance(value, str) and value in allowed else OTHER

@@ -43,3 +43,15 @@ def test_capture_inference_agrees_with_truth_on_test_split():
     test = build_incident().test
     inferred = np.array([capture_from_border(img[None].astype(np.float32) / 255) for img in test.images])
     assert np.mean(inferred == test.captures) >= 0.99
+
+
+def test_resolve_many_equals_resolve_image_by_image():
+    """The batch form of the capture inference gives, image by image, what resolving each
+    image alone gives: client values, derived values and `other` alike, for both preferences."""
+    pixels = build_incident().test.images[:, None].astype(np.float32) / 255.0
+    contexts = [None, {"capture": "phone"}, {"capture": "bogus", "region": "eu"}, {}] * (len(pixels) // 4)
+    prefer = {**ATTRS, "capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive,
+                                                   prefer="derived")}
+    for attributes in (ATTRS, prefer):
+        resolver = SubgroupResolver(attributes)
+        assert resolver.resolve_many(contexts, pixels) == [resolver.resolve(c, p) for c, p in zip(contexts, pixels)]
