@@ -135,6 +135,8 @@ class Engine:
                     metrics.KNOWN_CONFUSIONS.labels(f"{pair.source}->{pair.target}", model, key)
         for outcome in ("applied", "refused", "sync_failed", "audit_failed"):
             metrics.GUARDRAIL_SWAPS.labels(outcome)
+        for stage in ("write", "retention", "flush"):
+            metrics.LOG_ERRORS.labels(stage)
         metrics.MONITOR_DROPPED.inc(0)
         metrics.MONITOR_EVENTS.inc(0)
 

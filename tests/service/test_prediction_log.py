@@ -21,6 +21,21 @@ def write(log, n, start=0, **kwargs):
     log.flush()
 
 
+def test_a_flush_of_any_size_writes_every_row_once_with_its_values(tmp_path):
+    """Flushes of 1, 511 and 1,037 rows (multi-row INSERTs of 512 and powers of two) write each
+    row exactly once, its columns in place."""
+    log = PredictionLog(LogConfig(path=tmp_path / "p.sqlite"))
+    start = 0
+    for n in (1, 511, 1037):
+        write(log, n, start=start)
+        start += n
+    conn = connect(tmp_path / "p.sqlite")
+    assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM predictions").fetchone() == (start, start)
+    one = get(conn, "r700")
+    assert (one["label"], one["model"], one["model_version"], one["config_hash"]) == ("3", "base", "v1", "hash1")
+    assert one["probs"] == [0.1] * 10 and one["top_k"] == [{"label": "3", "probability": 0.5}]
+
+
 def test_flagged_rows_are_always_kept_and_sampling_is_deterministic(tmp_path):
     """mode=sampled keeps every flagged prediction and about `sample_share` of the rest."""
     log = PredictionLog(LogConfig(path=tmp_path / "p.sqlite", mode="sampled", sample_share=0.2))
