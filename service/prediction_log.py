@@ -82,9 +82,21 @@ def _insert_sql(n_rows: int) -> str:
 def connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Workers start side by side. Switching a new file to WAL answers "database is locked" at
+    # once, without waiting out the busy timeout, while another process does the same; that
+    # had stopped the second worker of two at start-up. Retry until the timeout instead.
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.02)
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
     return conn
 
 

@@ -105,3 +105,24 @@ def test_several_processes_write_one_consistent_log(tmp_path):
         assert p.exitcode == 0
     conn = connect(path)
     assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM predictions").fetchone() == (4000, 4000)
+
+
+def _open_fresh(path, barrier) -> None:
+    barrier.wait()
+    connect(path).close()
+
+
+def test_workers_opening_a_new_log_at_the_same_instant_all_start(tmp_path):
+    """Eight processes released together onto a log file that does not exist yet (workers
+    starting side by side): each switches it to WAL and creates the schema without failing."""
+    for attempt in range(3):
+        path = tmp_path / f"fresh{attempt}.sqlite"
+        ctx = multiprocessing.get_context("fork")
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_fresh, args=(path, barrier)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 8
+        assert connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
