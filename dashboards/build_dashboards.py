@@ -56,22 +56,27 @@ OVERVIEW = [
 ]
 
 SEL = 'model="$model", subgroup="$subgroup"'
+
+
+def live_and_reference(monitor: str, statistic: str, legend: str = "") -> list[tuple[str, str]]:
+    """A monitor statistic of the selected model and subgroup beside its reference value."""
+    match = f'monitor="{monitor}", statistic="{statistic}", {SEL}'
+    return [(f"{legend}live", f"classguard_monitor_score{{{match}}}"),
+            (f"{legend}reference", f"classguard_monitor_reference{{{match}}}")]
+
+
 INCIDENT = [
     ("Answered per subgroup", "timeseries", "reqps", [
         ("{{predicted_class}}", f"sum by (predicted_class) (rate(classguard_predictions_total{{{SEL}}}[{R}]))")]),
-    ("Mean confidence per subgroup", "timeseries", "percentunit", [
-        ("live", f'classguard_monitor_score{{monitor="confidence", statistic="mean_confidence", {SEL}}}'),
-        ("reference", f'classguard_monitor_reference{{monitor="confidence", statistic="mean_confidence", {SEL}}}')]),
-    ("Low-confidence rate vs reference", "timeseries", "percentunit", [
-        ("live", f'classguard_monitor_score{{monitor="confidence", statistic="low_confidence_rate", {SEL}}}'),
-        ("reference", f'classguard_monitor_reference{{monitor="confidence", statistic="low_confidence_rate", {SEL}}}')]),
+    ("Mean confidence per subgroup", "timeseries", "percentunit", live_and_reference("confidence", "mean_confidence")),
+    ("Low-confidence rate vs reference", "timeseries", "percentunit",
+     live_and_reference("confidence", "low_confidence_rate")),
     ("Confidence distribution", "heatmap", "none", [
         ("{{le}}", f"sum by (le) (rate(classguard_prediction_confidence_bucket{{{SEL}}}[{R}]))")]),
     ("Predicted-class drift (JS)", "timeseries", "none", [
         ("js distance", f'classguard_monitor_score{{monitor="class_drift", statistic="js_distance", {SEL}}}')]),
-    ("Known-confusion rate vs reference", "timeseries", "percentunit", [
-        ("{{pair}} live", f'classguard_monitor_score{{monitor="known_confusion", statistic="fire_rate", {SEL}}}'),
-        ("{{pair}} reference", f'classguard_monitor_reference{{monitor="known_confusion", statistic="fire_rate", {SEL}}}')]),
+    ("Known-confusion rate vs reference", "timeseries", "percentunit",
+     live_and_reference("known_confusion", "fire_rate", "{{pair}} ")),
     ("Anomalies by kind", "timeseries", "reqps", [
         ("{{kind}}", f"sum by (kind) (rate(classguard_anomalies_total{{{SEL}}}[{R}]))")]),
     ("Window sample sizes", "timeseries", "none", [

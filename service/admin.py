@@ -1,6 +1,9 @@
 """Authenticated admin routes, mounted at /admin.
 
-    GET /admin/drift-report?format=html|json&window_seconds=300&model=NAME
+    GET  /admin/drift-report?format=html|json&window_seconds=300&model=NAME
+    GET  /admin/guardrails                 the active chain;  POST: swap it
+    GET  /admin/predictions[/{request_id}]  look up the prediction log
+    GET  /admin/predictions-summary        flags per subgroup in the log
 
 Off unless CLASSGUARD_ADMIN_TOKEN is set (they answer 404); with it, every request needs
 `Authorization: Bearer <token>`, compared in constant time.
@@ -40,11 +43,19 @@ class Admin:
         token = self.engine.settings.admin_token if self.engine else None
         require_bearer(request, token, off_reason="admin_disabled", variable="CLASSGUARD_ADMIN_TOKEN")
 
+    async def _guarded(self, request: Request, work) -> Response:
+        """Authorize, run `work` (a dict becomes JSON), and answer an InputError as a counted 4xx."""
+        try:
+            self.authorize(request)
+            result = await work()
+        except InputError as exc:
+            return self._refuse(exc)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
     async def drift_report(self, request: Request) -> Response:
         from service.drift_report import NotEnoughData, build
 
-        try:
-            self.authorize(request)
+        async def work():
             engine = self.engine
             fmt = request.query_params.get("format", "html")
             if fmt not in ("html", "json"):
@@ -63,17 +74,9 @@ class Admin:
                     model.profile.labels, monitors.suite.subgroups, window, fmt)
             except NotEnoughData as exc:
                 raise InputError("not_enough_data", str(exc)) from None
-        except InputError as exc:
-            return self._refuse(exc)
-        return Response(body, media_type=media)
+            return Response(body, media_type=media)
 
-
-    async def _guarded(self, request: Request, work) -> Response:
-        try:
-            self.authorize(request)
-            return JSONResponse(await work())
-        except InputError as exc:
-            return self._refuse(exc)
+        return await self._guarded(request, work)
 
     async def show_guardrails(self, request: Request) -> Response:
         async def work():
@@ -101,15 +104,13 @@ class Admin:
 
         return await self._guarded(request, work)
 
-
     async def list_predictions(self, request: Request) -> Response:
         """Logged predictions, newest first: ?since=15m&until=&subgroup=&flag=&action=&model=
         &flagged=1&limit=100&format=json|jsonl|csv."""
         from service import prediction_log
 
-        p = request.query_params
-        try:
-            self.authorize(request)
+        async def work():
+            p = request.query_params
             fmt = p.get("format", "json")
             if fmt not in ("json", "jsonl", "csv"):
                 raise InputError("bad_parameter", "format must be json, jsonl or csv")
@@ -122,35 +123,33 @@ class Admin:
             except ValueError as exc:
                 raise InputError("bad_parameter", str(exc)) from None
             records = await asyncio.to_thread(self._read, prediction_log.query, **filters)
-        except InputError as exc:
-            return self._refuse(exc)
-        if fmt == "json":
-            return JSONResponse({"count": len(records), "predictions": records})
-        media = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
-        return Response(prediction_log.export(records, fmt), media_type=media)
+            if fmt == "json":
+                return {"count": len(records), "predictions": records}
+            media = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+            return Response(prediction_log.export(records, fmt), media_type=media)
+
+        return await self._guarded(request, work)
 
     async def show_prediction(self, request: Request) -> Response:
         from service import prediction_log
 
-        try:
-            self.authorize(request)
+        async def work():
             record = await asyncio.to_thread(self._read, prediction_log.get, request.path_params["request_id"])
             if record is None:
                 raise InputError("not_found", "no logged prediction has this request id")
-        except InputError as exc:
-            return self._refuse(exc)
-        return JSONResponse(record)
+            return record
+
+        return await self._guarded(request, work)
 
     async def prediction_summary(self, request: Request) -> Response:
         from service import prediction_log
 
-        try:
-            self.authorize(request)
+        async def work():
             since = time.time() - _seconds(request.query_params.get("window_seconds", "3600"))
             rows = await asyncio.to_thread(self._read, prediction_log.summary, since)
-        except InputError as exc:
-            return self._refuse(exc)
-        return JSONResponse({"since": since, "rows": rows})
+            return {"since": since, "rows": rows}
+
+        return await self._guarded(request, work)
 
     def _read(self, fn, *args, **kwargs):
         from service import prediction_log

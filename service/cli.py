@@ -137,8 +137,6 @@ def guardrails(args: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import yaml
 
     from service import prediction_log
@@ -150,38 +148,39 @@ def replay(args: argparse.Namespace) -> int:
     from training.package import PROFILE_KEY
 
     settings = load_settings()
-    path = Path(args.db) if args.db else settings.log.path
-    if not path.exists():
-        raise FileNotFoundError(f"no prediction log at {path}")
+    conn = open_log(args.db, settings)
     if args.file:
         with open(args.file) as f:
             specs = yaml.safe_load(f)
     else:
-        profiles = load_profiles(settings.guardrails.profiles_path)
-        if args.profile not in profiles.profiles:
-            raise ValueError(f"unknown profile {args.profile!r}; profiles: {sorted(profiles.profiles)}")
-        specs = profiles.profiles[args.profile]
+        specs = load_profiles(settings.guardrails.profiles_path).chain(args.profile)
     labels_of = {tag.split(":")[0]: find_stored(tag).info.metadata[PROFILE_KEY]["labels"]
                  for tag in settings.models.tags()}
     chain = compile_chain(specs, args.profile, models=set(labels_of),
                           subgroups=set(SubgroupResolver(settings.subgroups.attributes).keys()))
-    conn = prediction_log.connect(path)
     report = replaying.replay(conn, chain, labels_of, since=prediction_log.parse_since(args.since),
                               until=prediction_log.parse_since(args.until), subgroup=args.subgroup)
     print(json.dumps(report, indent=2) if args.format == "json" else replaying.render(report))
     return 0
 
 
-def log_lookup(args: argparse.Namespace) -> int:
+def open_log(db: str | None, settings=None):
+    """A connection to the prediction log: `db`, else log.path from the configuration."""
     from pathlib import Path
 
     from service import prediction_log
     from service.config import load_settings
 
-    path = Path(args.db) if args.db else load_settings().log.path
+    path = Path(db) if db else (settings or load_settings()).log.path
     if not path.exists():
         raise FileNotFoundError(f"no prediction log at {path}")
-    conn = prediction_log.connect(path)
+    return prediction_log.connect(path)
+
+
+def log_lookup(args: argparse.Namespace) -> int:
+    from service import prediction_log
+
+    conn = open_log(args.db)
     if args.action == "show":
         if not args.request_id:
             raise ValueError("show needs a REQUEST_ID")

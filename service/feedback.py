@@ -13,6 +13,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from service import metrics
+from service.prediction_log import where
 
 STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request": 404, "unknown_label": 422}
 
@@ -55,11 +56,7 @@ def _result(request_id: str, result: str, detail: str) -> dict[str, Any]:
 def confusion(conn: sqlite3.Connection, *, subgroup: str | None = None, model: str | None = None,
               since: float | None = None) -> dict[tuple[str, str], int]:
     """(true label, emitted label or 'abstained') -> count, over predictions with feedback."""
-    where, args = ["1 = 1"], []
-    for clause, value in (("p.subgroup = ?", subgroup), ("p.model = ?", model), ("p.ts >= ?", since)):
-        if value is not None:
-            where.append(clause)
-            args.append(value)
+    clause, args = where([("p.subgroup = ?", subgroup), ("p.model = ?", model), ("p.ts >= ?", since)])
     sql = (f"SELECT f.label, COALESCE(p.label, 'abstained'), COUNT(*) FROM predictions p JOIN feedback f "
-           f"USING (request_id) WHERE {' AND '.join(where)} GROUP BY 1, 2")
+           f"USING (request_id) {clause} GROUP BY 1, 2")
     return {(t, e): n for t, e, n in conn.execute(sql, args)}

@@ -85,6 +85,12 @@ class Profiles(_Spec):
             raise ValueError(f"active profile {self.active!r} is not among {sorted(self.profiles)}")
         return self
 
+    def chain(self, name: str) -> list:
+        """The named profile's guardrail specs; an unknown name is a ValueError naming the known ones."""
+        if name not in self.profiles:
+            raise ValueError(f"unknown profile {name!r}; profiles: {sorted(self.profiles)}")
+        return self.profiles[name]
+
 
 def load_profiles(path: Path = DEFAULT_PROFILES) -> Profiles:
     return Profiles.model_validate(yaml.safe_load(path.read_text()))

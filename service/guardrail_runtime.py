@@ -65,10 +65,7 @@ class GuardrailRuntime:
     def swap(self, *, profile: str, chain: list | None = None, source: str = "admin") -> Chain:
         """Install `chain` (or the named profile's chain). Raises ValueError when invalid."""
         try:
-            if chain is None:
-                if profile not in self.profiles.profiles:
-                    raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(self.profiles.profiles)}")
-                chain = self.profiles.profiles[profile]
+            chain = self.profiles.chain(profile) if chain is None else chain
             new = self._compile(chain, profile)
         except Exception:
             metrics.GUARDRAIL_SWAPS.labels("refused").inc()

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -211,24 +211,25 @@ class PredictionLog:
 
 
 # -- lookups (admin routes and CLI read the same file) -----------------------------------------------
+def where(conditions: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """`WHERE ...` from (clause with one `?`, value) pairs whose value is not None; and its
+    arguments. No condition left: an empty clause."""
+    kept = [(clause, value) for clause, value in conditions if value is not None]
+    sql = " AND ".join(clause for clause, _ in kept)
+    return (f"WHERE {sql}" if sql else ""), [value for _, value in kept]
+
+
 def query(conn: sqlite3.Connection, *, since: float | None = None, until: float | None = None,
           subgroup: str | None = None, flag: str | None = None, action: str | None = None,
           model: str | None = None, flagged_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-    where, args = [], []
-    for clause, value in (("ts >= ?", since), ("ts <= ?", until), ("subgroup = ?", subgroup), ("model = ?", model)):
-        if value is not None:
-            where.append(clause)
-            args.append(value)
-    if flagged_only:
-        where.append("flagged = 1")
-    if flag:
-        where.append("EXISTS (SELECT 1 FROM json_each(flags) WHERE json_each.value = ?)")
-        args.append(flag)
-    if action:
-        where.append("EXISTS (SELECT 1 FROM json_each(guardrails) WHERE json_extract(json_each.value, '$.action') = ?)")
-        args.append(action)
-    sql = (f"SELECT {', '.join(COLUMNS)} FROM predictions {'WHERE ' + ' AND '.join(where) if where else ''} "
-           "ORDER BY ts DESC LIMIT ?")
+    clause, args = where([
+        ("ts >= ?", since), ("ts <= ?", until), ("subgroup = ?", subgroup), ("model = ?", model),
+        ("flagged = ?", 1 if flagged_only else None),
+        ("EXISTS (SELECT 1 FROM json_each(flags) WHERE json_each.value = ?)", flag or None),
+        ("EXISTS (SELECT 1 FROM json_each(guardrails) WHERE json_extract(json_each.value, '$.action') = ?)",
+         action or None),
+    ])
+    sql = f"SELECT {', '.join(COLUMNS)} FROM predictions {clause} ORDER BY ts DESC LIMIT ?"
     return [_row(r) for r in conn.execute(sql, (*args, int(limit)))]
 
 

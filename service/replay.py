@@ -18,6 +18,7 @@ import numpy as np
 
 from guardrails.chain import Chain
 from guardrails.core import Answer, Request
+from service.prediction_log import where
 
 
 def _subgroup(key: str) -> dict[str, str]:
@@ -26,14 +27,10 @@ def _subgroup(key: str) -> dict[str, str]:
 
 def replay(conn: sqlite3.Connection, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
            since: float | None = None, until: float | None = None, subgroup: str | None = None) -> dict[str, Any]:
-    where, args = ["1 = 1"], []
-    for clause, value in (("p.ts >= ?", since), ("p.ts <= ?", until), ("p.subgroup = ?", subgroup)):
-        if value is not None:
-            where.append(clause)
-            args.append(value)
+    clause, args = where([("p.ts >= ?", since), ("p.ts <= ?", until), ("p.subgroup = ?", subgroup)])
     rows = conn.execute(
         "SELECT p.request_id, p.subgroup, p.model, p.label, p.flags, p.probs, f.label FROM predictions p "
-        f"LEFT JOIN feedback f USING (request_id) WHERE {' AND '.join(where)} ORDER BY p.ts", args).fetchall()
+        f"LEFT JOIN feedback f USING (request_id) {clause} ORDER BY p.ts", args).fetchall()
     per = defaultdict(Counter)
     changes: Counter = Counter()
     routed: Counter = Counter()
