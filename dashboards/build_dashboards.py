@@ -53,6 +53,9 @@ OVERVIEW = [
     ("Inference batch size", "timeseries", "none", [
         ("{{model}}", f"sum by (model) (rate(classguard_inference_batch_size_sum[{R}])) / sum by (model) (rate(classguard_inference_batch_size_count[{R}]))")]),
     ("Models", "table", "none", [("{{model}} {{version}} {{role}} {{device}}", "classguard_model_info == 1")]),
+    # Prometheus's own series about the scrape (ClassguardTargetDown): 0 means every panel above is blind.
+    ("Targets up", "stat", "none", [("{{instance}}", 'up{job="classguard"}')]),
+    ("Scrape duration", "timeseries", "s", [("{{instance}}", 'scrape_duration_seconds{job="classguard"}')]),
 ]
 
 SEL = 'model="$model", subgroup="$subgroup"'

@@ -81,7 +81,10 @@ class Prometheus:
     def wait_for_samples(self, metric: str = "classguard_model_info", timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.query(metric):
+            # ...and the rules have seen the target up: before its first scrape, `absent(up)`
+            # holds ClassguardTargetDown pending, which is no part of what is being shown
+            if self.query(metric) and not any(a["labels"]["alertname"] == "ClassguardTargetDown"
+                                              for a in self.alerts()):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"no {metric} scraped within {timeout}s")

@@ -55,6 +55,16 @@ def test_alerts_carry_severity_summary_and_an_existing_runbook():
         assert "## Confirm" in text and "## What to switch on" in text
 
 
+def test_every_scrape_job_has_a_down_and_an_absent_alert():
+    """Every job in the example scrape config is covered when its targets are down and when it has
+    none at all: while a target cannot be scraped, no other alert sees data (ClassguardTargetDown)."""
+    config = yaml.safe_load((DASHBOARDS / "prometheus" / "prometheus.yml").read_text())
+    exprs = " ".join(" ".join(rule["expr"].split()) for rule in alerts())
+    for job in (c["job_name"] for c in config["scrape_configs"]):
+        assert f'up{{job="{job}"}} == 0' in exprs, f"no alert fires when job {job} is down"
+        assert f'absent(up{{job="{job}"}})' in exprs, f"no alert fires when job {job} is gone"
+
+
 def test_alertmanager_example_is_valid():
     run(need("amtool"), "check-config", str(DASHBOARDS / "alertmanager" / "alertmanager.yml"))
 
