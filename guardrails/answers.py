@@ -9,6 +9,16 @@ from guardrails.core import Answer, Decision, Request
 CONFUSION_FLAG_PREFIX = "known_confusion:"
 
 
+def _below(value: float, threshold: float) -> str:
+    """`value` with as many digits as it takes to read as below `threshold` (3 rounded
+    0.9996 up to a reason that said "confidence 1.000 < 1.0")."""
+    for digits in (3, 6):
+        text = f"{value:.{digits}f}"
+        if float(text) < threshold:
+            return text
+    return repr(float(value))
+
+
 def _in(subgroups: frozenset[str] | None, request: Request) -> bool:
     return subgroups is None or request.subgroup_key in subgroups
 
@@ -77,7 +87,8 @@ class AbstainBelow:
         threshold = self.per_subgroup.get(request.subgroup_key, self.threshold)
         if answer.confidence >= threshold:
             return answer
-        return answer.decided(Decision(self.name, "abstain", f"confidence {answer.confidence:.3f} < {threshold}"),
+        return answer.decided(Decision(self.name, "abstain", f"confidence {_below(answer.confidence, threshold)} "
+                                                             f"< {threshold}"),
                               label=None)
 
 

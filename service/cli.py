@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logs = commands.add_parser("log", help="look up logged predictions (the SQLite prediction log)")
     logs.add_argument("action", choices=("list", "show", "summary", "confusion"))
-    logs.add_argument("request_id", nargs="?", help="with show")
+    logs.add_argument("request_id", nargs="?", help="with show: a request id, or a correlation id naming one answer")
     logs.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
     logs.add_argument("--since", help="15m, 2h, 1d or Unix seconds")
     logs.add_argument("--until")
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("--flag", help="e.g. low_confidence or known_confusion:6->0")
     logs.add_argument("--action-taken", dest="guardrail_action", help="a guardrail action, e.g. abstain")
     logs.add_argument("--model")
+    logs.add_argument("--correlation-id", help="the client's X-Request-ID")
     logs.add_argument("--flagged", action="store_true", help="only flagged predictions")
     logs.add_argument("--limit", type=int, default=50)
     logs.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
@@ -100,11 +101,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float = 120) -> bytes:
-    """One authenticated admin request (token from CLASSGUARD_ADMIN_TOKEN); errors as RuntimeError."""
+    """One authenticated admin request (token from CLASSGUARD_ADMIN_TOKEN) to an http(s) `url`.
+
+    A URL that is not http:// or https:// is a ValueError; a service that cannot be reached, does
+    not answer in `timeout` seconds, answers with an error status or redirects is a one-line
+    RuntimeError naming the URL. Redirects are not followed: the bearer token goes only to `url`.
+    """
+    import http.client
     import os
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"--url {url!r} is not a valid URL ({exc})") from None
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"--url {url!r} has a space or control character in it")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url must be an http:// or https:// URL of the running service, not {url!r}")
     token = os.environ.get("CLASSGUARD_ADMIN_TOKEN")
     if not token:
         raise ValueError("set CLASSGUARD_ADMIN_TOKEN to the service's admin token")
@@ -112,12 +129,32 @@ def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float 
     data = None
     if body is not None:
         data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-    request = urllib.request.Request(f"{url.rstrip('/')}/admin/{path}", data=data, headers=headers)
+    target = f"{url.rstrip('/')}/admin/{path}"
+    request = urllib.request.Request(target, data=data, headers=headers)
+    shown = target.split("?", 1)[0]
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, hdrs, newurl):
+            fp.close()
+            raise RuntimeError(f"{shown} redirected ({code}) to {newurl}; pass the service's own URL as --url")
+
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{exc.code}: {exc.read().decode(errors='replace')}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {timeout:g} s"
+        elif isinstance(reason, OSError) and reason.strerror:
+            reason = reason.strerror
+        raise RuntimeError(f"cannot reach {shown}: {reason}") from None
+    except TimeoutError:
+        raise RuntimeError(f"cannot reach {shown}: no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise RuntimeError(f"cannot reach {shown}: {exc.__class__.__name__}: {exc}".rstrip(": ")) from None
 
 
 def guardrails(args: argparse.Namespace) -> int:
@@ -143,8 +180,8 @@ def replay(args: argparse.Namespace) -> int:
     from service import replay as replaying
     from service.config import load_settings
     from service.guardrail_config import compile_chain, load_profiles
+    from service.guardrail_runtime import chain_context
     from service.models import find_stored
-    from service.subgroups import SubgroupResolver
     from training.package import PROFILE_KEY
 
     settings = load_settings()
@@ -156,8 +193,8 @@ def replay(args: argparse.Namespace) -> int:
         specs = load_profiles(settings.guardrails.profiles_path).chain(args.profile)
     labels_of = {tag.split(":")[0]: find_stored(tag).info.metadata[PROFILE_KEY]["labels"]
                  for tag in settings.models.tags()}
-    chain = compile_chain(specs, args.profile, models=set(labels_of),
-                          subgroups=set(SubgroupResolver(settings.subgroups.attributes).keys()))
+    chain = compile_chain(specs, args.profile,
+                          chain_context(settings, {label for labels in labels_of.values() for label in labels}))
     report = replaying.replay(conn, chain, labels_of, since=prediction_log.parse_since(args.since),
                               until=prediction_log.parse_since(args.until), subgroup=args.subgroup)
     print(json.dumps(report, indent=2) if args.format == "json" else replaying.render(report))
@@ -184,9 +221,13 @@ def log_lookup(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.request_id:
             raise ValueError("show needs a REQUEST_ID")
-        record = prediction_log.get(conn, args.request_id)
-        if record is None:
-            raise ValueError(f"no logged prediction has request id {args.request_id!r}")
+        found = prediction_log.find(conn, args.request_id)
+        if not found:
+            raise ValueError(f"no logged prediction has request id or correlation id {args.request_id!r}")
+        if len(found) > 1:
+            raise ValueError(f"correlation id {args.request_id!r} names several answers; show one of: "
+                             f"{', '.join(r['request_id'] for r in found)}")
+        record = found[0]
         # one field a line, values compact: the trace reads at a glance and is still valid JSON
         print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}")
         return 0
@@ -212,7 +253,7 @@ def log_lookup(args: argparse.Namespace) -> int:
     records = prediction_log.query(
         conn, since=prediction_log.parse_since(args.since), until=prediction_log.parse_since(args.until),
         subgroup=args.subgroup, flag=args.flag, action=args.guardrail_action, model=args.model,
-        flagged_only=args.flagged, limit=args.limit)
+        correlation_id=args.correlation_id, flagged_only=args.flagged, limit=args.limit)
     if args.format == "json":
         print(json.dumps(records, indent=2))
     elif args.format in ("jsonl", "csv"):

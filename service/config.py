@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 DEFAULT_CONFIG = Path("config/classguard.yaml")
+MIN_TOKEN_LENGTH = 16  # bearer tokens: shorter ones (an empty one above all) are refused at start-up
 MAX_SUBGROUPS = 64  # metric label values for `subgroup`: a hard budget, checked at start-up
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -70,6 +71,14 @@ class LimitsConfig(Strict):
     max_image_side: int = Field(10_000, ge=1)
     max_batch_images: int = Field(256, ge=1)
     max_context_bytes: int = Field(4_096, ge=2)
+    max_header_bytes: int = Field(32_768, ge=1_024, le=1_048_576,
+                                  description="request line and headers; more is a 431 and the connection closes")
+    header_timeout_seconds: float = Field(10.0, gt=0.0, le=300.0,
+                                          description="time to send the request line and headers; then a 408")
+    max_admin_body_bytes: int = Field(65_536, ge=1_024, description="body of an admin request (a guardrail swap)")
+    request_timeout_seconds: float = Field(60.0, gt=0.0, le=3_600.0,
+                                           description="a request not answered by then: 408 if its body was "
+                                                       "still arriving, else 504")
 
 
 class BatchingConfig(Strict):
@@ -83,6 +92,10 @@ class ConfusionPairConfig(Strict):
     target: str = Field(description="the class it answers instead")
     margin: float = Field(0.3, gt=0.0, le=1.0, description="fires when target leads source by less than this")
     subgroups: list[str] | None = Field(None, description="subgroup keys to watch (default: all)")
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}->{self.target}"
 
 
 class MonitorsConfig(Strict):
@@ -152,6 +165,21 @@ class Settings(BaseSettings):
     monitors: MonitorsConfig = MonitorsConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     log: LogConfig = LogConfig()
+
+    @field_validator("admin_token", "feedback_token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr | None, info) -> SecretStr | None:
+        """A weak token would open a route (an empty one matched `Authorization: Bearer` with
+        nothing after it): refuse it at start-up rather than guess what was meant."""
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        variable = f"CLASSGUARD_{info.field_name.upper()}"
+        if len(value) < MIN_TOKEN_LENGTH or value != value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"{variable} must be at least {MIN_TOKEN_LENGTH} characters without whitespace "
+                             f"(got {len(value)}); unset it to turn its routes off, or generate one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return token
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

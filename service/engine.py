@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
-import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +21,11 @@ from service import metrics
 from service.array_input import decode_array
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import REASONS, InputError
+from service.errors import ENDPOINTS, REASONS, InputError, internal_error
 from service.http_input import (Upload, batch_contexts, image_uploads, parse_context, read_body, read_form,
                                 require_bearer)
-from service.guardrail_runtime import GuardrailRuntime
+from service.guardrail_runtime import GuardrailRuntime, chain_context
+from service.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id, slot_id, time_ordered_id
 from service.models import ServedModel, find_stored, resolve_device
 from service.monitoring import MonitorPipeline, NoMonitors, runtime_dir
 from service.prediction_log import NoLog, PredictionLog
@@ -36,10 +33,9 @@ from service.preprocess import decode_image, normalise, to_unit_array
 from service.serving import Serving
 from service.subgroups import SubgroupResolver
 
-log = logging.getLogger("classguard")
-REQUEST_ID_HEADER = "X-Request-ID"
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads decode off the event loop
+CLASSIFY_FIELDS = frozenset({"image", "context"})
+BATCH_FIELDS = frozenset({"images", "array", "contexts"})
 
 
 @dataclass
@@ -48,24 +44,6 @@ class Prepared:
 
     pixels: np.ndarray
     subgroup: dict[str, str]
-
-
-def request_id_for(request: Request) -> str:
-    sent = request.headers.get(REQUEST_ID_HEADER, "")
-    return sent if _CLIENT_REQUEST_ID.match(sent) else time_ordered_id()
-
-
-def time_ordered_id() -> str:
-    """A UUIDv7-layout id as 32 hex digits: milliseconds since the epoch, then 74 random bits.
-
-    Ids that sort by time make the prediction log's primary-key index grow at its end; with
-    random (v4) ids every write touched pages all over it, and writing a row cost 4 us on an
-    empty log but 22 us at 200,000 rows."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = ((ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
-             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
-    return uuid.UUID(int=value).hex
 
 
 class Engine:
@@ -90,8 +68,9 @@ class Engine:
                             self.resolver.keys())
             if settings.monitors.enabled else NoMonitors()
         )
-        self.guardrails = GuardrailRuntime(settings.guardrails, models=set(self.models),
-                                           subgroups=set(self.resolver.keys()), shared_dir=runtime_dir("guardrails"))
+        labels = {label for model in self.models.values() for label in model.profile.labels}
+        self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels),
+                                           shared_dir=runtime_dir("guardrails"))
         self.batchers = {
             name: MicroBatcher(model.predict, max_batch_size=settings.batching.max_batch_size,
                                max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
@@ -115,7 +94,7 @@ class Engine:
         """Zero-valued series for every bounded label combination, so rate() in alerts and
         dashboards sees them before the first event (a missing series is not a zero)."""
         keys = self.resolver.keys()
-        for endpoint in ("classify", "classify_batch"):
+        for endpoint in ENDPOINTS:
             metrics.INTERNAL_ERRORS.labels(endpoint)
             for reason in REASONS:
                 metrics.REJECTED.labels(endpoint, reason)
@@ -132,7 +111,7 @@ class Engine:
                 for outcome in ("agree", "flip"):
                     metrics.SHADOW_COMPARISONS.labels(model, key, outcome)
                 for pair in self.settings.monitors.known_confusions:
-                    metrics.KNOWN_CONFUSIONS.labels(f"{pair.source}->{pair.target}", model, key)
+                    metrics.KNOWN_CONFUSIONS.labels(pair.name, model, key)
         for outcome in ("applied", "refused", "sync_failed", "audit_failed"):
             metrics.GUARDRAIL_SWAPS.labels(outcome)
         for stage in ("write", "retention", "flush"):
@@ -172,20 +151,20 @@ class Engine:
 
     async def _handle(self, endpoint: str, request: Request, work) -> JSONResponse:
         started = time.perf_counter()
-        request_id = request_id_for(request)
+        request_id = time_ordered_id()
+        correlation = correlation_id(request.headers.get(REQUEST_ID_HEADER))
         try:
-            status, body = 200, await work(request, request_id)
+            status, body = 200, await work(request, request_id, correlation)
         except InputError as exc:
             metrics.REJECTED.labels(endpoint, exc.reason).inc()
             status, body = exc.status, exc.body(request_id)
         except Exception:
-            log.exception("classify failed", extra={"request_id": request_id, "endpoint": endpoint})
-            metrics.INTERNAL_ERRORS.labels(endpoint).inc()
-            status = 500
-            body = {"error": "internal_error", "detail": "the service failed on this request; it is logged",
-                    "status": 500, "request_id": request_id}
+            status, body = 500, internal_error(endpoint, request_id)
         metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
-        return JSONResponse(body, status_code=status, headers={REQUEST_ID_HEADER: request_id})
+        headers = {REQUEST_ID_HEADER: request_id}
+        if correlation is not None:
+            headers[CORRELATION_ID_HEADER] = correlation
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def feedback(self, request: Request) -> JSONResponse:
         try:
@@ -198,6 +177,8 @@ class Engine:
         except InputError as exc:
             metrics.REJECTED.labels("feedback", exc.reason).inc()
             return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status}, status_code=exc.status)
+        except Exception:
+            return JSONResponse(internal_error("feedback"), status_code=500)
         status = results[0]["status"] if len(results) == 1 else 200
         return JSONResponse({"recorded": sum(r["result"] == "recorded" for r in results), "results": results},
                             status_code=status)
@@ -216,7 +197,7 @@ class Engine:
         for item in raw:
             if not (isinstance(item, dict) and isinstance(item.get("request_id"), str) and isinstance(item.get("label"), str)):
                 raise InputError("malformed_feedback", "each item needs string `request_id` and `label`")
-            items.append((item["request_id"], item["label"]))
+            items.append((item["request_id"], item["label"]))  # ids and labels are judged per item
         return items
 
     def _record_feedback(self, items, labels_of, pairs) -> list[dict[str, Any]]:
@@ -230,20 +211,21 @@ class Engine:
         finally:
             conn.close()
 
-    async def _classify(self, request: Request, request_id: str) -> dict[str, Any]:
-        fields = await read_form(request, self.settings.limits, max_files=1)
+    async def _classify(self, request: Request, request_id: str, correlation: str | None) -> dict[str, Any]:
+        fields = await read_form(request, self.settings.limits, max_files=1, allowed=CLASSIFY_FIELDS)
         uploads = image_uploads(fields, "image")  # a second file part is refused by read_form
         contexts = fields.get("context", [None])
         if len(contexts) > 1:
             raise InputError("malformed_context", "send at most one `context` field")
         item = await self.prepare_async(uploads[0], contexts[0])
-        return (await self.serving.answer_all(item.pixels[None], [item.subgroup], [request_id], [uploads[0].data]))[0]
+        return (await self.serving.answer_all(item.pixels[None], [item.subgroup], [request_id], [correlation],
+                                              [uploads[0].data]))[0]
 
-    async def _classify_batch(self, request: Request, request_id: str) -> dict[str, Any]:
+    async def _classify_batch(self, request: Request, request_id: str, correlation: str | None) -> dict[str, Any]:
         limit = self.settings.limits.max_batch_images
-        fields = await read_form(request, self.settings.limits, max_files=limit)
+        fields = await read_form(request, self.settings.limits, max_files=limit, allowed=BATCH_FIELDS)
         if "array" in fields:
-            return await self._classify_array(fields, request_id)
+            return await self._classify_array(fields, request_id, correlation)
         uploads = image_uploads(fields, "images")
         raw_contexts = batch_contexts(fields, len(uploads))
         results: list[dict[str, Any] | None] = [None] * len(uploads)
@@ -253,13 +235,15 @@ class Engine:
                 ready.append((i, await self.prepare_async(upload, raw)))
             except InputError as exc:  # one bad image fails only its own slot
                 metrics.REJECTED.labels("classify_batch", exc.reason).inc()
-                results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
+                results[i] = {"index": i, **exc.body(slot_id(request_id, i))}
         if ready:
             await self._answer_slots(results, [i for i, _ in ready], np.stack([p.pixels for _, p in ready]),
-                                     [p.subgroup for _, p in ready], request_id, [uploads[i].data for i, _ in ready])
-        return {"request_id": request_id, "model": self.primary.tag, "results": results}
+                                     [p.subgroup for _, p in ready], request_id, correlation,
+                                     [uploads[i].data for i, _ in ready])
+        return {"request_id": request_id, "correlation_id": correlation, "model": self.primary.tag, "results": results}
 
-    async def _classify_array(self, fields: dict[str, list[Any]], request_id: str) -> dict[str, Any]:
+    async def _classify_array(self, fields: dict[str, list[Any]], request_id: str,
+                              correlation: str | None) -> dict[str, Any]:
         """One .npy upload of N images: decoded and normalised in one piece, subgroups per image."""
         arrays = fields["array"]
         if "images" in fields or len(arrays) != 1 or not isinstance(arrays[0], Upload):
@@ -278,18 +262,19 @@ class Engine:
                 ready.append((i, parse_context(raw, limit)))
             except InputError as exc:  # one bad context fails only its own image
                 metrics.REJECTED.labels("classify_batch", exc.reason).inc()
-                results[i] = {"index": i, **exc.body(f"{request_id}.{i}")}
+                results[i] = {"index": i, **exc.body(slot_id(request_id, i))}
         if ready:
             idx = [i for i, _ in ready]
             unit = unit if len(idx) == len(unit) else unit[idx]
             subgroups = self.resolver.resolve_many([c for _, c in ready], unit)
-            await self._answer_slots(results, idx, normalise(unit, self.spec), subgroups, request_id,
+            await self._answer_slots(results, idx, normalise(unit, self.spec), subgroups, request_id, correlation,
                                      [u.tobytes() for u in unit])
-        return {"request_id": request_id, "model": self.primary.tag, "results": results}
+        return {"request_id": request_id, "correlation_id": correlation, "model": self.primary.tag, "results": results}
 
     async def _answer_slots(self, results: list, idx: list[int], pixels: np.ndarray, subgroups: list[dict[str, str]],
-                            request_id: str, images: list[bytes]) -> None:
+                            request_id: str, correlation: str | None, images: list[bytes]) -> None:
         """Answer the images that passed preparation into their slots of `results`."""
-        answers = await self.serving.answer_all(pixels, subgroups, [f"{request_id}.{i}" for i in idx], images)
+        answers = await self.serving.answer_all(pixels, subgroups, [slot_id(request_id, i) for i in idx],
+                                                [slot_id(correlation, i) for i in idx], images)
         for i, answer in zip(idx, answers):
             results[i] = {"index": i, **answer}

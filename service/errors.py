@@ -6,6 +6,10 @@ set is closed: adding a reason means adding it here.
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("classguard")
+
 REASONS: dict[str, int] = {
     "not_multipart": 415,
     "malformed_multipart": 400,
@@ -29,7 +33,15 @@ REASONS: dict[str, int] = {
     "not_found": 404,
     "malformed_feedback": 400,
     "feedback_disabled": 404,
+    "unknown_field": 400,
+    "too_many_fields": 400,
+    "ambiguous_request_id": 409,
+    "headers_too_large": 431,
+    "request_timeout": 408,
+    "method_not_allowed": 405,
+    "malformed_request": 400,
 }
+ENDPOINTS = ("classify", "classify_batch", "feedback", "admin", "http")  # the `endpoint` label's values
 
 
 class InputError(Exception):
@@ -45,3 +57,26 @@ class InputError(Exception):
 
     def body(self, request_id: str) -> dict[str, str | int]:
         return {"error": self.reason, "detail": self.detail, "status": self.status, "request_id": request_id}
+
+
+def internal_error(endpoint: str, request_id: str | None = None) -> dict[str, str | int | None]:
+    """Log the exception being handled and count it for `endpoint`; the 500 body says no more."""
+    from service import metrics
+
+    log.exception("%s failed", endpoint, extra={"request_id": request_id, "endpoint": endpoint})
+    metrics.INTERNAL_ERRORS.labels(endpoint).inc()
+    return {"error": "internal_error", "detail": "the service failed on this request; it is logged",
+            "status": 500, "request_id": request_id}
+
+
+async def route_error(request, exc):
+    """Starlette's 404 and 405 from routing, as the service's JSON error body, counted."""
+    from starlette.responses import JSONResponse
+
+    from service import metrics
+
+    reason = "method_not_allowed" if exc.status_code == 405 else "not_found"
+    metrics.REJECTED.labels("http", reason).inc()
+    detail = f"no {request.method} route here" if reason == "method_not_allowed" else "no such route; see /docs.json"
+    return JSONResponse({"error": reason, "detail": detail, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))

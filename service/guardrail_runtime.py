@@ -15,11 +15,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Iterable
 
 from guardrails.chain import Chain
 from service import metrics
 from service.config import GuardrailsConfig
-from service.guardrail_config import CHAIN, Profiles, compile_chain, load_profiles
+from service.guardrail_config import CHAIN, ChainContext, Profiles, compile_chain, config_hash, load_profiles
 
 log = logging.getLogger("classguard.guardrails")
 
@@ -32,59 +33,86 @@ def active_profile(config: GuardrailsConfig, profiles: Profiles) -> str:
     return name
 
 
-def check_startup_chain(settings) -> None:
-    """Compile the start-up chain against the configured models and subgroups, so a route to a
-    model that is not loaded stops `bentoml serve` at import with the reason, instead of
-    crash-looping its workers."""
+def chain_context(settings, labels: Iterable[str]) -> ChainContext:
+    """What chains may name under these settings, given the loaded models' class names."""
     from service.subgroups import SubgroupResolver
 
+    return ChainContext(models=frozenset(tag.split(":")[0] for tag in settings.models.tags()),
+                        subgroups=frozenset(SubgroupResolver(settings.subgroups.attributes).keys()),
+                        labels=frozenset(labels),
+                        pairs=frozenset(p.name for p in settings.monitors.known_confusions))
+
+
+def check_startup_chain(settings, context: ChainContext) -> None:
+    """Compile the start-up chain, so a route to a model that is not loaded stops
+    `bentoml serve` at import with the reason, instead of crash-looping its workers."""
     profiles = load_profiles(settings.guardrails.profiles_path)
     name = active_profile(settings.guardrails, profiles)
-    models = {tag.split(":")[0] for tag in settings.models.tags()}
-    subgroups = set(SubgroupResolver(settings.subgroups.attributes).keys())
     try:
-        compile_chain(profiles.profiles[name], name, models=models, subgroups=subgroups)
+        compile_chain(profiles.profiles[name], name, context)
     except ValueError as exc:
         raise ValueError(f"guardrail profile {name!r}: {exc}") from None
 
 
 class GuardrailRuntime:
-    def __init__(self, config: GuardrailsConfig, *, models: set[str], subgroups: set[str], shared_dir: Path) -> None:
-        self.config, self.models, self.subgroups = config, models, subgroups
+    """A swapped chain lasts until the service restarts, which installs the configured profile
+    again (configuration stays the one source of truth for a fresh start; to keep a chain,
+    make it the configured `active` profile). The audit log records every chain that was
+    installed, the start-up one included, with its full guardrail list: what answered at any
+    moment is the last entry before that moment."""
+
+    def __init__(self, config: GuardrailsConfig, context: ChainContext, *, shared_dir: Path) -> None:
+        self.config, self.context = config, context
         self.profiles: Profiles = load_profiles(config.profiles_path)
         name = active_profile(config, self.profiles)
         self.shared_file = Path(shared_dir) / "guardrails.json"
         self._seen_mtime = 0.0
         self.chain: Chain = self._compile(self.profiles.profiles[name], name)
-        self._publish_info(None, self.chain)
+        with self._swap_lock():
+            if not self.shared_file.exists():  # the first worker of this start records it
+                self._share(self.profiles.profiles[name], self.chain, None, "startup")
+        self._publish_info(self.chain)
         self.sync()  # a worker (re)started after a swap takes the swapped chain
 
     def _compile(self, specs, profile: str) -> Chain:
-        return compile_chain(specs, profile, models=self.models, subgroups=self.subgroups)
+        return compile_chain(specs, profile, self.context)
 
     def swap(self, *, profile: str, chain: list | None = None, source: str = "admin") -> Chain:
         """Install `chain` (or the named profile's chain). Raises ValueError when invalid."""
         try:
-            chain = self.profiles.chain(profile) if chain is None else chain
+            if chain is None:
+                chain = self.profiles.chain(profile)
+            elif profile in self.profiles.profiles and config_hash(CHAIN.validate_python(chain)) != \
+                    config_hash(self.profiles.profiles[profile]):
+                raise ValueError(f"{profile!r} is a declared profile with another chain; apply it without a chain, "
+                                 "or give this chain a name of its own")
             new = self._compile(chain, profile)
         except Exception:
             metrics.GUARDRAIL_SWAPS.labels("refused").inc()
             raise
-        specs = CHAIN.dump_python(CHAIN.validate_python(chain), mode="json", exclude_none=True)
-        record = {"time": time.time(), "profile": profile, "hash": new.config_hash, "chain": specs}
         # one swap at a time across workers, each starting from the chain that is really active
-        with open(self.shared_file.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._swap_lock():
             self.sync()
-            tmp = self.shared_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.shared_file)
             old, self.chain = self.chain, new
-            self._seen_mtime = self.shared_file.stat().st_mtime
-            self._audit(old, new, source)
-        self._publish_info(old, new)
+            self._share(chain, new, old, source)
+        self._publish_info(new)
         metrics.GUARDRAIL_SWAPS.labels("applied").inc()
         return new
+
+    def _swap_lock(self):
+        lock = open(self.shared_file.with_suffix(".lock"), "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return lock  # closing it (the `with` block's end) releases the lock
+
+    def _share(self, specs, new: Chain, old: Chain | None, source: str) -> None:
+        """Write the chain for the other workers and append it to the audit log; under the lock."""
+        specs = CHAIN.dump_python(CHAIN.validate_python(specs), mode="json", exclude_none=True)
+        record = {"time": time.time(), "profile": new.profile, "hash": new.config_hash, "chain": specs}
+        tmp = self.shared_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.shared_file)
+        self._seen_mtime = self.shared_file.stat().st_mtime
+        self._audit(old, new, specs, source)
 
     def sync(self) -> bool:
         """Install the shared chain if another worker swapped it. True when it changed."""
@@ -99,12 +127,12 @@ class GuardrailRuntime:
             record = json.loads(self.shared_file.read_text())
             if record["hash"] == self.chain.config_hash:
                 return False
-            old, self.chain = self.chain, self._compile(record["chain"], record["profile"])
+            self.chain = self._compile(record["chain"], record["profile"])
         except Exception:
             metrics.GUARDRAIL_SWAPS.labels("sync_failed").inc()
             log.exception("could not install the shared guardrail chain")
             return False
-        self._publish_info(old, self.chain)
+        self._publish_info(self.chain)
         return True
 
     async def run(self) -> None:
@@ -115,10 +143,10 @@ class GuardrailRuntime:
             await asyncio.sleep(self.config.sync_seconds)
             self.sync()
 
-    def _audit(self, old: Chain, new: Chain, source: str) -> None:
+    def _audit(self, old: Chain | None, new: Chain, specs: list, source: str) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, "pid": os.getpid(),
-                 "profile": new.profile, "hash": new.config_hash,
-                 "previous_profile": old.profile, "previous_hash": old.config_hash}
+                 "profile": new.profile, "hash": new.config_hash, "chain": specs,
+                 "previous_profile": old.profile if old else None, "previous_hash": old.config_hash if old else None}
         try:
             self.config.audit_log.parent.mkdir(parents=True, exist_ok=True)
             with open(self.config.audit_log, "a") as f:
@@ -128,12 +156,9 @@ class GuardrailRuntime:
             log.exception("could not write the guardrail audit log %s", self.config.audit_log)
 
     @staticmethod
-    def _publish_info(old: Chain | None, new: Chain) -> None:
-        if old is not None and old.config_hash != new.config_hash:
-            metrics.GUARDRAIL_CONFIG_INFO.labels(old.profile, old.config_hash).set(0)
-        metrics.GUARDRAIL_CONFIG_INFO.labels(new.profile, new.config_hash).set(1)
+    def _publish_info(chain: Chain) -> None:
+        metrics.publish_active_chain(chain.profile, chain.config_hash)
 
     def describe(self) -> dict:
         return {"profile": self.chain.profile, "hash": self.chain.config_hash,
                 "profiles": sorted(self.profiles.profiles)}
-

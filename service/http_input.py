@@ -25,7 +25,8 @@ def require_bearer(request: Request, token: Any, *, off_reason: str, variable: s
     if token is None:
         raise InputError(off_reason, f"this route is off: set {variable} to enable it")
     scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+    secret = token.get_secret_value()
+    if scheme.lower() != "bearer" or not sent or not secret or not hmac.compare_digest(sent.encode(), secret.encode()):
         raise InputError("unauthorized", f"send `Authorization: Bearer <{variable}>`")
 
 
@@ -48,8 +49,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_form(request: Request, limits: LimitsConfig, *, max_files: int) -> dict[str, list[Any]]:
-    """Field name -> values in order (UploadFile contents as Upload, text fields as str)."""
+async def read_form(request: Request, limits: LimitsConfig, *, max_files: int,
+                    allowed: frozenset[str]) -> dict[str, list[Any]]:
+    """Field name -> values in order (UploadFile contents as Upload, text fields as str); a
+    field outside `allowed` is refused, so a misspelt one is not silently ignored."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
         raise InputError("not_multipart", "send multipart/form-data with the image in the `image` field")
     body = await read_body(request, limits.max_upload_bytes)
@@ -62,11 +65,16 @@ async def read_form(request: Request, limits: LimitsConfig, *, max_files: int) -
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        reason = "too_many_images" if "files" in str(exc) or "fields" in str(exc) else "malformed_multipart"
+        text = str(exc)
+        reason = ("too_many_images" if "many files" in text else "too_many_fields" if "many fields" in text
+                  else "malformed_multipart")
         raise InputError(reason, f"could not parse the multipart body: {exc}") from None
     fields: dict[str, list[Any]] = {}
     try:
         for name, value in form.multi_items():
+            if name not in allowed:
+                raise InputError("unknown_field", f"unknown form field {name[:64]!r}; this endpoint reads "
+                                                  f"{sorted(allowed)}")
             if isinstance(value, UploadFile):
                 value = Upload(await value.read(), value.filename)
             fields.setdefault(name, []).append(value)

@@ -8,6 +8,9 @@ multiprocess mode: counters and histograms sum across workers, gauges say how to
 
 from __future__ import annotations
 
+import os
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MAX_CLASS_LABELS = 50  # classes beyond this share the `predicted_class="other"` series
@@ -118,6 +121,34 @@ GUARDRAIL_CONFIG_INFO = Gauge(
     "classguard_guardrail_config_info", "The active guardrail chain (value 1) by profile and config hash.",
     ["profile", "hash"], multiprocess_mode="mostrecent",
 )
+
+
+def publish_active_chain(profile: str, config_hash: str) -> None:
+    """`classguard_guardrail_config_info{profile, hash}`: one series, the active chain's.
+
+    prometheus_client cannot remove a series in multiprocess mode, so setting the old chain's
+    series to 0 left one series behind per swap (1,000 swaps: 1,000 series). Under BentoML the
+    gauge therefore lives in a file of its own in the metrics directory, in prometheus_client's
+    own format, rewritten whole (atomic rename) whenever a worker installs a chain; workers
+    install the same chain, so whichever writes last writes the same series."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:  # one process (unit tests, tools): the registry can drop old series itself
+        GUARDRAIL_CONFIG_INFO.clear()
+        GUARDRAIL_CONFIG_INFO.labels(profile, config_hash).set(1)
+        return
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    name = "classguard_guardrail_config_info"
+    # file name: {type}_{multiprocess mode}_{id}.db, as prometheus_client's collector reads it
+    path = os.path.join(directory, "gauge_mostrecent_guardrailchain.db")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    values = MmapedDict(tmp)
+    try:
+        values.write_value(mmap_key(name, name, ["profile", "hash"], [profile, config_hash],
+                                    GUARDRAIL_CONFIG_INFO._documentation), 1.0, time.time())
+    finally:
+        values.close()
+    os.replace(tmp, path)
 GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes, by outcome.", ["outcome"])
 
 # -- prediction log ---------------------------------------------------------------------------

@@ -26,6 +26,11 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def stored_labels(stored: Any) -> list[str]:
+    """A stored model's class names, from its profile, without loading it."""
+    return list(stored.info.metadata.get(PROFILE_KEY, {}).get("labels", []))
+
+
 def find_stored(tag: str) -> Any:
     """The stored model for `tag`, or a clear error (BentoML would otherwise try a cloud pull)."""
     import bentoml

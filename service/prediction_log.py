@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -30,9 +31,10 @@ from service.config import LogConfig
 
 log = logging.getLogger("classguard.log")
 QUIET_ACTIONS = {"allow", "pass", "shadow"}  # guardrail actions that do not make a row "flagged"
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id  TEXT PRIMARY KEY,
+    correlation_id TEXT,
     ts          REAL NOT NULL,
     subgroup    TEXT NOT NULL,
     model       TEXT NOT NULL,
@@ -48,22 +50,26 @@ CREATE TABLE IF NOT EXISTS predictions (
     config_hash TEXT NOT NULL,
     image_sha256 TEXT
 );
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
-CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id  TEXT PRIMARY KEY,
     label       TEXT NOT NULL,
     ts          REAL NOT NULL
 );
 """
-COLUMNS = ("request_id", "ts", "subgroup", "model", "model_version", "label", "abstained", "confidence", "flagged", "flags",
-           "guardrails", "top_k", "probs", "config_hash", "image_sha256")
+INDEXES = """
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
+CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
+CREATE INDEX IF NOT EXISTS predictions_correlation ON predictions (correlation_id) WHERE correlation_id IS NOT NULL;
+"""
+COLUMNS = ("request_id", "correlation_id", "ts", "subgroup", "model", "model_version", "label", "abstained",
+           "confidence", "flagged", "flags", "guardrails", "top_k", "probs", "config_hash", "image_sha256")
+MAX_PAGE = 1_000  # rows in one lookup answer; more come page by page (`before`)
 
 
 # Many rows per INSERT: SQLite then runs once per chunk with the GIL released, where
 # executemany released and retook it for every row and so fought the request thread for it.
-ROWS_PER_STATEMENT = 512  # 512 x 15 parameters, under SQLite's 32,766-variable limit
+ROWS_PER_STATEMENT = 512  # 512 x 16 parameters, under SQLite's 32,766-variable limit
 
 
 def _chunk_sizes(n: int) -> list[int]:
@@ -89,7 +95,9 @@ def connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     while True:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(SCHEMA)
+            conn.executescript(TABLES)
+            _migrate(conn)
+            conn.executescript(INDEXES)
             break
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -98,6 +106,16 @@ def connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
             time.sleep(0.02)
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a log written by an older version up to date, in place (idempotent)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    if "correlation_id" not in columns:
+        with conn:
+            conn.execute("ALTER TABLE predictions ADD COLUMN correlation_id TEXT")
+            # retention used to leave feedback behind: drop what no longer has its prediction
+            conn.execute("DELETE FROM feedback WHERE request_id NOT IN (SELECT request_id FROM predictions)")
 
 
 def is_flagged(response: dict[str, Any]) -> bool:
@@ -121,6 +139,7 @@ class PredictionLog:
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
         self._conn = connect(config.path, config.busy_timeout_seconds)
+        self._inode = os.stat(config.path).st_ino
         self._last_retention = 0.0
 
     # -- request path ------------------------------------------------------------------------
@@ -135,7 +154,7 @@ class PredictionLog:
             return
         digest = hashlib.sha256(image).hexdigest() if image is not None and self.config.store_image_hash else None
         self._queue.append((
-            response["request_id"], time.time(), subgroup, *model.split(":", 1), response["label"],
+            response["request_id"], response.get("correlation_id"), time.time(), subgroup, *model.split(":", 1), response["label"],
             int(response["abstained"]),
             float(response["confidence"]), int(flagged), json.dumps(response["flags"]),
             json.dumps(response["guardrails"]), json.dumps(response["top_k"]),
@@ -163,12 +182,32 @@ class PredictionLog:
     def flush(self, now: float | None = None) -> int:
         """Write what is queued; the number of rows written."""
         with self._lock:
+            self._reopen_if_replaced()
             rows = [self._queue.popleft() for _ in range(len(self._queue))]
             written = self._write(rows) if rows else 0
             now = time.time() if now is None else now
             if now - self._last_retention >= self.config.retention_check_seconds:
                 self._enforce_retention(now)
         return written
+
+    def _reopen_if_replaced(self) -> None:
+        """A log file deleted (or moved away) while serving would swallow every later write into
+        its unlinked inode, counted as written: open the file at the configured path again."""
+        try:
+            same = os.stat(self.config.path).st_ino == self._inode
+        except OSError:
+            same = False
+        if same:
+            return
+        log.warning("prediction log %s was deleted or replaced; opening it again", self.config.path)
+        try:
+            conn = connect(self.config.path, self.config.busy_timeout_seconds)
+        except (sqlite3.Error, OSError):
+            metrics.LOG_ERRORS.labels("write").inc()
+            log.warning("could not reopen the prediction log", exc_info=True)
+            return
+        self._conn.close()
+        self._conn, self._inode = conn, os.stat(self.config.path).st_ino
 
     def _write(self, rows: list[tuple]) -> int:
         try:
@@ -198,12 +237,18 @@ class PredictionLog:
         return len(rows)
 
     def _enforce_retention(self, now: float) -> None:
+        """Delete predictions past their age or beyond the row count, and their feedback with them
+        (left behind, feedback grew without bound and refused labels for reused ids)."""
         try:
             with self._conn:
-                self._conn.execute("DELETE FROM predictions WHERE ts < ?", (now - self.config.retention_days * 86400,))
-                self._conn.execute(
-                    "DELETE FROM predictions WHERE ts < (SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET ?)",
-                    (self.config.max_rows - 1,))
+                cutoff = now - self.config.retention_days * 86400
+                newest_kept = self._conn.execute("SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET ?",
+                                                 (self.config.max_rows - 1,)).fetchone()
+                if newest_kept is not None:
+                    cutoff = max(cutoff, newest_kept[0])
+                self._conn.execute("DELETE FROM feedback WHERE request_id IN "
+                                   "(SELECT request_id FROM predictions WHERE ts < ?)", (cutoff,))
+                self._conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
             self._last_retention = now
         except sqlite3.Error:
             metrics.LOG_ERRORS.labels("retention").inc()
@@ -221,21 +266,35 @@ def where(conditions: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
 
 def query(conn: sqlite3.Connection, *, since: float | None = None, until: float | None = None,
           subgroup: str | None = None, flag: str | None = None, action: str | None = None,
-          model: str | None = None, flagged_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+          model: str | None = None, correlation_id: str | None = None, flagged_only: bool = False,
+          before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first; `before` (a request id from the previous page) continues after that row."""
     clause, args = where([
         ("ts >= ?", since), ("ts <= ?", until), ("subgroup = ?", subgroup), ("model = ?", model),
-        ("flagged = ?", 1 if flagged_only else None),
+        ("correlation_id = ?", correlation_id), ("flagged = ?", 1 if flagged_only else None),
         ("EXISTS (SELECT 1 FROM json_each(flags) WHERE json_each.value = ?)", flag or None),
         ("EXISTS (SELECT 1 FROM json_each(guardrails) WHERE json_extract(json_each.value, '$.action') = ?)",
          action or None),
+        ("(ts, request_id) < (SELECT ts, request_id FROM predictions WHERE request_id = ?)", before),
     ])
-    sql = f"SELECT {', '.join(COLUMNS)} FROM predictions {clause} ORDER BY ts DESC LIMIT ?"
+    sql = f"SELECT {', '.join(COLUMNS)} FROM predictions {clause} ORDER BY ts DESC, request_id DESC LIMIT ?"
     return [_row(r) for r in conn.execute(sql, (*args, int(limit)))]
 
 
 def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
     row = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
     return _row(row, probs=True) if row else None
+
+
+def find(conn: sqlite3.Connection, key: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The answer whose request id is `key`; else every answer (up to `limit`) whose client
+    correlation id is `key`, newest first: a client may reuse its ids."""
+    found = get(conn, key)
+    if found is not None:
+        return [found]
+    rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE correlation_id = ? "
+                        "ORDER BY ts DESC LIMIT ?", (key, limit)).fetchall()
+    return [_row(r, probs=True) for r in rows]
 
 
 def summary(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ class ClassifyBatchForm(_DeferredForm):
 
 
 class FeedbackItem(BaseModel):
-    request_id: str
+    request_id: str = Field(description="the answer's request_id, or the client's correlation id if it names one answer")
     label: str = Field(description="the true class name")
 
 
@@ -62,7 +62,8 @@ class Decision(BaseModel):
 
 
 class Prediction(BaseModel):
-    request_id: str
+    request_id: str = Field(description="the service's id of this answer (also the X-Request-ID response header)")
+    correlation_id: Optional[str] = Field(None, description="the client's X-Request-ID, when it sent a valid one")
     label: Optional[str] = Field(description="null when the service abstains")
     confidence: float
     top_k: list[TopK]
@@ -75,5 +76,6 @@ class Prediction(BaseModel):
 
 class BatchResponse(BaseModel):
     request_id: str
+    correlation_id: Optional[str] = None
     model: str
     results: list[dict[str, Any]] = Field(description="in upload order: a prediction, or an error for that image")

@@ -8,15 +8,23 @@ from __future__ import annotations
 import bentoml
 from starlette.responses import JSONResponse
 
-from service import bentoml_patches
-from service.admin import ADMIN
+from service import bentoml_patches, http_server
+from service.admin import ADMIN, MOUNT
+from service.bentoml_patches import EndpointNames
 from service.config import load_settings
-from service.guardrail_runtime import check_startup_chain
-from service.models import find_stored
+from service.guardrail_runtime import chain_context, check_startup_chain
+from service.models import find_stored, stored_labels
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, FeedbackForm, FeedbackResponse, Prediction
 
 settings = load_settings()
-bentoml_patches.apply()  # cancel BentoML's per-request timeout timer (see the module)
+# bounded request heads in the HTTP server, bounded BentoML request metrics, its timer fixed
+http_server.install(settings.limits.max_header_bytes, settings.limits.header_timeout_seconds)
+bentoml_patches.apply(EndpointNames(
+    exact=["/", "/docs", "/docs.json", "/schema.json", "/healthz", "/livez", "/readyz", "/metrics",
+           "/classify", "/classify_batch", "/feedback", *ADMIN.endpoints()],
+    templates=[*ADMIN.endpoint_templates(), (r"/static_content/.*", "/static_content/{path}"),
+               (r"/assets/.*", "/assets/{path}")],
+))
 
 
 class Classguard:
@@ -76,15 +84,16 @@ def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
 
 # Every configured model becomes a class attribute before decoration, so BentoML sees it
 # and `bentoml build` packs it into the Bento.
-check_startup_chain(settings)  # a chain naming a model that is not loaded fails here, clearly
+_labels: set[str] = set()
 for _i, _tag in enumerate(settings.models.tags()):
-    find_stored(_tag)  # a missing model is a clear error now, not a failed cloud pull later
+    _labels.update(stored_labels(find_stored(_tag)))  # a missing model is a clear error now, not a failed cloud pull later
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
+check_startup_chain(settings, chain_context(settings, _labels))  # a chain naming what does not exist fails here
 
-Classguard = bentoml.asgi_app(ADMIN.app, path="/admin")(Classguard)
+Classguard = bentoml.asgi_app(ADMIN.app, path=MOUNT)(Classguard)
 Classguard = bentoml.service(
     name="classguard",
     workers=settings.workers,
     logging={"access": {"enabled": settings.access_log}},
-    traffic={"timeout": 60},
+    traffic={"timeout": settings.limits.request_timeout_seconds},
 )(Classguard)

@@ -32,8 +32,9 @@ class Serving:
         self.shadow_limit = engine.settings.guardrails.shadow_max_in_flight
         self._shadow_tasks: set[asyncio.Task] = set()
 
-    async def answer_all(self, pixels: np.ndarray, subgroups: Sequence[dict[str, str]],
-                         request_ids: Sequence[str], images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
+    async def answer_all(self, pixels: np.ndarray, subgroups: Sequence[dict[str, str]], request_ids: Sequence[str],
+                         correlation_ids: Sequence[str | None] | None = None,
+                         images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
         chain = self.guardrails.chain
         alerts = self.monitors.alerts
         keys = [subgroup_key(s) for s in subgroups]
@@ -74,7 +75,8 @@ class Serving:
             for decision in chain.shadows(request):
                 decisions.append(decision)
                 self._shadow(decision.model, pixels[i], answer, keys[i])
-            rendered = self._render(request, model, answer, decisions)
+            rendered = self._render(request, model, answer, decisions,
+                                    correlation_ids[i] if correlation_ids is not None else None)
             self.log.record(rendered, answer.probs, chain.config_hash, model.tag, request.subgroup_key,
                             images[i] if images is not None else None)
             results.append(rendered)
@@ -130,7 +132,8 @@ class Serving:
         if outcome == "flip":
             metrics.SHADOW_FLIPS.labels(name, key, ours, theirs).inc()
 
-    def _render(self, request: Request, model, answer: Answer, decisions: list[Decision]) -> dict[str, Any]:
+    def _render(self, request: Request, model, answer: Answer, decisions: list[Decision],
+                correlation: str | None) -> dict[str, Any]:
         key = request.subgroup_key
         emitted = answer.labels[answer.label] if answer.label is not None else None
         best = answer.label if answer.label is not None else answer.best_allowed()
@@ -143,6 +146,7 @@ class Serving:
             metrics.GUARDRAIL_ACTIONS.labels(d.guardrail, d.action, key).inc()
         return {
             "request_id": request.request_id,
+            "correlation_id": correlation,
             "label": emitted,
             "confidence": round(confidence, 6),
             "top_k": [{"label": name, "probability": round(p, 6)} for name, p in answer.top_k(self.top_k)],

@@ -58,6 +58,11 @@ class TestAbstainBelow:
         out = guard(PHONE, answer(3, 0.6, 5, 0.3))
         assert out.abstained and "0.600 < 0.7" in out.decisions[0].reason
 
+    def test_the_reason_never_rounds_up_to_the_threshold(self):
+        """Confidence 0.9996 under threshold 1.0 reads "0.999600 < 1.0", not "1.000 < 1.0"."""
+        out = AbstainBelow(1.0)(PHONE, answer(3, 0.9996, 5, 0.0002))
+        assert out.decisions[0].reason == "confidence 0.999600 < 1.0"
+
 
 class TestConfusionGuard:
     def test_abstains_when_a_known_confusion_fired(self):

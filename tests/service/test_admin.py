@@ -11,7 +11,7 @@ from harness.traffic import holdout_samples, run, stream
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.integration
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123"
 
 
 @pytest.fixture(scope="module")

@@ -42,3 +42,24 @@ def test_missing_config_file_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("CLASSGUARD_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         Settings()
+
+
+@pytest.mark.parametrize("field", ["admin_token", "feedback_token"])
+@pytest.mark.parametrize("token", ["", "   ", "short-token", "has a space in it here", " padded-token-0123456 "])
+def test_weak_tokens_are_refused_at_start_up(field, token):
+    """An empty, blank, short or whitespace-holding token stops start-up with the reason: it would open a route."""
+    with pytest.raises(ValidationError, match=f"CLASSGUARD_{field.upper()} must be at least 16 characters"):
+        Settings(**{field: token})
+
+
+def test_an_empty_bearer_never_matches():
+    """`Authorization: Bearer` with nothing after it is refused even against a token that is set."""
+    from pydantic import SecretStr
+    from starlette.requests import Request
+
+    from service.errors import InputError
+    from service.http_input import require_bearer
+
+    request = Request({"type": "http", "headers": [(b"authorization", b"Bearer ")]})
+    with pytest.raises(InputError, match="Bearer"):
+        require_bearer(request, SecretStr("a-strong-token-0123456789"), off_reason="admin_disabled", variable="X")

@@ -13,7 +13,7 @@ from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
 
 pytestmark = pytest.mark.integration
-TOKEN = "swap-token"
+TOKEN = "swap-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SYNC_BOUND_S = 1.5  # guardrails.sync_seconds (0.5) plus a publish round, with margin
 
@@ -84,7 +84,7 @@ def test_swaps_under_load_are_atomic_and_reach_every_worker(live):
     refused_after = promtext.total(promtext.scrape(live.url), "classguard_guardrail_swaps_total", outcome="refused")
     assert refused_after == refused_before + 8
     audit = [json.loads(line) for line in live.audit.read_text().splitlines()]
-    assert len(audit) == 9 and audit[-1]["hash"] == applied["hash"]
+    assert len(audit) == 10 and audit[0]["source"] == "startup" and audit[-1]["hash"] == applied["hash"]
     assert all(b["previous_hash"] == a["hash"] for a, b in zip(audit, audit[1:]))
 
 
@@ -113,7 +113,7 @@ def test_missing_route_model_is_a_startup_error(model_home, tmp_path):
     with pytest.raises(RuntimeError, match="exited"):
         with Server(env=env, log_path=tmp_path / "serve.log", startup_timeout=60):
             pass
-    assert "names model 'classguard-retrained', which is not loaded" in (tmp_path / "serve.log").read_text()
+    assert "names model(s) that are not loaded: 'classguard-retrained'" in (tmp_path / "serve.log").read_text()
 
 
 def test_cli_shows_and_applies_a_chain_from_a_file(live, tmp_path):

@@ -17,11 +17,12 @@ from harness import promtext
 from harness.server import Server
 
 pytestmark = pytest.mark.integration
+ADMIN, FEEDBACK = "hostile-admin-token-0", "hostile-feedback-token"
 
 
 @pytest.fixture(scope="module")
 def hostile(model_home, tmp_path_factory):
-    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_ADMIN_TOKEN": "a", "CLASSGUARD_FEEDBACK_TOKEN": "f"}
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_ADMIN_TOKEN": ADMIN, "CLASSGUARD_FEEDBACK_TOKEN": FEEDBACK}
     with Server(env=env, log_path=tmp_path_factory.mktemp("hostile") / "serve.log") as server:
         yield server
 
@@ -31,7 +32,7 @@ def test_schemathesis_fuzz_finds_no_server_error(hostile):
     cli = str(Path(sys.executable).with_name("schemathesis"))
     done = subprocess.run([cli, "run", f"{hostile.url}/docs.json", "--checks", "not_a_server_error",
                            "--max-examples", "30", "--seed", "1", "--request-timeout", "10",
-                           "-H", "Authorization: Bearer f"], capture_output=True, text=True, timeout=300)
+                           "-H", f"Authorization: Bearer {FEEDBACK}"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "passed" in done.stdout
 
@@ -85,6 +86,7 @@ def test_known_bad_inputs_get_json_4xx(hostile, name, request_kwargs, status):
 
 
 @pytest.mark.parametrize("path, headers", [("/admin/guardrails", {}), ("/admin/guardrails", {"Authorization": "Bearer no"}),
+                                           ("/admin/guardrails", {"Authorization": "Bearer"}),
                                            ("/admin/predictions", {"Authorization": "Basic a"})])
 def test_wrong_or_missing_admin_token(hostile, path, headers):
     """Missing, wrong and wrong-scheme tokens are 401 with a reason."""
@@ -114,7 +116,7 @@ def test_ten_thousand_subgroup_values_keep_series_bounded(hostile):
 def test_deeply_nested_json_bodies_are_4xx(hostile):
     """Feedback and guardrail swaps with JSON nested past the parser's recursion are 400s, not 500s."""
     body = "[" * 5000 + "]" * 5000
-    r = httpx.post(f"{hostile.url}/feedback", content=body, headers={"Authorization": "Bearer f"})
+    r = httpx.post(f"{hostile.url}/feedback", content=body, headers={"Authorization": f"Bearer {FEEDBACK}"})
     assert r.status_code == 400 and r.json()["error"] == "malformed_feedback"
-    r = httpx.post(f"{hostile.url}/admin/guardrails", content=body, headers={"Authorization": "Bearer a"})
+    r = httpx.post(f"{hostile.url}/admin/guardrails", content=body, headers={"Authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 400 and r.json()["error"] == "bad_parameter"

@@ -50,11 +50,16 @@ def test_classify_answers_with_every_field(client, samples):
     assert set(body["flags"]) <= allowed
 
 
-def test_client_request_id_is_kept(client, samples):
-    """A well-formed X-Request-ID from the client is used; a malformed one is replaced."""
+def test_client_request_id_is_kept_as_correlation_id(client, samples):
+    """A well-formed X-Request-ID is kept as the answer's correlation id beside a service-minted
+    request id (both in the body and the headers); a malformed one is dropped."""
     files = {"image": ("d.png", samples[0].png, "image/png")}
-    assert client.post("/classify", files=files, headers={"X-Request-ID": "trace-42"}).json()["request_id"] == "trace-42"
-    assert client.post("/classify", files=files, headers={"X-Request-ID": "bad id!"}).json()["request_id"] != "bad id!"
+    r = client.post("/classify", files=files, headers={"X-Request-ID": "trace-42"})
+    body = r.json()
+    assert body["correlation_id"] == "trace-42" and len(body["request_id"]) == 32 != body["correlation_id"]
+    assert r.headers["X-Request-ID"] == body["request_id"] and r.headers["X-Correlation-ID"] == "trace-42"
+    body = client.post("/classify", files=files, headers={"X-Request-ID": "bad id!"}).json()
+    assert body["correlation_id"] is None and "bad id!" not in body.values()
 
 
 def test_any_size_image_is_accepted(client, samples):
@@ -117,7 +122,8 @@ BAD_INPUTS = {
     "image_too_large": dict(files={"image": ("bomb.png", _bomb())}),
     "malformed_context": dict(files={"image": ("d.png", png_of(Image.new("L", (8, 8))))}, data={"context": "{capture:"}),
     "not_multipart": dict(json={"image": "aGVsbG8="}),
-    "missing_image": dict(files={"picture": ("d.png", png_of(Image.new("L", (8, 8))))}),
+    "missing_image": dict(files={"context": (None, b'{"capture": "phone"}')}),
+    "unknown_field": dict(files={"picture": ("d.png", png_of(Image.new("L", (8, 8))))}),
 }
 
 

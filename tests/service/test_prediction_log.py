@@ -126,3 +126,75 @@ def test_workers_opening_a_new_log_at_the_same_instant_all_start(tmp_path):
             p.join(60)
         assert [p.exitcode for p in procs] == [0] * 8
         assert connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_retention_takes_feedback_with_its_predictions(tmp_path):
+    """max_rows=200 over 5 rounds of 200 answers, each given feedback: 200 predictions and their 200
+    feedback rows remain, no orphan; an id seen again after its row aged out takes its label."""
+    from service import feedback
+
+    log = PredictionLog(LogConfig(path=tmp_path / "p.sqlite", max_rows=200, retention_check_seconds=0.001))
+    conn = connect(tmp_path / "p.sqlite")
+    for round_ in range(5):
+        write(log, 200, start=round_ * 200)
+        items = [(f"r{i}", "3") for i in range(round_ * 200, round_ * 200 + 200)]
+        assert {r["result"] for r in feedback.record(conn, items, {"base": ["3", "5"]}, [])} == {"recorded"}
+        time.sleep(0.002)
+    log.flush()
+    assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 200
+    assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 200
+    assert conn.execute("SELECT COUNT(*) FROM feedback WHERE request_id NOT IN "
+                        "(SELECT request_id FROM predictions)").fetchone()[0] == 0
+    write(log, 1, start=0)  # r0 again, long after its first row went
+    assert feedback.record(conn, [("r0", "5")], {"base": ["3", "5"]}, [])[0]["result"] == "recorded"
+
+
+def test_a_log_file_deleted_while_serving_is_recreated_and_written(tmp_path):
+    """Deleting the SQLite file between flushes: the next flush writes to a new file at the same path,
+    so the rows after it are findable and none is counted as written into the deleted file."""
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(LogConfig(path=path))
+    write(log, 100)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"p.sqlite{suffix}").unlink(missing_ok=True)
+    write(log, 100, start=100)
+    conn = connect(path)
+    assert conn.execute("SELECT COUNT(*), MIN(request_id) FROM predictions").fetchone() == (100, "r100")
+
+
+def test_an_older_log_is_migrated_in_place(tmp_path):
+    """A log written before correlation ids gains the column and loses feedback orphaned by old retention."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE predictions (request_id TEXT PRIMARY KEY, ts REAL NOT NULL, subgroup TEXT NOT NULL,
+            model TEXT NOT NULL, model_version TEXT NOT NULL, label TEXT, abstained INTEGER NOT NULL,
+            confidence REAL NOT NULL, flagged INTEGER NOT NULL, flags TEXT NOT NULL, guardrails TEXT NOT NULL,
+            top_k TEXT NOT NULL, probs BLOB NOT NULL, config_hash TEXT NOT NULL, image_sha256 TEXT);
+        CREATE TABLE feedback (request_id TEXT PRIMARY KEY, label TEXT NOT NULL, ts REAL NOT NULL);
+        INSERT INTO predictions VALUES ('a', 1, 's', 'm', 'v', '1', 0, 0.9, 0, '[]', '[]', '[]', x'', 'h', NULL);
+        INSERT INTO feedback VALUES ('a', '1', 2), ('gone', '1', 2);
+    """)
+    old.commit()
+    old.close()
+    conn = connect(path)
+    assert [r[0] for r in conn.execute("SELECT request_id FROM feedback")] == ["a"]
+    assert get(conn, "a")["correlation_id"] is None
+    assert query(conn, correlation_id="x") == []
+
+
+def test_pages_continue_after_the_last_row_seen(tmp_path):
+    """query(before=the last id of a page) continues with the next older rows, none twice."""
+    log = PredictionLog(LogConfig(path=tmp_path / "p.sqlite"))
+    write(log, 250)
+    conn = connect(tmp_path / "p.sqlite")
+    seen, before = [], None
+    while True:
+        page = query(conn, limit=100, before=before)
+        seen += [r["request_id"] for r in page]
+        if len(page) < 100:
+            break
+        before = page[-1]["request_id"]
+    assert len(seen) == len(set(seen)) == 250

@@ -13,8 +13,8 @@ from service.prediction_log import connect
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.integration
-TOKEN = "log-token"
-FEEDBACK_TOKEN = "feedback-token"
+TOKEN = "log-token-0123456789"
+FEEDBACK_TOKEN = "feedback-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -54,7 +54,7 @@ def test_admin_routes_find_the_requests_behind_a_flag(logged):
     count = {(x["subgroup"], x["flag"]): x["count"] for x in rows}
     assert count[("capture=phone", "known_confusion:6->0")] == len(flagged)
     csv = httpx.get(f"{server.url}/admin/predictions", headers=AUTH, params={"format": "csv", "limit": 5}).text
-    assert csv.splitlines()[0].startswith("request_id,ts,subgroup") and len(csv.splitlines()) == 6
+    assert csv.splitlines()[0].startswith("request_id,correlation_id,ts,subgroup") and len(csv.splitlines()) == 6
     assert httpx.get(f"{server.url}/admin/predictions", params={"since": "soon"}, headers=AUTH).status_code == 400
     assert httpx.get(f"{server.url}/admin/predictions").status_code == 401
 
