@@ -24,8 +24,8 @@ BATCHES = (1, 16, 64, 256)
 def raw_images_per_s(batch: int, seconds: float = 3.0) -> float:
     import torch
 
-    from service.models import find_stored
-    from training.package import WEIGHTS_FILE
+    from runtime.models import find_stored
+    from store.model_store import WEIGHTS_FILE
 
     torch.set_num_threads(1)
     module = torch.jit.load(find_stored("classguard-baseline:latest").path_of(WEIGHTS_FILE)).eval()

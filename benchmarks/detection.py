@@ -40,9 +40,9 @@ def model_outputs() -> dict:
     import torch
 
     from monitors.reference import ReferenceProfile, softmax
-    from service.models import find_stored
+    from runtime.models import find_stored
     from training.digits import build_incident
-    from training.package import PROFILE_KEY, WEIGHTS_FILE
+    from store.model_store import PROFILE_KEY, WEIGHTS_FILE
 
     stored = find_stored("classguard-baseline:latest")
     module = torch.jit.load(stored.path_of(WEIGHTS_FILE)).eval()
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from monitors.suite import MonitorSuite
     from service.config import load_settings
-    from service.monitoring import confusion_pairs, window_config
-    from service.subgroups import SubgroupResolver
+    from runtime.monitor_pipeline import confusion_pairs, window_config
+    from runtime.subgroups import SubgroupResolver
 
     settings = load_settings()
     window, pairs = window_config(settings.monitors), confusion_pairs(settings.monitors)

@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     from monitors.confidence import ConfidenceDrift
     from monitors.events import WindowConfig
     from monitors.reference import ReferenceProfile, softmax
-    from service.models import find_stored
+    from runtime.models import find_stored
     from training.digits import build_incident
-    from training.package import PROFILE_KEY, WEIGHTS_FILE
+    from store.model_store import PROFILE_KEY, WEIGHTS_FILE
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench_estimate.json"))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 def _holdout(test):
     """The same Sample objects as harness.traffic.holdout_samples, from an already built split."""
     from harness.traffic import Sample
-    from service.preprocess import encode_png
+    from runtime.preprocess import encode_png
 
     return [Sample(encode_png(img), int(y), str(c)) for img, y, c in zip(test.images, test.labels, test.captures)]
 

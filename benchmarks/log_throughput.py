@@ -38,7 +38,7 @@ def record(log, i: int, request_id: str) -> None:
 
 def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:
     from service.config import LogConfig
-    from service.prediction_log import PredictionLog
+    from store.prediction_log import PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
         log = PredictionLog(LogConfig(path=Path(tmp) / "p.sqlite", queue_size=n + 1))
@@ -62,8 +62,8 @@ def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:
 def flush_beside_busy_thread(row_by_row: bool, rows: int = 450) -> float:
     """Milliseconds to write `rows` queued rows on a thread while this thread runs Python."""
     from service.config import LogConfig
-    from service.engine import time_ordered_id
-    from service.prediction_log import COLUMNS, PredictionLog
+    from service.ids import time_ordered_id
+    from store.prediction_log import COLUMNS, PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
         log = PredictionLog(LogConfig(path=Path(tmp) / "p.sqlite"))
@@ -93,7 +93,7 @@ def flush_beside_busy_thread(row_by_row: bool, rows: int = 450) -> float:
 
 
 def main() -> int:
-    from service.engine import time_ordered_id
+    from service.ids import time_ordered_id
 
     ordered = fill(time_ordered_id)
     random_ids = fill(lambda: uuid.uuid4().hex)

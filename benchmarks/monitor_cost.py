@@ -37,7 +37,7 @@ def setup(n_subgroups: int, n_classes: int = 10, n_models: int = 2):
     groups = np.array(keys)[rng.integers(0, n_subgroups, 5000)]
     profile = build_profile(logits=logits, labels=labels, subgroups=groups, class_names=[str(i) for i in range(n_classes)],
                             input_spec=InputSpec(), training_subgroup_shares={k: 1 / n_subgroups for k in keys})
-    pairs = [ConfusionPair("6", "0"), ConfusionPair("2", "7"), ConfusionPair("6", "4")]
+    pairs = [ConfusionPair("6", "0", 0.3), ConfusionPair("2", "7", 0.3), ConfusionPair("6", "4", 0.3)]
     window = WindowConfig(bucket_s=1.0, n_buckets=300)
     suite = MonitorSuite([f"m{i}" for i in range(n_models)], [profile] * n_models, keys, pairs, window)
 
@@ -75,7 +75,7 @@ def main() -> int:
     results["recompute_ms_3_subgroups"] = round(1000 * timeit(lambda: small.results(now), 100), 3)
 
     from service.config import MonitorsConfig
-    from service.monitoring import MonitorPipeline
+    from runtime.monitor_pipeline import MonitorPipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         config = MonitorsConfig(state_dir=Path(tmp), queue_size=10**7,

@@ -94,7 +94,7 @@ def main() -> int:
         torch.jit.script(resnet18()).save(str(tmp / "resnet18.ts"))
         np.savez(tmp / "val.npz", images=images, labels=rng.integers(0, 10, len(images)))
         env = {**os.environ, "BENTOML_HOME": str(tmp / "home")}
-        done = subprocess.run([sys.executable, "-m", "service.cli", "import-model", "resnet18", "--torchscript",
+        done = subprocess.run([sys.executable, "-m", "ops.cli", "import-model", "resnet18", "--torchscript",
                                str(tmp / "resnet18.ts"), "--val-npz", str(tmp / "val.npz"), "--input-size",
                                f"{SIZE}x{SIZE}", "--channels", "3", "--mean", "0.485,0.456,0.406",
                                "--std", "0.229,0.224,0.225"], env=env, capture_output=True, text=True)

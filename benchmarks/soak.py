@@ -30,7 +30,7 @@ def soak(requests: int, *, concurrency: int = 32, env: dict | None = None, max_s
     from harness import promtext
     from harness.server import Server
     from harness.traffic import holdout_samples, run, stream
-    from service.prediction_log import connect
+    from store.prediction_log import connect
 
     pool = stream(holdout_samples(), 2000, phone_share=0.3, seed=5)
     warmup = 2000

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from guardrails.core import Answer, Decision, Request
+from monitors.keys import flag_pair
 
-CONFUSION_FLAG_PREFIX = "known_confusion:"
 
 
 def _below(value: float, threshold: float) -> str:
@@ -110,7 +110,7 @@ class ConfusionGuard:
     def __call__(self, request: Request, answer: Answer) -> Answer:
         if answer.label is None or not _in(self.subgroups, request):
             return answer
-        fired = [f[len(CONFUSION_FLAG_PREFIX):] for f in answer.flags if f.startswith(CONFUSION_FLAG_PREFIX)]
+        fired = [p for p in map(flag_pair, answer.flags) if p is not None]
         fired = [p for p in fired if self.pairs is None or p in self.pairs]
         if not fired:
             return answer

@@ -14,12 +14,14 @@ from guardrails.core import Answer, Decision, Request
 
 
 class Chain:
-    def __init__(self, guardrails: Sequence, *, profile: str = "", config_hash: str = "") -> None:
+    def __init__(self, guardrails: Sequence, *, profile: str = "", config_hash: str = "",
+                 specs: Sequence[dict] = ()) -> None:
         kinds = {g.kind for g in guardrails} - {"route", "answer", "shadow"}
         if kinds:
             raise ValueError(f"unknown guardrail kind(s) {sorted(kinds)}")
         self.guardrails = tuple(guardrails)
         self.profile, self.config_hash = profile, config_hash
+        self.specs = tuple(specs)  # the validated configuration it was built from, as JSON data
         self._routes = [g for g in self.guardrails if g.kind == "route"]
         self._answers = [g for g in self.guardrails if g.kind == "answer"]
         self._shadows = [g for g in self.guardrails if g.kind == "shadow"]

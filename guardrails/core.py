@@ -20,6 +20,13 @@ from typing import Mapping
 import numpy as np
 
 
+def bucket(salt: str, key: str) -> float:
+    """A stable number in [0, 1) from `key`: the same key always lands the same, and each salt
+    (canary, shadow, log sampling) draws independently of the others."""
+    digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 @dataclass(frozen=True)
 class Decision:
     guardrail: str
@@ -42,8 +49,7 @@ class Request:
 
     def bucket(self, salt: str) -> float:
         """A stable number in [0, 1) from the request id: the same id always lands the same."""
-        digest = hashlib.blake2b(f"{salt}:{self.request_id}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64
+        return bucket(salt, self.request_id)
 
 
 @dataclass(frozen=True)

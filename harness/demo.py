@@ -188,7 +188,7 @@ def cli(*args: str) -> str:
     import subprocess
 
     env = {**os.environ, "CLASSGUARD_LOG__PATH": str(DB)}
-    done = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, env=env)
     return (done.stdout + done.stderr).rstrip()
 
 

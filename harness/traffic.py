@@ -19,7 +19,7 @@ class Sample:
 
 def holdout_samples() -> list[Sample]:
     """Every test-split digit in both captures, as the PNG bytes a client would upload."""
-    from service.preprocess import encode_png
+    from runtime.preprocess import encode_png
     from training.digits import build_incident
 
     test = build_incident().test

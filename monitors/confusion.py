@@ -18,6 +18,7 @@ import numpy as np
 
 from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
+from monitors.keys import pair_name
 from monitors.reference import ReferenceProfile, reference_for
 from monitors.stats import bernoulli_cusum
 
@@ -26,7 +27,7 @@ from monitors.stats import bernoulli_cusum
 class ConfusionPair:
     source: str
     target: str
-    margin: float = 0.5
+    margin: float  # no default here: the configuration (monitors.known_confusions) states it once
     subgroups: tuple[str, ...] | None = None  # None: every subgroup
 
     def __post_init__(self) -> None:
@@ -39,7 +40,7 @@ class ConfusionPair:
 
     @property
     def name(self) -> str:
-        return f"{self.source}->{self.target}"
+        return pair_name(self.source, self.target)
 
 
 def reference_rate(profile: ReferenceProfile, subgroup: str, source: int, target: int) -> float:

@@ -8,6 +8,12 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 
+# An event as one row (the request path queues rows, drift reports read arrays of them):
+# the layout is stated here once; COLUMN[name] is a field's position.
+EVENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions", "calibrated")
+COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+
+
 @dataclass(frozen=True)
 class EventBatch:
     """N prediction events. Indices refer to the suite's model and subgroup lists and to the
@@ -26,7 +32,7 @@ class EventBatch:
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple]) -> "EventBatch":
-        """From (t, model, subgroup, predicted, confidence, confusion mask[, calibrated]) tuples."""
+        """From rows laid out as EVENT_COLUMNS (calibrated may be left off)."""
         if not rows:
             return cls.empty()
         columns = list(zip(*rows))

@@ -17,15 +17,9 @@ from monitors.class_drift import PredictedClassDrift
 from monitors.confidence import ConfidenceDrift
 from monitors.confusion import ConfusionPair, KnownConfusions
 from monitors.events import EventBatch, Score, WindowConfig
+from monitors.keys import LOW_CONFIDENCE_FLAG, confusion_flag
 from monitors.reference import ReferenceProfile
 from monitors.representation import SubgroupRepresentation
-
-LOW_CONFIDENCE_FLAG = "low_confidence"
-
-
-def confusion_flag(pair: ConfusionPair) -> str:
-    return f"known_confusion:{pair.name}"
-
 
 @dataclass
 class Results:
@@ -48,7 +42,7 @@ class MonitorSuite:
             self.confidence,
             self.confusions,
         ]
-        self._pair_flags = [confusion_flag(p) for p in self.confusions.pairs]
+        self._pair_flags = [confusion_flag(p.name) for p in self.confusions.pairs]
 
     def flags(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> tuple[list[str], int]:
         """Per-prediction flags and the known-confusion bit mask that goes into the event

@@ -8,6 +8,10 @@
 
 Off unless CLASSGUARD_ADMIN_TOKEN is set (they answer 404); with it, every request needs
 `Authorization: Bearer <token>`, compared in constant time.
+
+BentoML mounts the admin application when the service module is imported, before any worker
+exists, so `admin_app()` builds a stateless one whose routes ask for the worker's `Admin`
+(built in the worker with what it uses) at each request.
 """
 
 from __future__ import annotations
@@ -15,49 +19,75 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING, Callable, Mapping
 
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runtime.chain_config import check_profile_name
+from runtime.monitor_pipeline import MonitorsDisabled
 from service import metrics
 from service.errors import InputError, internal_error, route_error
-from service.guardrail_config import check_profile_name
 from service.http_input import read_body, require_bearer
 from service.ids import is_lookup_id
+from store.prediction_log import LogDisabled
+
+if TYPE_CHECKING:  # types only: the models module loads torch
+    from runtime.active_chain import GuardrailRuntime
+    from runtime.models import ServedModel
+    from runtime.monitor_pipeline import MonitorPipeline, NoMonitors
+    from store.prediction_log import NoLog, PredictionLog
+
+MOUNT = "/admin"
+ROUTES = [  # path under MOUNT, method, Admin method
+    ("/drift-report", "GET", "drift_report"),
+    ("/guardrails", "GET", "show_guardrails"),
+    ("/guardrails", "POST", "swap_guardrails"),
+    ("/predictions", "GET", "list_predictions"),
+    ("/predictions/{request_id}", "GET", "show_prediction"),
+    ("/predictions-summary", "GET", "prediction_summary"),
+]
+
+
+def admin_app(current: Callable[[], "Admin"]) -> Starlette:
+    """The mounted application: each route calls the same-named method of `current()`."""
+    def route(path: str, method: str, name: str) -> Route:
+        async def handle(request: Request) -> Response:
+            return await getattr(current(), name)(request)
+
+        return Route(path, handle, methods=[method], name=name)
+
+    app = Starlette(routes=[route(*r) for r in ROUTES], exception_handlers={404: route_error, 405: route_error})
+    app.router.redirect_slashes = False  # Starlette builds a redirect's Location from the client's Host header
+    return app
+
+
+def endpoint_names() -> list[str]:
+    """Admin paths without parameters, as metric label values."""
+    return sorted({f"{MOUNT}{path}" for path, _, _ in ROUTES if "{" not in path})
+
+
+def endpoint_templates() -> list[tuple[str, str]]:
+    """(regular expression of the full path, its template) for admin paths with parameters."""
+    templates = {path for path, _, _ in ROUTES if "{" in path}
+    return [(MOUNT + Route(path, lambda r: None).path_regex.pattern.lstrip("^").rstrip("$"), f"{MOUNT}{path}")
+            for path in sorted(templates)]
 
 
 class Admin:
-    def __init__(self) -> None:
-        self.engine = None  # bound per worker when the service starts
-        self.routes = [
-            Route("/drift-report", self.drift_report, methods=["GET"]),
-            Route("/guardrails", self.show_guardrails, methods=["GET"]),
-            Route("/guardrails", self.swap_guardrails, methods=["POST"]),
-            Route("/predictions", self.list_predictions, methods=["GET"]),
-            Route("/predictions/{request_id}", self.show_prediction, methods=["GET"]),
-            Route("/predictions-summary", self.prediction_summary, methods=["GET"]),
-        ]
-        # no trailing-slash redirects: Starlette builds their Location from the client's Host header
-        self.app = Starlette(routes=self.routes, exception_handlers={404: route_error, 405: route_error})
-        self.app.router.redirect_slashes = False
+    """One worker's admin routes, given what they use."""
 
-    def bind(self, engine) -> None:
-        self.engine = engine
-
-    def endpoints(self) -> list[str]:
-        """Admin paths without parameters, as metric label values."""
-        return [f"{MOUNT}{r.path}" for r in self.routes if not r.param_convertors]
-
-    def endpoint_templates(self) -> list[tuple[str, str]]:
-        """(regular expression of the full path, its template) for admin paths with parameters."""
-        return [(MOUNT + r.path_regex.pattern.lstrip("^").rstrip("$"), f"{MOUNT}{r.path}")
-                for r in self.routes if r.param_convertors]
+    def __init__(self, *, token: SecretStr | None, max_body_bytes: int, chain: GuardrailRuntime,
+                 models: Mapping[str, ServedModel], primary: str, monitors: MonitorPipeline | NoMonitors,
+                 log: PredictionLog | NoLog) -> None:
+        self.token, self.max_body_bytes, self.chain = token, max_body_bytes, chain
+        self.models, self.primary, self.monitors, self.log = models, primary, monitors, log
 
     def authorize(self, request: Request) -> None:
-        token = self.engine.settings.admin_token if self.engine else None
-        require_bearer(request, token, off_reason="admin_disabled", variable="CLASSGUARD_ADMIN_TOKEN")
+        require_bearer(request, self.token, off_reason="admin_disabled", variable="CLASSGUARD_ADMIN_TOKEN")
 
     async def _guarded(self, request: Request, work) -> Response:
         """Authorize, run `work`, and answer an InputError as a counted 4xx and a failure as a
@@ -75,26 +105,22 @@ class Admin:
             return JSONResponse(internal_error("admin"), status_code=500)
 
     async def drift_report(self, request: Request) -> Response:
-        from service.drift_report import NotEnoughData, build
+        from runtime.drift_report import NotEnoughData, build
 
         async def work():
-            engine = self.engine
             fmt = request.query_params.get("format", "html")
             if fmt not in ("html", "json"):
                 raise InputError("bad_parameter", "format must be html or json")
             window = _seconds(request.query_params.get("window_seconds", "300"))
-            model = engine.models.get(request.query_params.get("model", engine.primary.name))
+            model = self.models.get(request.query_params.get("model", self.primary))
             if model is None:
-                raise InputError("bad_parameter", f"unknown model; loaded: {sorted(engine.models)}")
-            monitors = engine.monitors
-            if not hasattr(monitors, "recent_events"):
-                raise InputError("not_enough_data", "monitors are disabled (monitors.enabled: false)")
-            recent = await asyncio.to_thread(monitors.recent_events, window, time.time())
+                raise InputError("bad_parameter", f"unknown model; loaded: {sorted(self.models)}")
             try:
+                recent = await asyncio.to_thread(self.monitors.recent_events, window, time.time())
                 body, media = await asyncio.to_thread(
-                    build, model.reference_rows(), recent, monitors.suite.model_index[model.name], model.name,
-                    model.profile.labels, monitors.suite.subgroups, window, fmt)
-            except NotEnoughData as exc:
+                    build, model.reference_rows(), recent, self.monitors.model_index(model.name), model.name,
+                    model.profile.labels, self.monitors.subgroups, window, fmt)
+            except (NotEnoughData, MonitorsDisabled) as exc:
                 raise InputError("not_enough_data", str(exc)) from None
             return Response(body, media_type=media)
 
@@ -102,7 +128,7 @@ class Admin:
 
     async def show_guardrails(self, request: Request) -> Response:
         async def work():
-            runtime = self.engine.guardrails
+            runtime = self.chain
             runtime.sync()  # this worker may not have picked up a swap made on another yet
             return {**runtime.describe(), "guardrails": [g.name for g in runtime.chain.guardrails]}
 
@@ -112,7 +138,7 @@ class Admin:
         """Body: {"profile": NAME} for a declared profile, or {"profile": NAME, "chain": [...]}."""
 
         async def work():
-            raw = await read_body(request, self.engine.settings.limits.max_admin_body_bytes)
+            raw = await read_body(request, self.max_body_bytes)
             try:
                 body = json.loads(raw)
             except (ValueError, RecursionError):
@@ -121,7 +147,7 @@ class Admin:
                 raise InputError("bad_parameter", 'send a JSON object: {"profile": NAME[, "chain": [...]]}')
             try:
                 check_profile_name(body["profile"])
-                chain = self.engine.guardrails.swap(profile=body["profile"], chain=body.get("chain"))
+                chain = self.chain.swap(profile=body["profile"], chain=body.get("chain"))
             except ValueError as exc:  # pydantic's ValidationError is a ValueError too
                 raise InputError("invalid_guardrails", str(exc)) from None
             return {"profile": chain.profile, "hash": chain.config_hash, "applied": True}
@@ -133,7 +159,7 @@ class Admin:
         &action=&model=&correlation_id=&flagged=1&limit=100&before=&format=json|jsonl|csv.
         The next page: the same query with `before` set to `next_before` (also the
         X-Next-Before header), until it is null."""
-        from service import prediction_log
+        from store import prediction_log
 
         async def work():
             p = request.query_params
@@ -155,7 +181,7 @@ class Admin:
 
     def _page(self, filters: dict, fmt: str) -> Response:
         """One page of the log, read and rendered in a worker thread."""
-        from service import prediction_log
+        from store import prediction_log
 
         records = self._read(prediction_log.query, **filters)
         after = records[-1]["request_id"] if len(records) == filters["limit"] else None
@@ -167,7 +193,7 @@ class Admin:
         return Response(prediction_log.export(records, fmt), media_type=media, headers=headers)
 
     async def show_prediction(self, request: Request) -> Response:
-        from service import prediction_log
+        from store import prediction_log
 
         async def work():
             key = request.path_params["request_id"]
@@ -184,7 +210,7 @@ class Admin:
         return await self._guarded(request, work)
 
     async def prediction_summary(self, request: Request) -> Response:
-        from service import prediction_log
+        from store import prediction_log
 
         async def work():
             since = time.time() - _seconds(request.query_params.get("window_seconds", "3600"))
@@ -194,21 +220,15 @@ class Admin:
         return await self._guarded(request, work)
 
     def _read(self, fn, *args, **kwargs):
-        from service import prediction_log
-
-        config = self.engine.settings.log
-        if not config.enabled:
-            raise InputError("not_enough_data", "the prediction log is disabled (log.enabled: false)")
-        conn = prediction_log.connect(config.path)
         try:
-            return fn(conn, *args, **kwargs)
-        finally:
-            conn.close()
+            return self.log.read(fn, *args, **kwargs)
+        except LogDisabled as exc:
+            raise InputError("not_enough_data", str(exc)) from None
 
     @staticmethod
     def _refuse(exc: InputError) -> Response:
         metrics.REJECTED.labels("admin", exc.reason).inc()
-        return JSONResponse({"error": exc.reason, "detail": exc.detail, "status": exc.status}, status_code=exc.status)
+        return exc.response()
 
 
 def _json(value) -> bytes:
@@ -231,5 +251,4 @@ def _seconds(text: str) -> float:
     return value
 
 
-MOUNT = "/admin"
-ADMIN = Admin()
+

@@ -32,7 +32,7 @@ from bentoml._internal.server.http import instruments, traffic
 from starlette.responses import JSONResponse
 
 from service import metrics
-from service.errors import route_error
+from service.errors import InputError, error_body, route_error
 
 OTHER_ENDPOINT = "other"
 
@@ -114,13 +114,12 @@ async def _call(self: traffic.TimeoutMiddleware, scope: Any, receive: Any, send:
     except asyncio.TimeoutError:
         if fut.cancel():
             if body_read:
-                resp = JSONResponse({"error": "timeout", "detail": f"not answered within {self.timeout} seconds",
-                                     "status": 504}, status_code=504)
+                resp = JSONResponse(error_body("timeout", f"not answered within {self.timeout} seconds", 504),
+                                    status_code=504)
             else:  # the client, not the service, was too slow
                 metrics.REJECTED.labels("http", "request_timeout").inc()
-                resp = JSONResponse({"error": "request_timeout", "status": 408,
-                                     "detail": f"the request body did not arrive within {self.timeout} seconds"},
-                                    status_code=408, headers={"connection": "close"})
+                resp = InputError("request_timeout", f"the request body did not arrive within {self.timeout} "
+                                  "seconds").response(headers={"connection": "close"})
             await resp(scope, receive, send)
     else:
         timer.cancel()  # the response has started, the timer has nothing left to guard

@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from monitors.keys import pair_name
+
 DEFAULT_CONFIG = Path("config/classguard.yaml")
 MIN_TOKEN_LENGTH = 16  # bearer tokens: shorter ones (an empty one above all) are refused at start-up
 MAX_SUBGROUPS = 64  # metric label values for `subgroup`: a hard budget, checked at start-up
@@ -76,6 +78,8 @@ class LimitsConfig(Strict):
     header_timeout_seconds: float = Field(10.0, gt=0.0, le=300.0,
                                           description="time to send the request line and headers; then a 408")
     max_admin_body_bytes: int = Field(65_536, ge=1_024, description="body of an admin request (a guardrail swap)")
+    max_feedback_items: int = Field(1_000, ge=1, le=100_000, description="labels in one POST /feedback")
+    max_feedback_body_bytes: int = Field(1_000_000, ge=1_024, description="body of one POST /feedback")
     request_timeout_seconds: float = Field(60.0, gt=0.0, le=3_600.0,
                                            description="a request not answered by then: 408 if its body was "
                                                        "still arriving, else 504")
@@ -95,7 +99,7 @@ class ConfusionPairConfig(Strict):
 
     @property
     def name(self) -> str:
-        return f"{self.source}->{self.target}"
+        return pair_name(self.source, self.target)
 
 
 class MonitorsConfig(Strict):

@@ -55,8 +55,21 @@ class InputError(Exception):
         self.detail = detail
         self.status = REASONS[reason]
 
-    def body(self, request_id: str) -> dict[str, str | int]:
-        return {"error": self.reason, "detail": self.detail, "status": self.status, "request_id": request_id}
+    def body(self, request_id: str | None = None) -> dict[str, str | int | None]:
+        return error_body(self.reason, self.detail, self.status, request_id)
+
+    def response(self, request_id: str | None = None, headers: dict[str, str] | None = None):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.body(request_id), status_code=self.status, headers=headers)
+
+
+def error_body(reason: str, detail: str, status: int, request_id: str | None = None) -> dict[str, str | int | None]:
+    """The one shape of every error the service answers."""
+    body: dict[str, str | int | None] = {"error": reason, "detail": detail, "status": status}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def internal_error(endpoint: str, request_id: str | None = None) -> dict[str, str | int | None]:
@@ -65,8 +78,7 @@ def internal_error(endpoint: str, request_id: str | None = None) -> dict[str, st
 
     log.exception("%s failed", endpoint, extra={"request_id": request_id, "endpoint": endpoint})
     metrics.INTERNAL_ERRORS.labels(endpoint).inc()
-    return {"error": "internal_error", "detail": "the service failed on this request; it is logged",
-            "status": 500, "request_id": request_id}
+    return error_body("internal_error", "the service failed on this request; it is logged", 500, request_id)
 
 
 async def route_error(request, exc):
@@ -78,5 +90,5 @@ async def route_error(request, exc):
     reason = "method_not_allowed" if exc.status_code == 405 else "not_found"
     metrics.REJECTED.labels("http", reason).inc()
     detail = f"no {request.method} route here" if reason == "method_not_allowed" else "no such route; see /docs.json"
-    return JSONResponse({"error": reason, "detail": detail, "status": exc.status_code}, status_code=exc.status_code,
+    return JSONResponse(error_body(reason, detail, exc.status_code), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))

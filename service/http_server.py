@@ -17,7 +17,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service import metrics
-from service.errors import REASONS
+from service.errors import REASONS, error_body
 
 _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
@@ -25,7 +25,7 @@ _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header
 def raw_error(reason: str, detail: str) -> bytes:
     """A complete HTTP/1.1 error response with the service's JSON error body; closes."""
     status = REASONS[reason]
-    body = json.dumps({"error": reason, "detail": detail, "status": status}).encode()
+    body = json.dumps(error_body(reason, detail, status)).encode()
     return (f"HTTP/1.1 {status} {_STATUS_TEXT[status]}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 

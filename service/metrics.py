@@ -49,6 +49,13 @@ MODEL_INFO = Gauge(
 
 
 ABSTAINED = "abstained"  # the predicted_class of an answer withheld by a guardrail
+# the closed label-value sets below are stated here once; start-up creates each series at zero
+ANOMALY_KINDS = ("low_confidence", "known_confusion")
+FALLBACK_REASONS = ("timeout", "error")
+SHADOW_OUTCOMES = ("agree", "flip")
+SWAP_OUTCOMES = ("applied", "refused", "sync_failed", "audit_failed")
+LOG_STAGES = ("write", "retention", "flush")
+FEEDBACK_OUTCOMES = ("correct", "wrong", "abstained")
 
 
 def class_label(labels: tuple[str, ...], index: int | None) -> str:

@@ -1,4 +1,5 @@
-"""The BentoML service: a thin shell around service.engine.Engine.
+"""The BentoML service: a thin shell. runtime.engine.Engine wires the request path; the
+endpoints (service.classify, service.feedback_endpoint, service.admin) receive its parts.
 
     bentoml serve            # from the repository root (bentofile.yaml names this service)
 """
@@ -8,12 +9,11 @@ from __future__ import annotations
 import bentoml
 from starlette.responses import JSONResponse
 
-from service import bentoml_patches, http_server
-from service.admin import ADMIN, MOUNT
+from runtime.active_chain import chain_context, check_startup_chain
+from runtime.models import find_stored, stored_labels
+from service import admin, bentoml_patches, http_server
 from service.bentoml_patches import EndpointNames
 from service.config import load_settings
-from service.guardrail_runtime import chain_context, check_startup_chain
-from service.models import find_stored, stored_labels
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, FeedbackForm, FeedbackResponse, Prediction
 
 settings = load_settings()
@@ -21,8 +21,8 @@ settings = load_settings()
 http_server.install(settings.limits.max_header_bytes, settings.limits.header_timeout_seconds)
 bentoml_patches.apply(EndpointNames(
     exact=["/", "/docs", "/docs.json", "/schema.json", "/healthz", "/livez", "/readyz", "/metrics",
-           "/classify", "/classify_batch", "/feedback", *ADMIN.endpoints()],
-    templates=[*ADMIN.endpoint_templates(), (r"/static_content/.*", "/static_content/{path}"),
+           "/classify", "/classify_batch", "/feedback", *admin.endpoint_names()],
+    templates=[*admin.endpoint_templates(), (r"/static_content/.*", "/static_content/{path}"),
                (r"/assets/.*", "/assets/{path}")],
 ))
 
@@ -31,10 +31,19 @@ class Classguard:
     """Image classification, watched: every prediction carries its subgroup, model and flags."""
 
     def __init__(self) -> None:
-        from service.engine import Engine  # torch loads in the worker, not at import
+        from runtime.engine import Engine  # torch loads in the worker, not at import
+        from service.classify import ClassifyEndpoints
+        from service.feedback_endpoint import FeedbackEndpoint
 
-        self.engine = Engine(settings)
-        ADMIN.bind(self.engine)
+        engine = self.engine = Engine(settings)
+        self.endpoints = ClassifyEndpoints(serving=engine.serving, resolver=engine.resolver, spec=engine.spec,
+                                           limits=settings.limits, model_tag=engine.primary.tag)
+        self.feedback_endpoint = FeedbackEndpoint(
+            token=settings.feedback_token, log=engine.log, limits=settings.limits, labels_of=engine.labels_of(),
+            pairs=[(p.source, p.target) for p in settings.monitors.known_confusions])
+        self.admin = admin.Admin(token=settings.admin_token, max_body_bytes=settings.limits.max_admin_body_bytes,
+                                 chain=engine.guardrails, models=engine.models, primary=engine.primary.name,
+                                 monitors=engine.monitors, log=engine.log)
         self._tasks: list = []
 
     @bentoml.on_startup
@@ -48,32 +57,28 @@ class Classguard:
         gc.freeze()
         loop = asyncio.get_running_loop()
         # keep references: the event loop holds tasks only weakly
-        self._tasks = [loop.create_task(self.engine.monitors.run()),
-                       loop.create_task(self.engine.guardrails.run()),
-                       loop.create_task(self.engine.log.run())]
+        self._tasks = [loop.create_task(work) for work in self.engine.background()]
 
     @bentoml.on_shutdown
     def stop_background(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if hasattr(self.engine.log, "flush"):
-            self.engine.log.flush()  # rows still queued are written, not lost
+        self.engine.log.flush()  # rows still queued are written, not lost
 
     @bentoml.api(route="/classify", input_spec=ClassifyForm, output_spec=Prediction)
     async def classify(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
         """Classify one image (multipart field `image`, optional `context` JSON)."""
-        return _passthrough(ctx, await self.engine.classify(ctx.request))
+        return _passthrough(ctx, await self.endpoints.classify(ctx.request))
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchForm, output_spec=BatchResponse)
     async def classify_batch(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
         """Classify many images in one request (repeated `images`, optional `contexts`), in order."""
-        return _passthrough(ctx, await self.engine.classify_batch(ctx.request))
-
+        return _passthrough(ctx, await self.endpoints.classify_batch(ctx.request))
 
     @bentoml.api(route="/feedback", input_spec=FeedbackForm, output_spec=FeedbackResponse)
     async def feedback(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
         """True labels for answered requests (bearer CLASSGUARD_FEEDBACK_TOKEN): one item or `items`."""
-        return _passthrough(ctx, await self.engine.feedback(ctx.request))
+        return _passthrough(ctx, await self.feedback_endpoint(ctx.request))
 
 
 def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
@@ -90,7 +95,8 @@ for _i, _tag in enumerate(settings.models.tags()):
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
 check_startup_chain(settings, chain_context(settings, _labels))  # a chain naming what does not exist fails here
 
-Classguard = bentoml.asgi_app(ADMIN.app, path=MOUNT)(Classguard)
+# the worker's own Admin answers each admin request (no module-level engine to bind)
+Classguard = bentoml.asgi_app(admin.admin_app(lambda: bentoml.get_current_service().admin), path=admin.MOUNT)(Classguard)
 Classguard = bentoml.service(
     name="classguard",
     workers=settings.workers,

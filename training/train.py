@@ -52,11 +52,11 @@ def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
     import torch
 
     from monitors.reference import InputSpec, build_profile, subgroup_shares
-    from service.subgroups import subgroup_key
+    from monitors.keys import subgroup_key
     from training.digits import build_incident
     from training.fit import predict_logits, train_classifier
     from training.net import DigitCNN
-    from training.package import model_exists, reference_rows, save_to_store
+    from store.model_store import model_exists, reference_rows, save_to_store
 
     torch.set_num_threads(2)
     incident = build_incident()

@@ -10,6 +10,7 @@ from harness.prometheus import Prometheus
 from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
 from tests.dashboards.conftest import DASHBOARDS, concrete, need
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,8 @@ def test_stationary_scanner_stream_raises_no_alert(stack):
     """400 scanner images, scraped and evaluated for several seconds: no alert pending or firing."""
     server, prom = stack
     run(server.url, stream(holdout_samples(), 400, phone_share=0.0, seed=2), concurrency=8)
+    # a fixed wait on purpose: it shows that no alert appears while Prometheus scrapes and
+    # evaluates the rules (every 1 s) for 6 s; there is no event to poll for
     time.sleep(6)
     assert active(prom) == {}
 
@@ -41,12 +44,12 @@ def test_incident_raises_the_subgroup_alert(stack):
     firing) for capture=phone within seconds, through Prometheus's own rule evaluation."""
     server, prom = stack
     run(server.url, stream(holdout_samples(), 800, phone_share=0.5, seed=3), concurrency=16)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def phone_alert():
         state = active(prom)
-        if ("ClassguardSubgroupOverRepresented", "capture=phone") in state:
-            break
-        time.sleep(0.5)
+        return state if ("ClassguardSubgroupOverRepresented", "capture=phone") in state else None
+
+    state = wait_until(phone_alert, timeout=20, interval=0.5, message="ClassguardSubgroupOverRepresented on phone")
     assert state.get(("ClassguardSubgroupOverRepresented", "capture=phone")) in {"pending", "firing"}
     assert not any(sub == "capture=scanner" for _, sub in state)
 
@@ -57,8 +60,11 @@ def test_every_dashboard_panel_returns_data(stack):
     queries = {f"{board.stem}: {panel['title']} [{target['refId']}]": concrete(target["expr"])
                for board in sorted((DASHBOARDS / "grafana" / "dashboards").glob("*.json"))
                for panel in json.loads(board.read_text())["panels"] for target in panel["targets"]}
-    deadline = time.monotonic() + 15  # rate() needs two scrapes of series the incident created
-    while queries and time.monotonic() < deadline:
-        queries = {name: q for name, q in queries.items() if not prom.query(q)}
-        time.sleep(1)
-    assert not queries, sorted(queries)
+
+    def every_panel_has_data():
+        for name in [name for name, q in queries.items() if prom.query(q)]:
+            del queries[name]
+        return not queries
+
+    # rate() needs two scrapes of series the incident created
+    wait_until(every_panel_has_data, timeout=15, interval=1, message=lambda: f"data in panels {sorted(queries)}")

@@ -12,7 +12,8 @@ from monitors.confidence import ConfidenceDrift
 from monitors.confusion import ConfusionPair, KnownConfusions, reference_rate
 from monitors.events import EventBatch
 from monitors.representation import SubgroupRepresentation
-from monitors.suite import LOW_CONFIDENCE_FLAG, MonitorSuite
+from monitors.keys import LOW_CONFIDENCE_FLAG
+from monitors.suite import MonitorSuite
 from tests.monitors.conftest import MODELS, SUBGROUPS, random_events
 
 PAIRS = [ConfusionPair("a", "b", margin=0.3), ConfusionPair("c", "d", margin=0.3, subgroups=("capture=phone",))]
@@ -113,7 +114,7 @@ def test_known_confusion_rates_and_reference(profiles, window):
 def test_known_confusion_refuses_bad_pairs():
     """A pair with the same class twice or a margin out of range fails at construction."""
     with pytest.raises(ValueError, match="different"):
-        ConfusionPair("a", "a")
+        ConfusionPair("a", "a", margin=0.3)
     with pytest.raises(ValueError, match="margin"):
         ConfusionPair("a", "b", margin=0.0)
 
@@ -183,15 +184,21 @@ def test_a_failing_monitor_is_isolated(suite_factory):
 
 
 def test_flags_name_what_fired(suite_factory, profiles):
-    """flags() reports low confidence and each known confusion that fired, with the event's mask."""
+    """flags() reports low confidence below the subgroup's reference 1st percentile and not above
+    it, and each known confusion that fired, with the event's mask."""
     suite = suite_factory()
     p01 = profiles[0].subgroups[SUBGROUPS[1]].confidence_quantiles["p01"]
-    probs = np.array([0.1, 0.1, p01 * 0.5 + 0.3, 0.0])
-    probs[3] = 1 - probs[:3].sum()
+    assert 0.05 < p01 < 0.95  # room on both sides of the threshold
+
+    def answered(top: float) -> np.ndarray:
+        return np.array([top, *[(1 - top) / 3] * 3])
+
+    low_flags, low_mask = suite.flags(0, 1, answered(p01 * 0.9), 0)
+    high_flags, _ = suite.flags(0, 1, answered(min(1.0, p01 * 1.1 + 0.05)), 0)
+    assert low_flags == [LOW_CONFIDENCE_FLAG] and low_mask == 0
+    assert LOW_CONFIDENCE_FLAG not in high_flags
     flags, mask = suite.flags(0, 1, np.array([0.30, 0.45, 0.15, 0.10]), 1)
     assert "known_confusion:a->b" in flags and mask == 1
-    low_flags, _ = suite.flags(0, 1, np.array([0.26, 0.25, 0.25, 0.24]), 0)
-    assert (LOW_CONFIDENCE_FLAG in low_flags) == (0.26 < p01)
 
 
 def test_calibrated_confidence_is_temperature_scaled_softmax(profiles, window):

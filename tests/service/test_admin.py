@@ -65,7 +65,7 @@ def test_bad_parameters_are_400(admin_server):
 def test_cli_writes_the_html_report(admin_server, tmp_path):
     """`classguard drift-report --format html -o FILE` saves Evidently's HTML report."""
     out = tmp_path / "report.html"
-    done = run_module("service.cli", "drift-report", "--url", admin_server.url, "--format", "html",
+    done = run_module("ops.cli", "drift-report", "--url", admin_server.url, "--format", "html",
                       "--window-seconds", "600", "-o", str(out), env={"CLASSGUARD_ADMIN_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
     html = out.read_text()

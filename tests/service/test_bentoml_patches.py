@@ -2,10 +2,10 @@
 
 import pytest
 
-from service.admin import ADMIN
+from service.admin import endpoint_names, endpoint_templates
 from service.bentoml_patches import OTHER_ENDPOINT, EndpointNames
 
-NAMES = EndpointNames(exact=["/classify", *ADMIN.endpoints()], templates=ADMIN.endpoint_templates())
+NAMES = EndpointNames(exact=["/classify", *endpoint_names()], templates=endpoint_templates())
 
 
 @pytest.mark.parametrize("path, name", [

@@ -13,8 +13,9 @@ from monitors.events import EventBatch
 from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
 from service.config import Settings
-from service.monitoring import confusion_pairs, window_config
-from service.subgroups import SubgroupResolver, subgroup_key
+from runtime.monitor_pipeline import confusion_pairs, window_config
+from monitors.keys import subgroup_key
+from runtime.subgroups import SubgroupResolver
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def wait_for_publish(url, events, timeout=15.0):
 def profiles(model_home):
     out = {}
     for name in (BASE, "classguard-retrained"):
-        done = run_module("service.cli", "profile", f"{name}:latest", env={"BENTOML_HOME": str(model_home)})
+        done = run_module("ops.cli", "profile", f"{name}:latest", env={"BENTOML_HOME": str(model_home)})
         out[name] = ReferenceProfile.from_dict(json.loads(done.stdout))
     return out
 

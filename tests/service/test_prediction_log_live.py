@@ -9,13 +9,23 @@ import pytest
 
 from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
-from service.prediction_log import connect
+from store.prediction_log import connect
 from tests.conftest import run_module
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "log-token-0123456789"
 FEEDBACK_TOKEN = "feedback-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def rows_logged(db, since: float = 0.0) -> int:
+    """Rows the workers have flushed to the log file so far (answered at or after `since`)."""
+    conn = connect(db)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM predictions WHERE ts >= ?", (since,)).fetchone()[0]
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +36,7 @@ def logged(model_home, tmp_path_factory):
            "CLASSGUARD_LOG__PATH": str(db), "CLASSGUARD_FEEDBACK_TOKEN": FEEDBACK_TOKEN}
     with Server(env=env, log_path=tmp / "serve.log") as server:
         results, _ = run(server.url, stream(holdout_samples(), 600, phone_share=0.5, seed=9), concurrency=16)
-        time.sleep(1.5)  # both workers flush (log.flush_seconds 0.5)
+        wait_until(lambda: rows_logged(db) >= 600, message="both workers to flush 600 rows")
         yield server, db, results
 
 
@@ -62,12 +72,12 @@ def test_admin_routes_find_the_requests_behind_a_flag(logged):
 def test_cli_lists_and_shows_from_the_log_file(logged):
     """`classguard log list --flag ... --format jsonl` and `log show ID` read the same rows."""
     _, db, results = logged
-    done = run_module("service.cli", "log", "list", "--db", str(db), "--flag", "low_confidence", "--format", "jsonl",
+    done = run_module("ops.cli", "log", "list", "--db", str(db), "--flag", "low_confidence", "--format", "jsonl",
                       "--limit", "1000", env={})
     assert done.returncode == 0, done.stderr
     listed = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(listed) == sum("low_confidence" in b["flags"] for _, _, b in results)
-    shown = run_module("service.cli", "log", "show", results[0][2]["request_id"], "--db", str(db), env={})
+    shown = run_module("ops.cli", "log", "show", results[0][2]["request_id"], "--db", str(db), env={})
     assert json.loads(shown.stdout)["request_id"] == results[0][2]["request_id"]
 
 
@@ -90,7 +100,7 @@ def test_feedback_joins_answers_and_exports_realized_accuracy(logged):
         right = promtext.total(samples, "classguard_feedback_total", subgroup=key, outcome="correct")
         wrong = promtext.total(samples, "classguard_feedback_total", subgroup=key, outcome="wrong")
         assert right == sum(b["label"] == str(s.label) for s, b in mine) and right + wrong == len(mine)
-    done = run_module("service.cli", "log", "confusion", "--db", str(db), env={})
+    done = run_module("ops.cli", "log", "confusion", "--db", str(db), env={})
     assert done.returncode == 0 and "300 answers with feedback" in done.stdout
 
 
@@ -125,15 +135,18 @@ def test_replay_equals_what_the_live_chain_did(logged, model_home):
     server, db, _ = logged
     assert httpx.post(f"{server.url}/admin/guardrails", json={"profile": "suppress_phone_confusions"},
                       headers=AUTH).status_code == 200
+    # a fixed wait on purpose: the swap reaches the other worker within guardrails.sync_seconds
+    # (0.5 s). Nothing shows which worker answered, so polling requests until they carry the new
+    # chain could pass while one worker still serves the old one
     time.sleep(1.0)
     t0 = time.time()
     results, _ = run(server.url, stream(holdout_samples(), 300, phone_share=0.8, seed=12), concurrency=8)
-    time.sleep(1.5)
+    wait_until(lambda: rows_logged(db, since=t0) >= 300, message="the 300 answers to be flushed")
     changed_live = sum(any(d["action"] in ("fallback_label", "abstain") for d in b["guardrails"]) for _, _, b in results)
     assert changed_live > 20
 
     def replay(profile):
-        done = run_module("service.cli", "replay", profile, "--db", str(db), "--since", str(t0), "--format", "json",
+        done = run_module("ops.cli", "replay", profile, "--db", str(db), "--since", str(t0), "--format", "json",
                           env={"BENTOML_HOME": str(model_home)})
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)

@@ -37,7 +37,7 @@ def test_stored_profile_has_every_part(model_home):
     from tests.conftest import run_module
 
     for name, phone_share in (("classguard-baseline", 0.03), ("classguard-retrained", 0.5)):
-        done = run_module("service.cli", "profile", f"{name}:latest", env={"BENTOML_HOME": str(model_home)})
+        done = run_module("ops.cli", "profile", f"{name}:latest", env={"BENTOML_HOME": str(model_home)})
         assert done.returncode == 0, done.stderr
         profile = json.loads(done.stdout)
         assert profile["labels"] == [str(d) for d in range(10)]

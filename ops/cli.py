@@ -1,0 +1,287 @@
+"""`classguard`: the command line.
+
+    classguard train [--force]            train the incident's two models into the store
+    classguard import-model NAME ...      bring your own torch classifier (see --help)
+    classguard profile TAG                print a stored model's reference profile as JSON
+    classguard drift-report [--url URL]   fetch the Evidently drift report of recent traffic
+    classguard guardrails show            the running service's active guardrail chain
+    classguard guardrails apply PROFILE [--file CHAIN.yaml]   swap the chain on every worker
+    classguard log list|show ID|summary|confusion   look up the prediction log (reads the SQLite file)
+    classguard replay PROFILE [--file CHAIN.yaml] [--since 1h]   what a chain would have answered
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="classguard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train baseline and retrained models")
+    train.add_argument("--force", action="store_true")
+    train.add_argument("--epochs", type=int, default=40)
+
+    from ops import import_model as byom
+
+    imp = commands.add_parser("import-model", help="import your own classifier and profile it",
+                              description=byom.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    byom.add_arguments(imp)
+
+    profile = commands.add_parser("profile", help="print a stored model's reference profile")
+    profile.add_argument("tag")
+
+    report = commands.add_parser("drift-report", help="Evidently report of recent traffic vs the reference")
+    report.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
+    report.add_argument("--format", choices=("html", "json"), default="json")
+    report.add_argument("--window-seconds", type=float, default=300.0)
+    report.add_argument("--model", help="model name (default: the primary)")
+    report.add_argument("--output", "-o", help="file to write (default: stdout)")
+
+    guard = commands.add_parser("guardrails", help="show or swap the running service's guardrail chain")
+    guard.add_argument("action", choices=("show", "apply"))
+    guard.add_argument("profile", nargs="?", help="profile name (apply)")
+    guard.add_argument("--file", help="YAML list of guardrails to apply under PROFILE's name")
+    guard.add_argument("--url", default="http://127.0.0.1:3000")
+
+    logs = commands.add_parser("log", help="look up logged predictions (the SQLite prediction log)")
+    logs.add_argument("action", choices=("list", "show", "summary", "confusion"))
+    logs.add_argument("request_id", nargs="?", help="with show: a request id, or a correlation id naming one answer")
+    logs.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
+    logs.add_argument("--since", help="15m, 2h, 1d or Unix seconds")
+    logs.add_argument("--until")
+    logs.add_argument("--subgroup")
+    logs.add_argument("--flag", help="e.g. low_confidence or known_confusion:6->0")
+    logs.add_argument("--action-taken", dest="guardrail_action", help="a guardrail action, e.g. abstain")
+    logs.add_argument("--model")
+    logs.add_argument("--correlation-id", help="the client's X-Request-ID")
+    logs.add_argument("--flagged", action="store_true", help="only flagged predictions")
+    logs.add_argument("--limit", type=int, default=50)
+    logs.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
+
+    rep = commands.add_parser("replay", help="re-apply a guardrail profile to logged predictions")
+    rep.add_argument("profile", help="a profile of the guardrails file, or the name for --file")
+    rep.add_argument("--file", help="YAML list of guardrails to replay instead of the named profile")
+    rep.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
+    rep.add_argument("--since", default="1h", help="15m, 2h, 1d or Unix seconds")
+    rep.add_argument("--until")
+    rep.add_argument("--subgroup")
+    rep.add_argument("--format", choices=("table", "json"), default="table")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from training.train import main as train_main
+
+            return train_main([*(["--force"] if args.force else []), "--epochs", str(args.epochs)])
+        if args.command == "import-model":
+            return byom.run(args)
+        if args.command == "profile":
+            from runtime.models import find_stored
+            from store.model_store import PROFILE_KEY
+
+            print(json.dumps(find_stored(args.tag).info.metadata[PROFILE_KEY], indent=2))
+            return 0
+        if args.command == "drift-report":
+            return drift_report(args)
+        if args.command == "guardrails":
+            return guardrails(args)
+        if args.command == "log":
+            return log_lookup(args)
+        if args.command == "replay":
+            return replay(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"classguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float = 120) -> bytes:
+    """One authenticated admin request (token from CLASSGUARD_ADMIN_TOKEN) to an http(s) `url`.
+
+    A URL that is not http:// or https:// is a ValueError; a service that cannot be reached, does
+    not answer in `timeout` seconds, answers with an error status or redirects is a one-line
+    RuntimeError naming the URL. Redirects are not followed: the bearer token goes only to `url`.
+    """
+    import http.client
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"--url {url!r} is not a valid URL ({exc})") from None
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"--url {url!r} has a space or control character in it")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url must be an http:// or https:// URL of the running service, not {url!r}")
+    token = os.environ.get("CLASSGUARD_ADMIN_TOKEN")
+    if not token:
+        raise ValueError("set CLASSGUARD_ADMIN_TOKEN to the service's admin token")
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    target = f"{url.rstrip('/')}/admin/{path}"
+    request = urllib.request.Request(target, data=data, headers=headers)
+    shown = target.split("?", 1)[0]
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, hdrs, newurl):
+            fp.close()
+            raise RuntimeError(f"{shown} redirected ({code}) to {newurl}; pass the service's own URL as --url")
+
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{exc.code}: {exc.read().decode(errors='replace')}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {timeout:g} s"
+        elif isinstance(reason, OSError) and reason.strerror:
+            reason = reason.strerror
+        raise RuntimeError(f"cannot reach {shown}: {reason}") from None
+    except TimeoutError:
+        raise RuntimeError(f"cannot reach {shown}: no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise RuntimeError(f"cannot reach {shown}: {exc.__class__.__name__}: {exc}".rstrip(": ")) from None
+
+
+def guardrails(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        print(admin_call(args.url, "guardrails").decode())
+        return 0
+    if not args.profile:
+        raise ValueError("apply needs a PROFILE name")
+    body: dict = {"profile": args.profile}
+    if args.file:
+        import yaml
+
+        with open(args.file) as f:
+            body["chain"] = yaml.safe_load(f)
+    print(admin_call(args.url, "guardrails", body=body).decode())
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    import yaml
+
+    from store import prediction_log
+    from store import replay as replaying
+    from service.config import load_settings
+    from runtime.chain_config import compile_chain, load_profiles
+    from runtime.active_chain import chain_context
+    from runtime.models import find_stored
+    from store.model_store import PROFILE_KEY, split_tag
+
+    settings = load_settings()
+    conn = open_log(args.db, settings)
+    if args.file:
+        with open(args.file) as f:
+            specs = yaml.safe_load(f)
+    else:
+        specs = load_profiles(settings.guardrails.profiles_path).chain(args.profile)
+    labels_of = {split_tag(tag)[0]: find_stored(tag).info.metadata[PROFILE_KEY]["labels"]
+                 for tag in settings.models.tags()}
+    chain = compile_chain(specs, args.profile,
+                          chain_context(settings, {label for labels in labels_of.values() for label in labels}))
+    report = replaying.replay(conn, chain, labels_of, since=prediction_log.parse_since(args.since),
+                              until=prediction_log.parse_since(args.until), subgroup=args.subgroup)
+    print(json.dumps(report, indent=2) if args.format == "json" else replaying.render(report))
+    return 0
+
+
+def open_log(db: str | None, settings=None):
+    """A connection to the prediction log: `db`, else log.path from the configuration."""
+    from pathlib import Path
+
+    from store import prediction_log
+    from service.config import load_settings
+
+    path = Path(db) if db else (settings or load_settings()).log.path
+    if not path.exists():
+        raise FileNotFoundError(f"no prediction log at {path}")
+    return prediction_log.connect(path)
+
+
+def log_lookup(args: argparse.Namespace) -> int:
+    from store import prediction_log
+
+    conn = open_log(args.db)
+    if args.action == "show":
+        if not args.request_id:
+            raise ValueError("show needs a REQUEST_ID")
+        found = prediction_log.find(conn, args.request_id)
+        if not found:
+            raise ValueError(f"no logged prediction has request id or correlation id {args.request_id!r}")
+        if len(found) > 1:
+            raise ValueError(f"correlation id {args.request_id!r} names several answers; show one of: "
+                             f"{', '.join(r['request_id'] for r in found)}")
+        record = found[0]
+        # one field a line, values compact: the trace reads at a glance and is still valid JSON
+        print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}")
+        return 0
+    if args.action == "confusion":
+        from store import feedback
+
+        counts = feedback.confusion(conn, subgroup=args.subgroup, model=args.model,
+                                    since=prediction_log.parse_since(args.since))
+        truths = sorted({t for t, _ in counts})
+        emitted = sorted({e for _, e in counts})
+        print("true \\ answered " + " ".join(f"{e:>9}" for e in emitted))
+        for t in truths:
+            print(f"{t:<16} " + " ".join(f"{counts.get((t, e), 0):>9}" for e in emitted))
+        total = sum(counts.values())
+        right = sum(n for (t, e), n in counts.items() if t == e)
+        print(f"\n{total} answers with feedback, {right} right ({right / max(total, 1):.1%})")
+        return 0
+    if args.action == "summary":
+        since = prediction_log.parse_since(args.since or "1h")
+        for row in prediction_log.summary(conn, since):
+            print(f"{row['subgroup']:<20} {row['flag']:<28} {row['count']:>8}")
+        return 0
+    records = prediction_log.query(
+        conn, since=prediction_log.parse_since(args.since), until=prediction_log.parse_since(args.until),
+        subgroup=args.subgroup, flag=args.flag, action=args.guardrail_action, model=args.model,
+        correlation_id=args.correlation_id, flagged_only=args.flagged, limit=args.limit)
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+    elif args.format in ("jsonl", "csv"):
+        sys.stdout.write(prediction_log.export(records, args.format))
+    else:
+        import time as _time
+
+        for r in records:
+            when = _time.strftime("%H:%M:%S", _time.localtime(r["ts"]))
+            actions = ",".join(d["action"] for d in r["guardrails"]) or "-"
+            print(f"{when} {r['request_id']:<36} {r['subgroup']:<18} {r['model']:<22} "
+                  f"{str(r['label']):<5} {r['confidence']:.3f} {','.join(r['flags']) or '-':<28} {actions}")
+    return 0
+
+
+def drift_report(args: argparse.Namespace) -> int:
+    """GET /admin/drift-report."""
+    import urllib.parse
+
+    query = {"format": args.format, "window_seconds": args.window_seconds, **({"model": args.model} if args.model else {})}
+    body = admin_call(args.url, f"drift-report?{urllib.parse.urlencode(query)}")
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.write(body)
+    else:
+        sys.stdout.buffer.write(body + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The active guardrail chain of a worker, and how a swap reaches every worker.
+
+A swap (admin route or CLI) validates and compiles the new chain first: an invalid one is
+refused and the old chain stays. Then it is written to `<runtime dir>/guardrails.json`
+(atomic rename), appended to the audit log, and installed by replacing one reference.
+Every worker checks that file every `sync_seconds` and installs a chain whose hash differs,
+so a swap reaches all workers within about `sync_seconds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Iterable
+
+from guardrails.chain import Chain
+from runtime.chain_config import ChainContext, Profiles, compile_chain, config_hash, load_profiles
+from service import metrics
+from service.config import GuardrailsConfig
+from store.chain_store import ChainStore
+from store.model_store import split_tag
+
+log = logging.getLogger("classguard.guardrails")
+
+
+def active_profile(config: GuardrailsConfig, profiles: Profiles) -> str:
+    name = config.active or profiles.active
+    if name not in profiles.profiles:
+        raise ValueError(f"guardrails.active {name!r} is not a profile in {config.profiles_path}; "
+                         f"profiles: {sorted(profiles.profiles)}")
+    return name
+
+
+def chain_context(settings, labels: Iterable[str]) -> ChainContext:
+    """What chains may name under these settings, given the loaded models' class names."""
+    from runtime.subgroups import SubgroupResolver
+
+    return ChainContext(models=frozenset(split_tag(tag)[0] for tag in settings.models.tags()),
+                        subgroups=frozenset(SubgroupResolver(settings.subgroups.attributes).keys()),
+                        labels=frozenset(labels),
+                        pairs=frozenset(p.name for p in settings.monitors.known_confusions))
+
+
+def check_startup_chain(settings, context: ChainContext) -> None:
+    """Compile the start-up chain, so a route to a model that is not loaded stops
+    `bentoml serve` at import with the reason, instead of crash-looping its workers."""
+    profiles = load_profiles(settings.guardrails.profiles_path)
+    name = active_profile(settings.guardrails, profiles)
+    try:
+        compile_chain(profiles.profiles[name], name, context)
+    except ValueError as exc:
+        raise ValueError(f"guardrail profile {name!r}: {exc}") from None
+
+
+class GuardrailRuntime:
+    """A swapped chain lasts until the service restarts, which installs the configured profile
+    again (configuration stays the one source of truth for a fresh start; to keep a chain,
+    make it the configured `active` profile). The audit log records every chain that was
+    installed, the start-up one included, with its full guardrail list: what answered at any
+    moment is the last entry before that moment."""
+
+    def __init__(self, config: GuardrailsConfig, context: ChainContext, store: ChainStore) -> None:
+        self.config, self.context, self.store = config, context, store
+        self.profiles: Profiles = load_profiles(config.profiles_path)
+        name = active_profile(config, self.profiles)
+        self.chain: Chain = self._compile(self.profiles.profiles[name], name)
+        with store.locked():
+            if store.is_empty():  # the first worker of this start records it
+                self._share(self.chain, None, "startup")
+        self._publish_info(self.chain)
+        self.sync()  # a worker (re)started after a swap takes the swapped chain
+
+    def _compile(self, specs, profile: str) -> Chain:
+        return compile_chain(specs, profile, self.context)
+
+    def swap(self, *, profile: str, chain: list | None = None, source: str = "admin") -> Chain:
+        """Install `chain` (or the named profile's chain). Raises ValueError when invalid."""
+        try:
+            new = self._compile(self.profiles.chain(profile) if chain is None else chain, profile)
+            declared = self.profiles.profiles.get(profile)
+            if declared is not None and new.config_hash != config_hash(declared):
+                raise ValueError(f"{profile!r} is a declared profile with another chain; apply it without a chain, "
+                                 "or give this chain a name of its own")
+        except Exception:
+            metrics.GUARDRAIL_SWAPS.labels("refused").inc()
+            raise
+        # one swap at a time across workers, each starting from the chain that is really active
+        with self.store.locked():
+            self.sync()
+            old, self.chain = self.chain, new
+            self._share(new, old, source)
+        self._publish_info(new)
+        metrics.GUARDRAIL_SWAPS.labels("applied").inc()
+        return new
+
+    def _share(self, new: Chain, old: Chain | None, source: str) -> None:
+        specs = list(new.specs)
+        record = {"time": time.time(), "profile": new.profile, "hash": new.config_hash, "chain": specs}
+        audit = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, "pid": os.getpid(),
+                 "profile": new.profile, "hash": new.config_hash, "chain": specs,
+                 "previous_profile": old.profile if old else None, "previous_hash": old.config_hash if old else None}
+        self.store.publish(record, audit)
+
+    def sync(self) -> bool:
+        """Install the shared chain if another worker swapped it. True when it changed."""
+        try:
+            record = self.store.changed()
+            if record is None or record["hash"] == self.chain.config_hash:
+                return False
+            self.chain = self._compile(record["chain"], record["profile"])
+        except Exception:
+            metrics.GUARDRAIL_SWAPS.labels("sync_failed").inc()
+            log.exception("could not install the shared guardrail chain; trying again at the next sync")
+            self.store.retry()
+            return False
+        self._publish_info(self.chain)
+        return True
+
+    async def run(self) -> None:
+        """Forever: pick up chains other workers installed."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.config.sync_seconds)
+            self.sync()
+
+    @staticmethod
+    def _publish_info(chain: Chain) -> None:
+        metrics.publish_active_chain(chain.profile, chain.config_hash)
+
+    def describe(self) -> dict:
+        return {"profile": self.chain.profile, "hash": self.chain.config_hash,
+                "profiles": sorted(self.profiles.profiles)}

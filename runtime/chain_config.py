@@ -1,0 +1,177 @@
+"""Guardrail profiles: declared in YAML, validated here once, compiled into a Chain.
+
+    profiles:
+      route_phone:
+        - {type: route, target: classguard-retrained, subgroups: [capture=phone]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from guardrails.answers import AbstainBelow, AllowAll, ConfusionGuard, SuppressLabels
+from guardrails.chain import Chain
+from guardrails.routing import Route, Shadow
+from monitors.keys import LOW_CONFIDENCE_FLAG, confusion_flag
+
+DEFAULT_PROFILES = Path("config/guardrails.yaml")
+# Profile names are identifiers: they become a metric label and an audit-log field. A name
+# holding a lone surrogate had been applied, and then every /metrics scrape answered 500.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_CHAIN = 32    # guardrails in one chain
+MAX_NAMES = 256   # names in one list of a guardrail (labels, subgroups, pairs, flags)
+
+
+def check_profile_name(name: object) -> str:
+    if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
+        raise ValueError(f"a profile name is 1-64 of A-Z a-z 0-9 _ . - (got {_shown(name)})")
+    return name
+
+
+def _shown(value: object) -> str:
+    """A client-sent value, safe to echo in an error: ASCII and short."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class ChainContext:
+    """What a chain may name: the loaded models, the subgroup keys the resolver produces, the
+    class names of the loaded models and the configured known-confusion pairs."""
+
+    models: frozenset[str]
+    subgroups: frozenset[str]
+    labels: frozenset[str]
+    pairs: frozenset[str]
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return frozenset({LOW_CONFIDENCE_FLAG, *map(confusion_flag, self.pairs)})
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowAllSpec(_Spec):
+    type: Literal["allow_all"]
+
+
+class SuppressLabelsSpec(_Spec):
+    type: Literal["suppress_labels"]
+    labels: list[str] = Field(min_length=1, max_length=MAX_NAMES)
+    floor: float = Field(0.5, ge=0.0, le=1.0)
+    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+
+
+class AbstainBelowSpec(_Spec):
+    type: Literal["abstain_below"]
+    threshold: float = Field(ge=0.0, le=1.0)
+    per_subgroup: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict,
+                                                                             max_length=MAX_NAMES)
+
+
+class ConfusionGuardSpec(_Spec):
+    type: Literal["confusion_guard"]
+    action: Literal["abstain", "suppress"] = "abstain"
+    floor: float = Field(0.5, ge=0.0, le=1.0)
+    pairs: list[str] | None = Field(None, max_length=MAX_NAMES)
+    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+
+
+class RouteSpec(_Spec):
+    type: Literal["route"]
+    target: str
+    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+    flags: list[str] | None = Field(None, max_length=MAX_NAMES)
+    alerts: list[Literal["representation", "class_drift", "confidence", "known_confusion"]] | None = None
+    canary: float | None = Field(None, ge=0.0, le=1.0)
+    timeout_ms: float = Field(1000.0, gt=0.0, le=60_000.0)
+
+
+class ShadowSpec(_Spec):
+    type: Literal["shadow"]
+    model: str
+    share: float = Field(1.0, ge=0.0, le=1.0)
+    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+
+
+GuardrailSpec = Annotated[Union[AllowAllSpec, SuppressLabelsSpec, AbstainBelowSpec, ConfusionGuardSpec, RouteSpec,
+                                ShadowSpec], Field(discriminator="type")]
+CHAIN = TypeAdapter(Annotated[list[GuardrailSpec], Field(min_length=1, max_length=MAX_CHAIN)])
+BUILDERS = {"allow_all": AllowAll, "suppress_labels": SuppressLabels, "abstain_below": AbstainBelow,
+            "confusion_guard": ConfusionGuard, "route": Route, "shadow": Shadow}
+
+
+class Profiles(_Spec):
+    active: str
+    profiles: dict[str, list[GuardrailSpec]]
+
+    @field_validator("profiles")
+    @classmethod
+    def _names(cls, profiles: dict) -> dict:
+        for name in profiles:
+            check_profile_name(name)
+        return profiles
+
+    @model_validator(mode="after")
+    def _active_exists(self) -> "Profiles":
+        if self.active not in self.profiles:
+            raise ValueError(f"active profile {self.active!r} is not among {sorted(self.profiles)}")
+        return self
+
+    def chain(self, name: str) -> list:
+        """The named profile's guardrail specs; an unknown name is a ValueError naming the known ones."""
+        if name not in self.profiles:
+            raise ValueError(f"unknown profile {name!r}; profiles: {sorted(self.profiles)}")
+        return self.profiles[name]
+
+
+def load_profiles(path: Path = DEFAULT_PROFILES) -> Profiles:
+    return Profiles.model_validate(yaml.safe_load(path.read_text()))
+
+
+def config_hash(specs: list) -> str:
+    """Hash of the chain's normalised JSON: equal chains, equal hash, whatever the YAML looked like."""
+    return _hash(CHAIN.dump_python(specs, mode="json", exclude_none=True))
+
+
+def _hash(data: list) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compile_chain(specs: list, profile: str, context: ChainContext) -> Chain:
+    """Build a Chain. Every name it uses must exist (a model, a subgroup, a class, a pair, a
+    flag): a name that matches nothing would make a guardrail that silently does nothing."""
+    check_profile_name(profile)
+    specs = CHAIN.validate_python(specs)
+    for spec in specs:
+        _check_names(spec, context)
+    guardrails = [BUILDERS[s.type](**s.model_dump(exclude={"type"}, exclude_none=True)) for s in specs]
+    data = CHAIN.dump_python(specs, mode="json", exclude_none=True)
+    return Chain(guardrails, profile=profile, config_hash=_hash(data), specs=data)
+
+
+def _check_names(spec, context: ChainContext) -> None:
+    named = {
+        "model": [m for m in (getattr(spec, "target", None), getattr(spec, "model", None)) if m],
+        "subgroup": [*(getattr(spec, "subgroups", None) or []), *getattr(spec, "per_subgroup", {})],
+        "label": getattr(spec, "labels", None) or [],
+        "pair": getattr(spec, "pairs", None) or [],
+        "flag": getattr(spec, "flags", None) or [],
+    }
+    known = {"model": context.models, "subgroup": context.subgroups, "label": context.labels,
+             "pair": context.pairs, "flag": context.flags}
+    for kind, names in named.items():
+        unknown = sorted({_shown(n) for n in names if n not in known[kind]})
+        if unknown:
+            what = "model(s) that are not loaded" if kind == "model" else f"unknown {kind}(s)"
+            raise ValueError(f"{spec.type} names {what}: {', '.join(unknown[:10])}; valid: {sorted(known[kind])}")

@@ -1,0 +1,252 @@
+"""The monitor pipeline of one worker: per-prediction flags inline, everything else off the
+request path, and one published answer however many workers there are.
+
+Request path: `observe()` computes the prediction's flags (O(pairs)) and appends one tuple
+to a bounded queue; a full queue drops the event and counts it, never blocks.
+
+Background (a thread, every `DRAIN_SECONDS`): drain the queue into the worker's own monitor
+suite. Every `recompute_seconds`: write the suite's window state to `<state_dir>/<pid>.npz`
+(atomic rename), merge every live worker's file into a fresh suite and publish its scores.
+Windows are epoch-aligned time buckets, so the merge is exactly what one process would count
+over all workers' traffic; every worker publishes the same numbers, and the gauges keep the
+most recent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from monitors.confusion import ConfusionPair
+from monitors.events import COLUMN, EVENT_COLUMNS, EventBatch, Score, WindowConfig
+from monitors.keys import LOW_CONFIDENCE_FLAG
+from monitors.reference import ReferenceProfile
+from monitors.suite import MonitorSuite
+from service import metrics
+from service.config import MonitorsConfig
+
+log = logging.getLogger("classguard.monitors")
+DRAIN_SECONDS = 0.5
+DECISIONS = {"js_distance", "cusum"}  # the statistics that carry a decision rule
+
+
+def runtime_dir(name: str) -> Path:
+    """A directory every worker of this `bentoml serve` shares, emptied at each start: inside
+    BentoML's metrics directory, which it wipes at start (a temporary one outside BentoML)."""
+    base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(base) / "classguard" / name if base else Path(tempfile.mkdtemp(prefix=f"classguard-{name}-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class MonitorsDisabled(Exception):
+    """Monitors are off (monitors.enabled: false): no events to report on."""
+
+
+class NoMonitors:
+    """The off switch: same interface, does nothing; asking for its events says it is off."""
+
+    alerts: dict[str, frozenset[str]] = {}
+    subgroups: list[str] = []
+
+    def model_index(self, model: str) -> int:
+        raise MonitorsDisabled("monitors are disabled (monitors.enabled: false)")
+
+    def recent_events(self, window_seconds: float, now: float | None = None) -> np.ndarray:
+        raise MonitorsDisabled("monitors are disabled (monitors.enabled: false)")
+
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+        return []
+
+    async def run(self) -> None:
+        return None
+
+    def publish(self) -> None:
+        return None
+
+
+def window_config(config: MonitorsConfig) -> WindowConfig:
+    return WindowConfig(
+        bucket_s=config.bucket_seconds, n_buckets=max(1, round(config.window_seconds / config.bucket_seconds)),
+        min_samples=config.min_samples, cusum_threshold=config.cusum_threshold, rate_ratio=config.rate_ratio,
+        rate_floor=config.rate_floor, js_threshold=config.js_threshold,
+    )
+
+
+def confusion_pairs(config: MonitorsConfig) -> list[ConfusionPair]:
+    return [ConfusionPair(p.source, p.target, p.margin, tuple(p.subgroups) if p.subgroups else None)
+            for p in config.known_confusions]
+
+
+class MonitorPipeline:
+    def __init__(self, config: MonitorsConfig, models: Sequence[str], profiles: Sequence[ReferenceProfile],
+                 subgroups: Sequence[str]) -> None:
+        self.config = config
+        self.window = window_config(config)
+        self.pairs = confusion_pairs(config)
+        self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
+        self.suite = MonitorSuite(*self._args)
+        self._merged = MonitorSuite(*self._args)
+        self.state_dir = config.state_dir or runtime_dir("monitors")
+        self.state_file = Path(self.state_dir) / f"worker-{os.getpid()}.npz"
+        self._queue: deque[tuple] = deque()
+        self._lock = threading.Lock()  # the timer thread and a report request may drain at once
+        # the latest events themselves, for on-demand drift reports (shared like the windows)
+        self.recent: deque[tuple] = deque(maxlen=config.report_events)
+        self._last_publish = 0.0
+        self.alerts: dict[str, frozenset[str]] = {}  # subgroup -> monitors alarming for it, as last published
+        self._pair_names = [p.name for p in self.pairs]
+
+    # -- request path ------------------------------------------------------------------------
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+        try:
+            return self._observe(model, subgroup, probs, predicted)
+        except Exception:  # a monitor bug costs this prediction its flags, never its answer
+            metrics.MONITOR_ERRORS.labels("observe").inc()
+            log.warning("monitor observe failed; the prediction is answered without flags", exc_info=True)
+            return []
+
+    def _observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+        m, s = self.suite.model_index[model], self.suite.subgroup_index[subgroup]
+        flags, mask = self.suite.flags(m, s, probs, predicted)
+        if flags:
+            if flags[0] == LOW_CONFIDENCE_FLAG:
+                metrics.ANOMALIES.labels(LOW_CONFIDENCE_FLAG, model, subgroup).inc()
+            for p, name in enumerate(self._pair_names):
+                if mask >> p & 1:
+                    metrics.ANOMALIES.labels("known_confusion", model, subgroup).inc()
+                    metrics.KNOWN_CONFUSIONS.labels(name, model, subgroup).inc()
+        if len(self._queue) >= self.config.queue_size:
+            metrics.MONITOR_DROPPED.inc()
+        else:
+            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask,
+                                self.suite.confidence.calibrated(m, probs)))
+        return flags
+
+    # -- background ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: drain, and publish when due. CPU work and file I/O run in a thread."""
+        while True:
+            await asyncio.sleep(DRAIN_SECONDS)
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # the pipeline must outlive any bug in it
+                metrics.MONITOR_ERRORS.labels("pipeline").inc()
+                log.exception("monitor tick failed")
+
+    def tick(self, now: float | None = None) -> None:
+        self.drain()
+        now = time.time() if now is None else now
+        if now - self._last_publish >= self.config.recompute_seconds:
+            self.publish(now)
+
+    def drain(self) -> int:
+        with self._lock:
+            rows = [self._queue.popleft() for _ in range(len(self._queue))]
+            if rows:
+                self.recent.extend(rows)
+                for name in self.suite.update_many(EventBatch.from_rows(rows)):
+                    metrics.MONITOR_ERRORS.labels(name).inc()
+                metrics.MONITOR_EVENTS.inc(len(rows))
+        return len(rows)
+
+    def publish(self, now: float | None = None) -> list[Score]:
+        started = time.perf_counter()
+        now = time.time() if now is None else now
+        self._write_state()
+        merged = self._merge_workers(now)
+        results = merged.results(now)
+        for name in results.errors:
+            metrics.MONITOR_ERRORS.labels(name).inc()
+        export(results.scores)
+        alarming: dict[str, set[str]] = {}
+        for s in results.scores:
+            if s.alarm and s.subgroup:
+                alarming.setdefault(s.subgroup, set()).add(s.monitor)
+        self.alerts = {k: frozenset(v) for k, v in alarming.items()}
+        self._last_publish = now
+        metrics.MONITOR_LAST_RUN.set(now)
+        metrics.MONITOR_RUN_DURATION.observe(time.perf_counter() - started)
+        return results.scores
+
+    def _write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        with self._lock:
+            state = self.suite.state()
+            recent = np.array(list(self.recent), dtype=np.float64).reshape(-1, len(EVENT_COLUMNS))
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **state, recent=recent)
+            os.replace(tmp, self.state_file)
+        except OSError:
+            metrics.MONITOR_ERRORS.labels("state").inc()
+            log.warning("could not write monitor state to %s", self.state_file, exc_info=True)
+
+    def _other_workers(self, now: float) -> Iterator[dict[str, np.ndarray]]:
+        """Every other live worker's last published state; stale and broken files are skipped."""
+        for path in sorted(Path(self.state_dir).glob("worker-*.npz")):
+            if path == self.state_file:
+                continue
+            try:
+                if now - path.stat().st_mtime > self.config.window_seconds + 60:
+                    path.unlink(missing_ok=True)  # a worker gone for longer than the window
+                    continue
+                with np.load(path) as arrays:
+                    yield {k: arrays[k] for k in arrays.files}
+            except (OSError, ValueError, KeyError, EOFError):
+                metrics.MONITOR_ERRORS.labels("state").inc()
+
+    def _merge_workers(self, now: float) -> MonitorSuite:
+        merged = self._merged
+        merged.reset()
+        with self._lock:
+            merged.merge(self.suite)
+        other = None
+        for arrays in self._other_workers(now):
+            try:
+                other = other or MonitorSuite(*self._args)
+                other.load_state(arrays)
+                merged.merge(other)
+            except (ValueError, KeyError):
+                metrics.MONITOR_ERRORS.labels("state").inc()
+        return merged
+
+    @property
+    def subgroups(self) -> list[str]:
+        return self.suite.subgroups
+
+    def model_index(self, model: str) -> int:
+        return self.suite.model_index[model]
+
+    def recent_events(self, window_seconds: float, now: float | None = None) -> np.ndarray:
+        """The last events of every worker within `window_seconds`, columns EVENT_COLUMNS
+        (this worker's up to now, the others' as of their last publish)."""
+        now = time.time() if now is None else now
+        self.drain()
+        parts = [np.array(list(self.recent), dtype=np.float64).reshape(-1, len(EVENT_COLUMNS))]
+        parts += [arrays["recent"] for arrays in self._other_workers(now) if "recent" in arrays]
+        rows = np.concatenate(parts)
+        return rows[rows[:, COLUMN["t"]] >= now - window_seconds]
+
+
+def export(scores: Sequence[Score]) -> None:
+    samples: dict[tuple[str, str, str], int] = {}
+    for s in scores:
+        labels = (s.monitor, s.statistic, s.model, s.subgroup, s.pair)
+        metrics.MONITOR_SCORE.labels(*labels).set(s.value)
+        if s.reference is not None:
+            metrics.MONITOR_REFERENCE.labels(*labels).set(s.reference)
+        if s.statistic in DECISIONS:
+            metrics.MONITOR_ALARM.labels(*labels).set(1.0 if s.alarm else 0.0)
+        samples[(s.monitor, s.model, s.subgroup)] = s.samples
+    for (monitor, model, subgroup), n in samples.items():
+        metrics.MONITOR_SAMPLES.labels(monitor, model, subgroup).set(n)

@@ -1,0 +1,175 @@
+"""From prepared images to answers: models, monitors and the guardrail chain together.
+
+For each image: routes without flag conditions pick the model; that model runs (a route
+target under its timeout, falling back to the primary); the monitors flag its output;
+routes with flag conditions may send a primary answer to its target; answer guardrails
+change what is emitted; shadows are scheduled off the response path. One chain reference
+is taken per request, so a swap never mixes two chains in one response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from guardrails.chain import Chain
+from guardrails.core import Answer, Decision, Request
+from monitors.keys import subgroup_key
+from service import metrics
+
+logger = logging.getLogger("classguard")
+Batcher = Callable[[np.ndarray], Awaitable[np.ndarray]]  # a batch of inputs -> their probabilities
+
+
+class ActiveChain(Protocol):
+    chain: Chain  # read once per request
+
+
+class Monitors(Protocol):
+    alerts: Mapping[str, frozenset[str]]
+
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]: ...
+
+
+class AnswerLog(Protocol):
+    def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str, subgroup: str,
+               image: bytes | None = None) -> None: ...
+
+
+class Serving:
+    def __init__(self, *, models: Mapping[str, Any], primary: str, batchers: Mapping[str, Batcher],
+                 shadow_batchers: Mapping[str, Batcher], monitors: Monitors, chain: ActiveChain, log: AnswerLog,
+                 top_k: int, shadow_limit: int) -> None:
+        self.models, self.primary, self.batchers = models, models[primary], batchers
+        self.shadow_batchers, self.monitors, self.guardrails = shadow_batchers, monitors, chain
+        self.log, self.top_k, self.shadow_limit = log, top_k, shadow_limit
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    async def answer_all(self, pixels: np.ndarray, subgroups: Sequence[dict[str, str]], request_ids: Sequence[str],
+                         correlation_ids: Sequence[str | None] | None = None,
+                         images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
+        chain = self.guardrails.chain
+        alerts = self.monitors.alerts
+        keys = [subgroup_key(s) for s in subgroups]
+        requests = [Request(rid, s, k, alerts.get(k, frozenset())) for rid, s, k in zip(request_ids, subgroups, keys)]
+        trace: list[list[Decision]] = [[] for _ in requests]
+
+        served = [self.primary.name] * len(requests)
+        for i, request in enumerate(requests):
+            decision = chain.route(request)
+            if decision is not None:
+                served[i] = decision.model
+                trace[i].append(decision)
+        probs = await self._run(pixels, served, trace, chain)
+        flags = [self.monitors.observe(m, k, p, int(np.argmax(p))) for m, k, p in zip(served, keys, probs)]
+
+        rerun = {}
+        for i, request in enumerate(requests):
+            if served[i] == self.primary.name:
+                decision = chain.route(request, flags[i])
+                if decision is not None:
+                    rerun[i] = decision
+        if rerun:
+            idx = sorted(rerun)
+            targets = [rerun[i].model for i in idx]
+            sub_trace = [trace[i] + [rerun[i]] for i in idx]
+            new = await self._run(pixels[idx], targets, sub_trace, chain)
+            for j, i in enumerate(idx):
+                served[i], trace[i], probs[i] = targets[j], sub_trace[j], new[j]
+                if targets[j] != self.primary.name:
+                    flags[i] = self.monitors.observe(targets[j], keys[i], new[j], int(np.argmax(new[j])))
+
+        results = []
+        for i, request in enumerate(requests):
+            model = self.models[served[i]]
+            answer = Answer.of(model.name, model.profile.labels, probs[i], flags[i])
+            answer = chain.answer(request, answer)
+            decisions = trace[i] + list(answer.decisions)
+            for decision in chain.shadows(request):
+                decisions.append(decision)
+                self._shadow(decision.model, pixels[i], answer, keys[i])
+            rendered = self._render(request, model, answer, decisions,
+                                    correlation_ids[i] if correlation_ids is not None else None)
+            self.log.record(rendered, answer.probs, chain.config_hash, model.tag, request.subgroup_key,
+                            images[i] if images is not None else None)
+            results.append(rendered)
+        return results
+
+    async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]], chain) -> list[np.ndarray]:
+        """Each image through its model, one batch per model; a failing target falls back."""
+        out: list[np.ndarray | None] = [None] * len(served)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, name in enumerate(served):
+            groups[name].append(i)
+
+        async def run_group(name: str, idx: list[int]) -> None:
+            batch = pixels[idx]
+            if name == self.primary.name:
+                result = await self.batchers[name](batch)
+            else:
+                try:
+                    result = await asyncio.wait_for(self.batchers[name](batch), chain.timeout_s(name))
+                except Exception as exc:  # the target failed or timed out: the primary answers
+                    reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
+                    metrics.ROUTE_FALLBACKS.labels(name, reason).inc(len(idx))
+                    logger.warning("route target %s failed (%s); primary answers", name, reason)
+                    for i in idx:
+                        served[i] = self.primary.name
+                        trace[i].append(Decision("route", "fallback", f"{name} {reason}: {type(exc).__name__}",
+                                                 model=self.primary.name))
+                    result = await self.batchers[self.primary.name](batch)
+            for j, i in enumerate(idx):
+                out[i] = result[j]
+
+        await asyncio.gather(*(run_group(name, idx) for name, idx in groups.items()))
+        return out  # type: ignore[return-value]
+
+    def _shadow(self, name: str, pixels: np.ndarray, answer: Answer, key: str) -> None:
+        if len(self._shadow_tasks) >= self.shadow_limit:
+            metrics.SHADOW_SKIPPED.labels(name, "busy").inc()
+            return
+        task = asyncio.create_task(self._compare(name, pixels, answer, key))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _compare(self, name: str, pixels: np.ndarray, answer: Answer, key: str) -> None:
+        try:
+            probs = (await self.shadow_batchers[name](pixels[None]))[0]
+        except Exception:
+            metrics.SHADOW_SKIPPED.labels(name, "error").inc()
+            return
+        theirs = metrics.class_label(self.models[name].profile.labels, int(np.argmax(probs)))
+        ours = metrics.class_label(answer.labels, answer.label)
+        outcome = "agree" if theirs == ours else "flip"
+        metrics.SHADOW_COMPARISONS.labels(name, key, outcome).inc()
+        if outcome == "flip":
+            metrics.SHADOW_FLIPS.labels(name, key, ours, theirs).inc()
+
+    def _render(self, request: Request, model, answer: Answer, decisions: list[Decision],
+                correlation: str | None) -> dict[str, Any]:
+        key = request.subgroup_key
+        emitted = answer.labels[answer.label] if answer.label is not None else None
+        best = answer.label if answer.label is not None else answer.best_allowed()
+        confidence = float(answer.probs[best]) if best is not None else 0.0
+        metrics.PREDICTIONS.labels(model.name, key, metrics.class_label(answer.labels, answer.label)).inc()
+        metrics.CONFIDENCE.labels(model.name, key).observe(confidence)
+        if model.name != self.primary.name:
+            metrics.ROUTED.labels(model.name, key).inc()
+        for d in decisions:
+            metrics.GUARDRAIL_ACTIONS.labels(d.guardrail, d.action, key).inc()
+        return {
+            "request_id": request.request_id,
+            "correlation_id": correlation,
+            "label": emitted,
+            "confidence": round(confidence, 6),
+            "top_k": [{"label": name, "probability": round(p, 6)} for name, p in answer.top_k(self.top_k)],
+            "abstained": answer.abstained,
+            "model": model.tag,
+            "subgroup": dict(request.subgroup),
+            "guardrails": [d.as_dict() for d in decisions],
+            "flags": list(answer.flags),
+        }

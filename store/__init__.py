@@ -1,0 +1,1 @@
+"""Everything classguard persists: the prediction log, feedback, replay, the model store layout."""

@@ -1,0 +1,93 @@
+"""The request path with guardrails, in-process with stand-in models: route fallback on a
+failing or slow target, and shadows that never change the answer."""
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+
+from guardrails.answers import AllowAll
+from guardrails.chain import Chain
+from guardrails.routing import Route, Shadow
+from runtime.monitor_pipeline import NoMonitors
+from store.prediction_log import NoLog
+from runtime.serving import Serving
+
+LABELS = tuple("0123456789")
+
+
+def model(name):
+    return SimpleNamespace(name=name, tag=f"{name}:v1", profile=SimpleNamespace(labels=LABELS))
+
+
+def probs_for(label):
+    p = np.full(10, 0.02)
+    p[label] = 0.82
+    return p
+
+
+def make_serving(chain, target_behaviour="ok"):
+    async def primary(x):
+        return np.stack([probs_for(1)] * len(x))
+
+    async def target(x):
+        if target_behaviour == "error":
+            raise RuntimeError("target down")
+        if target_behaviour == "slow":
+            await asyncio.sleep(1.0)
+        return np.stack([probs_for(7)] * len(x))
+
+    return Serving(models={"base": model("base"), "fixed": model("fixed")}, primary="base",
+                   batchers={"base": primary, "fixed": target}, shadow_batchers={"base": primary, "fixed": target},
+                   monitors=NoMonitors(), chain=SimpleNamespace(chain=chain), log=NoLog(), top_k=3, shadow_limit=8)
+
+
+def serve(serving, n=1, subgroup="phone"):
+    async def go():
+        out = await serving.answer_all(np.zeros((n, 1, 8, 8), np.float32), [{"capture": subgroup}] * n,
+                                       [f"r{i}" for i in range(n)])
+        await asyncio.sleep(0.05)  # let shadow tasks finish
+        return out
+
+    return asyncio.run(go())
+
+
+ROUTE = Route("fixed", subgroups=["capture=phone"], timeout_ms=100)
+
+
+def test_route_answers_with_the_target():
+    """Phone requests are answered by the target model and the trace says why."""
+    [out] = serve(make_serving(Chain([ROUTE, AllowAll()])))
+    assert out["model"] == "fixed:v1" and out["label"] == "7"
+    assert out["guardrails"][0] == {"guardrail": "route", "action": "route", "reason": "subgroup capture=phone"}
+
+
+def test_failing_target_falls_back_to_the_primary():
+    """A target that raises: the primary answers, and the fallback is in the trace."""
+    [out] = serve(make_serving(Chain([ROUTE]), "error"))
+    assert out["model"] == "base:v1" and out["label"] == "1"
+    assert [d["action"] for d in out["guardrails"]] == ["route", "fallback"]
+    assert "error" in out["guardrails"][1]["reason"]
+
+
+def test_slow_target_times_out_to_the_primary():
+    """A target slower than timeout_ms: the primary answers within about the timeout."""
+    serving = make_serving(Chain([ROUTE]), "slow")
+    [out] = serve(serving)
+    assert out["model"] == "base:v1" and "timeout" in out["guardrails"][1]["reason"]
+
+
+def test_shadow_never_changes_the_answer():
+    """With a shadow of a model that disagrees on every image, answers equal the unshadowed ones
+    except for the shadow entry in the trace."""
+    plain = serve(make_serving(Chain([AllowAll()])), n=20)
+    shadowed = serve(make_serving(Chain([AllowAll(), Shadow("fixed", share=1.0)])), n=20)
+    for a, b in zip(plain, shadowed):
+        assert {k: v for k, v in a.items() if k != "guardrails"} == {k: v for k, v in b.items() if k != "guardrails"}
+        assert b["guardrails"][-1]["action"] == "shadow"
+
+
+def test_unrouted_requests_never_touch_the_target():
+    """Scanner requests are served by the primary alone even when the target is down."""
+    [out] = serve(make_serving(Chain([ROUTE]), "error"), subgroup="scanner")
+    assert out["model"] == "base:v1" and out["guardrails"] == []

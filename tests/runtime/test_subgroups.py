@@ -1,0 +1,58 @@
+"""Subgroup resolution never produces a value outside the configured set."""
+
+import numpy as np
+
+from service.config import AttributeConfig
+from runtime.derived import capture_from_border
+from monitors.keys import subgroup_key
+from runtime.subgroups import SubgroupResolver
+from training.digits import build_incident
+
+ATTRS = {"capture": AttributeConfig(values=["scanner", "phone"], derive="runtime.derived:capture_from_border"),
+         "region": AttributeConfig(values=["eu", "us"])}
+DARK, BRIGHT = np.zeros((1, 8, 8), np.float32), np.full((1, 8, 8), 0.7, np.float32)
+
+
+def test_unknown_and_malformed_values_become_other():
+    """Undeclared values, non-strings and missing attributes without a deriver map to `other`."""
+    resolver = SubgroupResolver(ATTRS)
+    assert resolver.resolve({"capture": "fax", "region": 7}, DARK) == {"capture": "other", "region": "other"}
+    assert resolver.resolve({"capture": "phone"}, DARK) == {"capture": "phone", "region": "other"}
+
+
+def test_derived_attribute_fills_in_when_client_is_silent():
+    """Without a client value the deriver decides; with one, the client wins unless prefer=derived."""
+    assert SubgroupResolver(ATTRS).resolve(None, BRIGHT)["capture"] == "phone"
+    assert SubgroupResolver(ATTRS).resolve({"capture": "scanner"}, BRIGHT)["capture"] == "scanner"
+    prefer = {"capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive, prefer="derived")}
+    assert SubgroupResolver(prefer).resolve({"capture": "scanner"}, BRIGHT)["capture"] == "phone"
+
+
+def test_keys_enumerate_every_possible_label_value():
+    """`keys()` lists every combination including `other`, and resolve() only produces those."""
+    resolver = SubgroupResolver(ATTRS)
+    keys = resolver.keys()
+    assert len(keys) == 9 and "capture=other,region=other" in keys
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        context = {"capture": str(rng.integers(5)), "region": rng.choice(["eu", "xx"])}
+        assert subgroup_key(resolver.resolve(context, DARK)) in keys
+
+
+def test_capture_inference_agrees_with_truth_on_test_split():
+    """The demo's derived `capture` matches the true capture on at least 99% of test images."""
+    test = build_incident().test
+    inferred = np.array([capture_from_border(img[None].astype(np.float32) / 255) for img in test.images])
+    assert np.mean(inferred == test.captures) >= 0.99
+
+
+def test_resolve_many_equals_resolve_image_by_image():
+    """The batch form of the capture inference gives, image by image, what resolving each
+    image alone gives: client values, derived values and `other` alike, for both preferences."""
+    pixels = build_incident().test.images[:, None].astype(np.float32) / 255.0
+    contexts = [None, {"capture": "phone"}, {"capture": "bogus", "region": "eu"}, {}] * (len(pixels) // 4)
+    prefer = {**ATTRS, "capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive,
+                                                   prefer="derived")}
+    for attributes in (ATTRS, prefer):
+        resolver = SubgroupResolver(attributes)
+        assert resolver.resolve_many(contexts, pixels) == [resolver.resolve(c, p) for c, p in zip(contexts, pixels)]

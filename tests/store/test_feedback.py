@@ -1,0 +1,104 @@
+"""Feedback joins true labels with logged answers: each item judged alone, one transaction,
+metrics moved only once it committed, and concurrent posts for one answer never fail."""
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from store import feedback
+from service.config import LogConfig
+from store.prediction_log import PredictionLog, connect
+
+LABELS = {"base": [str(d) for d in range(10)]}
+
+
+def counted() -> float:
+    return sum(REGISTRY.get_sample_value("classguard_feedback_total", {"model": "base", "subgroup": "capture=phone",
+                                                                        "outcome": o}) or 0.0
+               for o in ("correct", "wrong", "abstained"))
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(LogConfig(path=path))
+    for i in range(50):
+        log.record({"request_id": f"r{i}", "correlation_id": "shared" if i < 2 else f"c{i}", "label": "3",
+                    "confidence": 0.5, "abstained": False, "flags": [], "guardrails": [], "top_k": []},
+                   np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    log.flush()
+    return path
+
+
+def test_each_item_gets_its_own_result(db):
+    """recorded, duplicate, conflict, unknown, bad label, invalid id, ambiguous and by-correlation items in one post."""
+    conn = connect(db)
+    items = [("r5", "3"), ("r5", "3"), ("r5", "4"), ("nope", "3"), ("r6", "zero"), ("\ud800", "3"),
+             ("shared", "3"), ("c7", "2")]
+    results = feedback.record(conn, items, LABELS, [])
+    assert [r["result"] for r in results] == ["recorded", "duplicate", "conflict", "unknown_request",
+                                              "unknown_label", "invalid_request_id", "ambiguous_request_id", "recorded"]
+    assert results[5]["request_id"] is None and "r0" in results[6]["detail"] and "r1" in results[6]["detail"]
+    assert results[7]["request_id"] == "r7" and results[7]["correlation_id"] == "c7"
+
+
+class FailingConnection:
+    """A real connection whose third feedback insert fails, as a disk error would."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.inserts = conn, 0
+
+    def execute(self, sql, args=()):
+        if sql.startswith("INSERT INTO feedback"):
+            self.inserts += 1
+            if self.inserts == 3:
+                raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, args)
+
+    def commit(self):
+        self.conn.commit()
+
+    def rollback(self):
+        self.conn.rollback()
+
+
+def test_a_batch_that_fails_part_way_moves_no_metric(db):
+    """The third of four inserts fails: the batch is rolled back, and no feedback metric moved."""
+    conn = connect(db)
+    before = counted()
+    with pytest.raises(sqlite3.OperationalError):
+        feedback.record(FailingConnection(conn), [(f"r{i}", "3") for i in range(10, 14)], LABELS, [])
+    assert counted() == before
+    assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 0
+    assert {r["result"] for r in feedback.record(conn, [(f"r{i}", "3") for i in range(10, 14)], LABELS, [])} == {"recorded"}
+    assert counted() == before + 4
+
+
+def test_concurrent_posts_for_one_answer_are_each_recorded_or_duplicate(db):
+    """8 threads, each on its own connection, post the same labels for 40 answers at once: no error,
+    exactly one `recorded` per answer, every other answer a `duplicate`, counted once."""
+    before = counted()
+    results, errors = [], []
+    start = threading.Barrier(8)
+
+    def post():
+        conn = connect(db)
+        start.wait()
+        try:
+            for i in range(10, 50):
+                results.extend(feedback.record(conn, [(f"r{i}", "3")], LABELS, []))
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(r["result"] == "recorded" for r in results) == 40
+    assert sum(r["result"] == "duplicate" for r in results) == 7 * 40
+    assert counted() == before + 40
