@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 
 from runtime.chain_config import check_profile_name
 from runtime.monitor_pipeline import MonitorsDisabled
@@ -73,7 +73,7 @@ def endpoint_names() -> list[str]:
 def endpoint_templates() -> list[tuple[str, str]]:
     """(regular expression of the full path, its template) for admin paths with parameters."""
     templates = {path for path, _, _ in ROUTES if "{" in path}
-    return [(MOUNT + Route(path, lambda r: None).path_regex.pattern.lstrip("^").rstrip("$"), f"{MOUNT}{path}")
+    return [(MOUNT + compile_path(path)[0].pattern.lstrip("^").rstrip("$"), f"{MOUNT}{path}")
             for path in sorted(templates)]
 
 
