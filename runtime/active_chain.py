@@ -88,8 +88,12 @@ class GuardrailRuntime:
         # one swap at a time across workers, each starting from the chain that is really active
         with self.store.locked():
             self.sync()
-            old, self.chain = self.chain, new
-            self._share(new, old, source)
+            try:  # shared first: a chain the other workers cannot see is never installed here alone
+                self._share(new, self.chain, source)
+            except OSError:
+                metrics.GUARDRAIL_SWAPS.labels("refused").inc()
+                raise
+            self.chain = new
         self._publish_info(new)
         metrics.GUARDRAIL_SWAPS.labels("applied").inc()
         return new

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -118,10 +119,13 @@ class Admin:
             try:
                 recent = await asyncio.to_thread(self.monitors.recent_events, window, time.time())
                 body, media = await asyncio.to_thread(
-                    build, model.reference_rows(), recent, self.monitors.model_index(model.name), model.name,
-                    model.profile.labels, self.monitors.subgroups, window, fmt)
+                    lambda: build(model.reference_rows(), recent, self.monitors.model_index(model.name), model.name,
+                                  model.profile.labels, self.monitors.subgroups, window, fmt))
             except (NotEnoughData, MonitorsDisabled) as exc:
                 raise InputError("not_enough_data", str(exc)) from None
+            except FileNotFoundError:
+                raise InputError("not_enough_data", f"{model.name} was stored without reference predictions; "
+                                 "import it again to compare against them") from None
             return Response(body, media_type=media)
 
         return await self._guarded(request, work)
@@ -129,7 +133,7 @@ class Admin:
     async def show_guardrails(self, request: Request) -> Response:
         async def work():
             runtime = self.chain
-            runtime.sync()  # this worker may not have picked up a swap made on another yet
+            await asyncio.to_thread(runtime.sync)  # this worker may not have picked up a swap made on another yet
             return {**runtime.describe(), "guardrails": [g.name for g in runtime.chain.guardrails]}
 
         return await self._guarded(request, work)
@@ -147,7 +151,8 @@ class Admin:
                 raise InputError("bad_parameter", 'send a JSON object: {"profile": NAME[, "chain": [...]]}')
             try:
                 check_profile_name(body["profile"])
-                chain = self.chain.swap(profile=body["profile"], chain=body.get("chain"))
+                # off the event loop: a swap waits for the workers' lock and writes files
+                chain = await asyncio.to_thread(self.chain.swap, profile=body["profile"], chain=body.get("chain"))
             except ValueError as exc:  # pydantic's ValidationError is a ValueError too
                 raise InputError("invalid_guardrails", str(exc)) from None
             return {"profile": chain.profile, "hash": chain.config_hash, "applied": True}
@@ -175,6 +180,8 @@ class Admin:
                                flagged_only=p.get("flagged") in ("1", "true"), before=p.get("before"), limit=limit)
             except ValueError as exc:
                 raise InputError("bad_parameter", str(exc)) from None
+            if filters["before"] is not None and not is_lookup_id(filters["before"]):
+                raise InputError("bad_parameter", "before is the request id of the last row of the previous page")
             return await asyncio.to_thread(self._page, filters, fmt)
 
         return await self._guarded(request, work)
@@ -183,6 +190,10 @@ class Admin:
         """One page of the log, read and rendered in a worker thread."""
         from store import prediction_log
 
+        if filters["before"] is not None and self._read(prediction_log.get, filters["before"]) is None:
+            # an empty page would read as the end of the log
+            raise InputError("not_found", "no logged answer has the request id in `before` (it may have aged out "
+                                          "of the log); start again without it")
         records = self._read(prediction_log.query, **filters)
         after = records[-1]["request_id"] if len(records) == filters["limit"] else None
         headers = {"X-Next-Before": after} if after else {}
@@ -236,7 +247,7 @@ def _json(value) -> bytes:
 
 
 def _count(text: str, name: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
         raise InputError("bad_parameter", f"{name} must be a whole number within {low}..{high}")
     return int(text)
 

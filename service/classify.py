@@ -42,8 +42,9 @@ class Prepared:
 
 class ClassifyEndpoints:
     def __init__(self, *, serving: Serving, resolver: SubgroupResolver, spec: InputSpec, limits: LimitsConfig,
-                 model_tag: str) -> None:
+                 model_tag: str, hash_images: bool) -> None:
         self.serving, self.resolver, self.spec, self.limits, self.model_tag = serving, resolver, spec, limits, model_tag
+        self.hash_images = hash_images  # the log hashes each image: hand it the bytes
 
     def prepare(self, upload: Upload, raw_context: Any) -> Prepared:
         limits = self.limits
@@ -137,11 +138,11 @@ class ClassifyEndpoints:
             unit = unit if len(idx) == len(unit) else unit[idx]
             subgroups = self.resolver.resolve_many([c for _, c in ready], unit)
             await self._answer_slots(results, idx, normalise(unit, self.spec), subgroups, request_id, correlation,
-                                     [u.tobytes() for u in unit])
+                                     [u.tobytes() for u in unit] if self.hash_images else None)
         return {"request_id": request_id, "correlation_id": correlation, "model": self.model_tag, "results": results}
 
     async def _answer_slots(self, results: list, idx: list[int], pixels: np.ndarray, subgroups: list[dict[str, str]],
-                            request_id: str, correlation: str | None, images: list[bytes]) -> None:
+                            request_id: str, correlation: str | None, images: list[bytes] | None) -> None:
         """Answer the images that passed preparation into their slots of `results`."""
         answers = await self.serving.answer_all(pixels, subgroups, [slot_id(request_id, i) for i in idx],
                                                 [slot_id(correlation, i) for i in idx], images)

@@ -58,7 +58,7 @@ class FeedbackEndpoint:
         return items
 
     def _record(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        self.log.flush()  # this worker's newest answers are findable at once
+        self.log.flush(retention=False)  # this worker's newest answers are findable at once
         try:
             return self.log.read(feedback.record, items, self.labels_of, self.pairs)
         except LogDisabled:

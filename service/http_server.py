@@ -78,7 +78,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # still answering the previous request; its own timeout applies
+            # still answering the previous request (a pipelined head waits for it): look again later
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+            return
         self._refuse("request_timeout", f"request line and headers did not arrive within {self.head_timeout_s} s")
 
     def _refuse(self, reason: str, detail: str) -> None:

@@ -37,7 +37,8 @@ class Classguard:
 
         engine = self.engine = Engine(settings)
         self.endpoints = ClassifyEndpoints(serving=engine.serving, resolver=engine.resolver, spec=engine.spec,
-                                           limits=settings.limits, model_tag=engine.primary.tag)
+                                           limits=settings.limits, model_tag=engine.primary.tag,
+                                           hash_images=settings.log.store_image_hash)
         self.feedback_endpoint = FeedbackEndpoint(
             token=settings.feedback_token, log=engine.log, limits=settings.limits, labels_of=engine.labels_of(),
             pairs=[(p.source, p.target) for p in settings.monitors.known_confusions])

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -139,7 +140,7 @@ class NoLog:
     async def run(self) -> None:
         return None
 
-    def flush(self, now: float | None = None) -> int:
+    def flush(self, now: float | None = None, *, retention: bool = True) -> int:
         return 0
 
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -156,8 +157,9 @@ class PredictionLog:
         self._last_retention = 0.0
 
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(connection, ...)` on a connection of its own: lookups never share the writer's."""
-        conn = connect(self.config.path, self.config.busy_timeout_seconds)
+        """`fn(connection, ...)` on a connection of its own: lookups never share the writer's
+        (the schema is already in place: this log created it)."""
+        conn = sqlite3.connect(self.config.path, timeout=self.config.busy_timeout_seconds)
         try:
             return fn(conn, *args, **kwargs)
         finally:
@@ -200,14 +202,15 @@ class PredictionLog:
                 metrics.LOG_ERRORS.labels("flush").inc()
                 log.exception("prediction log flush failed")
 
-    def flush(self, now: float | None = None) -> int:
-        """Write what is queued; the number of rows written."""
+    def flush(self, now: float | None = None, *, retention: bool = True) -> int:
+        """Write what is queued; the number of rows written. A request that only needs its
+        rows findable passes retention=False: retention is the background flush's work."""
         with self._lock:
             self._reopen_if_replaced()
             rows = [self._queue.popleft() for _ in range(len(self._queue))]
             written = self._write(rows) if rows else 0
             now = time.time() if now is None else now
-            if now - self._last_retention >= self.config.retention_check_seconds:
+            if retention and now - self._last_retention >= self.config.retention_check_seconds:
                 self._enforce_retention(now)
         return written
 
@@ -344,11 +347,12 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     now = time.time() if now is None else now
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text[-1:] in units:
-            return now - float(text[:-1]) * units[text[-1]]
-        return float(text)
+        value = now - float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
-        raise ValueError(f"expected e.g. 15m, 2h, 1d or Unix seconds, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"expected e.g. 15m, 2h, 1d or Unix seconds, got {text[:40]!r}")
+    return value
 
 
 def export(records: list[dict[str, Any]], fmt: str) -> str:

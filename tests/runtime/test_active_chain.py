@@ -168,3 +168,20 @@ def test_a_swap_in_the_same_file_time_tick_still_reaches_another_worker(worker):
     new = one.swap(profile="route_phone_to_retrained")
     os.utime(worker.shared_file, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # as a coarse clock would stamp it
     assert two.sync() is True and two.chain.config_hash == new.config_hash
+
+
+def test_a_swap_that_cannot_be_shared_is_installed_nowhere(worker, monkeypatch):
+    """When writing the shared chain fails (disk full), the swapping worker keeps its chain too, the
+    swap is counted as refused, and the workers still agree."""
+    one, two = worker(), worker()
+    before, refused = one.chain.config_hash, swaps("refused")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(one.store, "publish", full_disk)
+    with pytest.raises(OSError):
+        one.swap(profile="route_phone_to_retrained")
+    assert one.chain.config_hash == before and swaps("refused") == refused + 1
+    two.sync()
+    assert two.chain.config_hash == before

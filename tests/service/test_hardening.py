@@ -263,3 +263,14 @@ def test_routing_errors_are_json_and_counted(live):
     scraped = promtext.scrape(live.url)
     for reason in ("not_found", "method_not_allowed", "malformed_request"):
         assert promtext.total(scraped, "classguard_rejected_requests_total", endpoint="http", reason=reason) >= 1
+
+
+def test_a_page_cursor_that_names_no_row_is_refused_not_an_empty_page(live):
+    """`before` naming no logged answer (aged out, or made up) is a 404 saying so, and `limit`
+    written in other digits (²) a 400: neither reads as the end of the log or fails inside."""
+    r = httpx.get(f"{live.url}/admin/predictions", params={"before": "gone-0"}, headers=AUTH)
+    assert r.status_code == 404 and "before" in r.json()["detail"]
+    r = httpx.get(f"{live.url}/admin/predictions", params={"limit": "²"}, headers=AUTH)
+    assert r.status_code == 400 and "1..1000" in r.json()["detail"]
+    r = httpx.get(f"{live.url}/admin/predictions", params={"since": "nan"}, headers=AUTH)
+    assert r.status_code == 400

@@ -198,3 +198,15 @@ def test_pages_continue_after_the_last_row_seen(tmp_path):
             break
         before = page[-1]["request_id"]
     assert len(seen) == len(set(seen)) == 250
+
+
+def test_since_refuses_what_is_not_a_finite_time():
+    """`nan`, `inf`, `1e999` and `infm` are refused like any other bad value, not read as no bound."""
+    import pytest
+
+    from store.prediction_log import parse_since
+
+    for text in ("nan", "inf", "1e999", "infm", "15x", ""):
+        with pytest.raises(ValueError, match="15m, 2h"):
+            parse_since(text)
+    assert parse_since("15m", now=1000.0) == 100.0
