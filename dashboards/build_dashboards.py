@@ -15,6 +15,20 @@ OUT = Path(__file__).parent / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "classguard-prometheus"}
 R = "$__rate_interval"
 
+# Fleet-wide: Prometheus scrapes every replica as its own target (labels `instance`, `pod`), so a
+# bare series would draw one line per replica. Counters are summed over replicas (`sum by`).
+# Monitor gauges go through fleet(): the worst replica, as the alerts see it (max for statistics
+# where higher is worse, min for mean confidence); references are the same on every replica.
+# Info gauges are counted per distinct value (how many replicas run it: a split shows). Only the
+# scrape panels (Targets up, Scrape duration) stay per instance, as ClassguardTargetDown does.
+FLEET = "without (instance, pod)"
+
+
+def fleet(expr: str, how: str = "max") -> str:
+    """A per-replica gauge reduced to one series per fleet (job, subgroup, model, pair...)."""
+    return f"{how} {FLEET} ({expr})"
+
+
 OVERVIEW = [
     ("Traffic per subgroup", "timeseries", "reqps", [
         ("{{subgroup}} ({{model}})", f"sum by (model, subgroup) (rate(classguard_predictions_total[{R}]))")]),
@@ -25,14 +39,14 @@ OVERVIEW = [
         ("p50 {{endpoint}}", f"histogram_quantile(0.5, sum by (le, endpoint) (rate(classguard_request_duration_seconds_bucket[{R}])))"),
         ("p99 {{endpoint}}", f"histogram_quantile(0.99, sum by (le, endpoint) (rate(classguard_request_duration_seconds_bucket[{R}])))")]),
     ("Subgroup share vs training share", "timeseries", "percentunit", [
-        ("live {{subgroup}}", 'classguard_monitor_score{monitor="representation", statistic="share"}'),
-        ("training {{subgroup}}", 'classguard_monitor_reference{monitor="representation", statistic="share"}')]),
+        ("live {{subgroup}}", fleet('classguard_monitor_score{monitor="representation", statistic="share"}')),
+        ("training {{subgroup}}", fleet('classguard_monitor_reference{monitor="representation", statistic="share"}'))]),
     ("Drift scores", "timeseries", "none", [
-        ("{{monitor}} {{statistic}} {{model}} {{subgroup}}", 'classguard_monitor_score{statistic=~"js_distance|psi"}')]),
+        ("{{monitor}} {{statistic}} {{model}} {{subgroup}}", fleet('classguard_monitor_score{statistic=~"js_distance|psi"}'))]),
     ("Monitor alarms", "stat", "none", [
-        ("{{monitor}} {{subgroup}} {{pair}}", "sum by (monitor, subgroup, pair) (classguard_monitor_alarm)")]),
+        ("{{monitor}} {{subgroup}} {{pair}}", "max by (monitor, subgroup, pair) (classguard_monitor_alarm)")]),
     ("Mean confidence per subgroup", "timeseries", "percentunit", [
-        ("{{subgroup}} ({{model}})", 'classguard_monitor_score{monitor="confidence", statistic="mean_confidence"}')]),
+        ("{{subgroup}} ({{model}})", fleet('classguard_monitor_score{monitor="confidence", statistic="mean_confidence"}', "min"))]),
     ("Known confusions per pair", "timeseries", "reqps", [
         ("{{pair}} {{subgroup}}", f"sum by (pair, subgroup) (rate(classguard_known_confusion_detections_total[{R}]))")]),
     ("Guardrail actions", "timeseries", "reqps", [
@@ -45,14 +59,15 @@ OVERVIEW = [
     ("Shadow agreement", "timeseries", "percentunit", [
         ("{{model}} {{subgroup}}", f'sum by (model, subgroup) (rate(classguard_shadow_comparisons_total{{outcome="agree"}}[{R}])) / sum by (model, subgroup) (rate(classguard_shadow_comparisons_total[{R}]))')]),
     ("Active guardrail config", "table", "none", [
-        ("{{profile}} {{hash}}", "classguard_guardrail_config_info == 1")]),
+        ("{{profile}} {{hash}}", "count by (profile, hash) (classguard_guardrail_config_info == 1)")]),
     ("Monitor pipeline", "timeseries", "none", [
         ("events/s", f"sum(rate(classguard_monitor_events_total[{R}]))"),
         ("dropped/s", f"sum(rate(classguard_monitor_events_dropped_total[{R}]))"),
-        ("seconds since last run", "time() - max(classguard_monitor_last_run_timestamp_seconds)")]),
+        ("seconds since last run (stalest replica)", "time() - min(classguard_monitor_last_run_timestamp_seconds)")]),
     ("Inference batch size", "timeseries", "none", [
         ("{{model}}", f"sum by (model) (rate(classguard_inference_batch_size_sum[{R}])) / sum by (model) (rate(classguard_inference_batch_size_count[{R}]))")]),
-    ("Models", "table", "none", [("{{model}} {{version}} {{role}} {{device}}", "classguard_model_info == 1")]),
+    ("Models", "table", "none", [("{{model}} {{version}} {{role}} {{device}}",
+                                   "count by (model, version, role, device, precision) (classguard_model_info == 1)")]),
     # Prometheus's own series about the scrape (ClassguardTargetDown): 0 means every panel above is blind.
     ("Targets up", "stat", "none", [("{{instance}}", 'up{job="classguard"}')]),
     ("Scrape duration", "timeseries", "s", [("{{instance}}", 'scrape_duration_seconds{job="classguard"}')]),
@@ -61,29 +76,32 @@ OVERVIEW = [
 SEL = 'model="$model", subgroup="$subgroup"'
 
 
-def live_and_reference(monitor: str, statistic: str, legend: str = "") -> list[tuple[str, str]]:
-    """A monitor statistic of the selected model and subgroup beside its reference value."""
+def live_and_reference(monitor: str, statistic: str, legend: str = "", how: str = "max") -> list[tuple[str, str]]:
+    """A monitor statistic of the selected model and subgroup (its worst replica, by `how`)
+    beside its reference value."""
     match = f'monitor="{monitor}", statistic="{statistic}", {SEL}'
-    return [(f"{legend}live", f"classguard_monitor_score{{{match}}}"),
-            (f"{legend}reference", f"classguard_monitor_reference{{{match}}}")]
+    return [(f"{legend}live", fleet(f"classguard_monitor_score{{{match}}}", how)),
+            (f"{legend}reference", fleet(f"classguard_monitor_reference{{{match}}}"))]
 
 
 INCIDENT = [
     ("Answered per subgroup", "timeseries", "reqps", [
         ("{{predicted_class}}", f"sum by (predicted_class) (rate(classguard_predictions_total{{{SEL}}}[{R}]))")]),
-    ("Mean confidence per subgroup", "timeseries", "percentunit", live_and_reference("confidence", "mean_confidence")),
+    ("Mean confidence per subgroup", "timeseries", "percentunit", live_and_reference("confidence", "mean_confidence", how="min")),
     ("Low-confidence rate vs reference", "timeseries", "percentunit",
      live_and_reference("confidence", "low_confidence_rate")),
     ("Confidence distribution", "heatmap", "none", [
         ("{{le}}", f"sum by (le) (rate(classguard_prediction_confidence_bucket{{{SEL}}}[{R}]))")]),
     ("Predicted-class drift (JS)", "timeseries", "none", [
-        ("js distance", f'classguard_monitor_score{{monitor="class_drift", statistic="js_distance", {SEL}}}')]),
+        ("js distance", fleet(f'classguard_monitor_score{{monitor="class_drift", statistic="js_distance", {SEL}}}'))]),
     ("Known-confusion rate vs reference", "timeseries", "percentunit",
      live_and_reference("known_confusion", "fire_rate", "{{pair}} ")),
     ("Anomalies by kind", "timeseries", "reqps", [
         ("{{kind}}", f"sum by (kind) (rate(classguard_anomalies_total{{{SEL}}}[{R}]))")]),
+    # the alerts gate each replica on its own window: the smallest and largest replica window
     ("Window sample sizes", "timeseries", "none", [
-        ("{{monitor}}", f"classguard_monitor_window_samples{{{SEL}}}")]),
+        ("{{monitor}} min over replicas", f"min by (monitor) (classguard_monitor_window_samples{{{SEL}}})"),
+        ("{{monitor}} max over replicas", f"max by (monitor) (classguard_monitor_window_samples{{{SEL}}})")]),
     ("Guardrail actions in this subgroup", "timeseries", "reqps", [
         ("{{guardrail}} {{action}}", f'sum by (guardrail, action) (rate(classguard_guardrail_actions_total{{subgroup="$subgroup"}}[{R}]))')]),
 ]
