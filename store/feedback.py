@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from monitors.keys import pair_name
 from service import metrics
 from service.ids import is_lookup_id
-from store.prediction_log import where
+from store.prediction_log import find_rows, where
 
 STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request": 404, "unknown_label": 422,
           "invalid_request_id": 400, "ambiguous_request_id": 409}
@@ -53,11 +53,7 @@ def _record_one(conn: sqlite3.Connection, key: str, truth: str, labels_of: Mappi
     """(the item's result, (model, subgroup, emitted, truth, outcome) when newly recorded, else None)."""
     if not is_lookup_id(key):
         return _result(None, "invalid_request_id", "request_id must be 1-80 of A-Z a-z 0-9 . _ : -"), None
-    rows = conn.execute("SELECT request_id, model, subgroup, label FROM predictions WHERE request_id = ?",
-                        (key,)).fetchall()
-    if not rows:  # a client's correlation id, if it names exactly one answer
-        rows = conn.execute("SELECT request_id, model, subgroup, label FROM predictions WHERE correlation_id = ? "
-                            "LIMIT 10", (key,)).fetchall()
+    rows = find_rows(conn, key, ("request_id", "model", "subgroup", "label"))  # a correlation id must name one
     if not rows:
         return _result(key, "unknown_request", "no logged prediction has this request id"), None
     if len(rows) > 1:

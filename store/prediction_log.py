@@ -310,15 +310,17 @@ def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
     return _row(row, probs=True) if row else None
 
 
+def find_rows(conn: sqlite3.Connection, key: str, columns: Sequence[str], limit: int = 10) -> list[tuple]:
+    """`columns` of the answer whose request id is `key`; else of every answer (up to `limit`)
+    whose client correlation id is `key`, newest first: a client may reuse its ids."""
+    select = f"SELECT {', '.join(columns)} FROM predictions"
+    rows = conn.execute(f"{select} WHERE request_id = ?", (key,)).fetchall()
+    return rows or conn.execute(f"{select} WHERE correlation_id = ? ORDER BY ts DESC LIMIT ?", (key, limit)).fetchall()
+
+
 def find(conn: sqlite3.Connection, key: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The answer whose request id is `key`; else every answer (up to `limit`) whose client
-    correlation id is `key`, newest first: a client may reuse its ids."""
-    found = get(conn, key)
-    if found is not None:
-        return [found]
-    rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE correlation_id = ? "
-                        "ORDER BY ts DESC LIMIT ?", (key, limit)).fetchall()
-    return [_row(r, probs=True) for r in rows]
+    """find_rows, as full records (probabilities included)."""
+    return [_row(r, probs=True) for r in find_rows(conn, key, COLUMNS, limit)]
 
 
 def summary(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:

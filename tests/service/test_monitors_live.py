@@ -2,6 +2,7 @@
 metrics on /metrics (with two workers publishing one answer); scanner-only traffic does not."""
 
 import json
+import math
 import time
 
 import pytest
@@ -32,16 +33,22 @@ def alarms(samples):
     return {k[1]: v for k, v in samples.items() if k[0] == "classguard_monitor_alarm" and v}
 
 
-def wait_for_publish(url, events, timeout=15.0):
+def wait_for_publish(url, events, timeout=30.0):
+    """/metrics once the monitors publish all `events` and the scores hold still over two
+    publish rounds: each worker publishes the merge it saw, and under load one worker's last
+    round can lag the other's (a fixed 1.5 s wait had once caught a score from the older merge)."""
     deadline = time.monotonic() + timeout
+    previous = None
     while time.monotonic() < deadline:
         samples = promtext.scrape(url)
         window = promtext.total(samples, "classguard_monitor_window_samples", monitor="representation")
-        if window >= events:
-            time.sleep(1.5)  # one more publish round, so every worker's last state is merged
-            return promtext.scrape(url)
-        time.sleep(0.3)
-    raise AssertionError(f"monitors did not publish {events} events within {timeout}s")
+        published = {k: None if math.isnan(v) else v for k, v in samples.items()  # NaN: no data, and NaN != NaN
+                     if k[0] == "classguard_monitor_score" and dict(k[1])["statistic"] != "cusum"}  # CUSUMs move with time
+        if window >= events and published == previous:
+            return samples
+        previous = published if window >= events else None
+        time.sleep(2.2)  # a little over two publish rounds (FAST: 1 s)
+    raise AssertionError(f"monitors did not publish {events} events and settle within {timeout}s")
 
 
 @pytest.fixture(scope="module")
