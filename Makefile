@@ -7,16 +7,17 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo test bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile build clean
+.PHONY: help venv train serve demo demo-fleet test bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
+	@echo "make demo-fleet - the same incident on three replicas sharing a throwaway PostgreSQL"
 	@echo "make test   - the whole test suite"
 	@echo "make serve  - serve on http://127.0.0.1:$(PORT)"
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
-	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / soak"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 
 $(BIN)/.installed: pyproject.toml
@@ -37,6 +38,10 @@ serve: train
 demo: train
 	$(BIN)/python -m harness.demo
 
+# needs Debian's postgresql (and prometheus, to show the alerts): apt-get install postgresql prometheus
+demo-fleet: train
+	$(BIN)/python -m harness.demo_fleet
+
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -46,7 +51,7 @@ bench: train
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
 	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
-		bench-detection bench-hostile soak
+		bench-detection bench-hostile bench-fleet soak
 
 # BentoML refuses a bentofile under a dot-folder (a clone in ~/.cache/...): there, build from a copy
 # of the checkout in a plain temporary folder (harness/build_check.py); elsewhere, build in place.
@@ -86,3 +91,6 @@ bench-resnet: venv
 
 bench-hostile: train
 	$(BIN)/python -m benchmarks.hostile
+
+bench-fleet: train
+	$(BIN)/python -m benchmarks.fleet

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -37,9 +38,10 @@ def stream(samples: list[Sample], n: int, phone_share: float, seed: int = 0) -> 
     return picks
 
 
-async def send_all(url: str, samples: list[Sample], *, concurrency: int = 8, send_context: bool = True,
-                   timeout: float = 30.0) -> list[tuple[Sample, int, dict]]:
-    """POST each sample to /classify with `concurrency` in flight; (sample, status, body)."""
+async def send_all(url: str | Sequence[str], samples: list[Sample], *, concurrency: int = 8,
+                   send_context: bool = True, timeout: float = 30.0) -> list[tuple[Sample, int, dict]]:
+    """POST each sample to /classify with `concurrency` in flight; (sample, status, body).
+    Several URLs: sample i goes to url i mod n, as a round-robin load balancer sends it."""
     import aiohttp
 
     results: list[tuple[Sample, int, dict]] = [None] * len(samples)  # type: ignore[list-item]
@@ -55,7 +57,8 @@ async def send_all(url: str, samples: list[Sample], *, concurrency: int = 8, sen
             form.add_field("image", s.png, filename="digit.png", content_type="image/png")
             if send_context:
                 form.add_field("context", json.dumps({"capture": s.capture}))
-            async with session.post(f"{url}/classify", data=form) as r:
+            target = url if isinstance(url, str) else url[i % len(url)]
+            async with session.post(f"{target}/classify", data=form) as r:
                 results[i] = (s, r.status, await r.json(content_type=None))
 
     client_timeout = aiohttp.ClientTimeout(total=timeout)

@@ -89,5 +89,44 @@ class MonitorSuite:
             prefix = f"{monitor.name}."
             monitor.load_state({k[len(prefix):]: arrays[k] for k in arrays if k.startswith(prefix)})
 
+    # -- the same state as one flat vector per time bucket (how a fleet shares its windows) ----
+    def bucket_vectors(self) -> dict[int, np.ndarray]:
+        """Bucket id -> every monitor's counts in that bucket, flattened and concatenated in
+        the order of `self.monitors` (`vector_size()` numbers)."""
+        sizes = self._segment_sizes()
+        out: dict[int, np.ndarray] = {}
+        offset = 0
+        for monitor, size in zip(self.monitors, sizes):
+            state = monitor.state()
+            for slot in np.flatnonzero(state["ids"] >= 0):
+                vector = out.setdefault(int(state["ids"][slot]), np.zeros(sum(sizes)))
+                vector[offset:offset + size] = state["counts"][slot].ravel()
+            offset += size
+        return out
+
+    def load_bucket_vectors(self, vectors: Mapping[int, np.ndarray]) -> None:
+        """Replace every window with `vectors` (as `bucket_vectors()` gives them); the newest
+        `n_buckets` buckets are kept."""
+        sizes, n = self._segment_sizes(), self.window.n_buckets
+        kept = sorted(vectors)[-n:]
+        if any(len(vectors[b]) != sum(sizes) for b in kept):
+            raise ValueError(f"bucket vectors must hold {sum(sizes)} counts")
+        offset = 0
+        for monitor, size in zip(self.monitors, sizes):
+            ids = np.full(n, -1, dtype=np.int64)
+            counts = np.zeros((n, *monitor.counts_shape))
+            for b in kept:
+                ids[b % n] = b
+                counts[b % n] = vectors[b][offset:offset + size].reshape(monitor.counts_shape)
+            monitor.load_state({"ids": ids, "counts": counts})
+            offset += size
+        return None
+
+    def vector_size(self) -> int:
+        return sum(self._segment_sizes())
+
+    def _segment_sizes(self) -> list[int]:
+        return [int(np.prod(m.counts_shape)) for m in self.monitors]
+
     def get_config(self) -> dict:
         return {m.name: m.get_config() for m in self.monitors}

@@ -43,15 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--output", "-o", help="file to write (default: stdout)")
 
     guard = commands.add_parser("guardrails", help="show or swap the running service's guardrail chain")
-    guard.add_argument("action", choices=("show", "apply"))
+    guard.add_argument("action", choices=("show", "apply", "history"))
     guard.add_argument("profile", nargs="?", help="profile name (apply)")
     guard.add_argument("--file", help="YAML list of guardrails to apply under PROFILE's name")
     guard.add_argument("--url", default="http://127.0.0.1:3000")
+    guard.add_argument("--db", help="history: a postgresql:// URL (default: the fleet's, else the audit log file)")
+    guard.add_argument("--limit", type=int, default=20, help="history: the newest N changes")
 
-    logs = commands.add_parser("log", help="look up logged predictions (the SQLite prediction log)")
+    logs = commands.add_parser("log", help="look up logged predictions (the SQLite file, or the fleet's PostgreSQL)")
     logs.add_argument("action", choices=("list", "show", "summary", "confusion"))
     logs.add_argument("request_id", nargs="?", help="with show: a request id, or a correlation id naming one answer")
-    logs.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
+    logs.add_argument("--db", help="SQLite file or postgresql:// URL (default: fleet.database_url, else log.path)")
     logs.add_argument("--since", help="15m, 2h, 1d or Unix seconds")
     logs.add_argument("--until")
     logs.add_argument("--subgroup")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = commands.add_parser("replay", help="re-apply a guardrail profile to logged predictions")
     rep.add_argument("profile", help="a profile of the guardrails file, or the name for --file")
     rep.add_argument("--file", help="YAML list of guardrails to replay instead of the named profile")
-    rep.add_argument("--db", help="SQLite file (default: log.path from the configuration)")
+    rep.add_argument("--db", help="SQLite file or postgresql:// URL (default: fleet.database_url, else log.path)")
     rep.add_argument("--since", default="1h", help="15m, 2h, 1d or Unix seconds")
     rep.add_argument("--until")
     rep.add_argument("--subgroup")
@@ -158,6 +160,8 @@ def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float 
 
 
 def guardrails(args: argparse.Namespace) -> int:
+    if args.action == "history":
+        return guardrail_history(args)
     if args.action == "show":
         print(admin_call(args.url, "guardrails").decode())
         return 0
@@ -201,17 +205,55 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_log(db: str | None, settings=None):
-    """A connection to the prediction log: `db`, else log.path from the configuration."""
+def open_database(db: str | None, settings=None):
+    """The store to read: `db` (a SQLite file or a postgresql:// URL), else the configured one
+    (the fleet's PostgreSQL when fleet.database_url is set, else log.path)."""
     from pathlib import Path
 
-    from store import prediction_log
     from service.config import load_settings
+    from store.database import PostgresDatabase, SqliteDatabase, open_database as configured
 
-    path = Path(db) if db else (settings or load_settings()).log.path
-    if not path.exists():
-        raise FileNotFoundError(f"no prediction log at {path}")
-    return prediction_log.connect(path)
+    if db and db.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(db, replica="cli")
+    if db or not (settings or load_settings()).fleet.enabled:
+        path = Path(db) if db else (settings or load_settings()).log.path
+        if not path.exists():
+            raise FileNotFoundError(f"no prediction log at {path}")
+        return SqliteDatabase(path)
+    return configured(settings or load_settings())
+
+
+def open_log(db: str | None, settings=None):
+    """A connection to the prediction log (see open_database)."""
+    from store.database import StoreUnavailable
+
+    database = open_database(db, settings)
+    try:
+        return database.connect()
+    except database.errors as exc:
+        raise RuntimeError(str(StoreUnavailable(f"cannot open {database.describe()}: {exc}"))) from None
+
+
+def guardrail_history(args: argparse.Namespace) -> int:
+    """The newest chain changes: the fleet's rows in PostgreSQL, or the single host's audit log."""
+    from service.config import load_settings
+    from store.chain_store import FleetChainStore
+
+    settings = load_settings()
+    if args.db or settings.fleet.enabled:
+        database = open_database(args.db, settings)
+        rows = FleetChainStore(database, "cli").history(args.limit)
+    else:
+        path = settings.guardrails.audit_log
+        if not path.exists():
+            raise FileNotFoundError(f"no guardrail audit log at {path}")
+        rows = [json.loads(line) for line in path.read_text().splitlines()[-args.limit:]][::-1]
+    for row in rows:
+        print(json.dumps({k: row.get(k) for k in ("id", "ts", "time", "source", "replica", "pid", "profile", "hash",
+                                                  "previous_hash") if k in row}, default=str), flush=True)
+    if not rows:
+        print("no guardrail changes recorded")
+    return 0
 
 
 def log_lookup(args: argparse.Namespace) -> int:

@@ -1,10 +1,11 @@
 """The active guardrail chain of a worker, and how a swap reaches every worker.
 
 A swap (admin route or CLI) validates and compiles the new chain first: an invalid one is
-refused and the old chain stays. Then it is written to `<runtime dir>/guardrails.json`
-(atomic rename), appended to the audit log, and installed by replacing one reference.
-Every worker checks that file every `sync_seconds` and installs a chain whose hash differs,
-so a swap reaches all workers within about `sync_seconds`.
+refused and the old chain stays. Then it is written to the shared store (one host: a file in
+the runtime directory and the audit log; a fleet: a row in PostgreSQL, store.chain_store),
+and installed by replacing one reference. Every worker polls the store every `sync_seconds`
+and installs a chain whose hash differs, so a swap reaches all workers (of every replica)
+within about `sync_seconds`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from guardrails.chain import Chain
 from runtime.chain_config import ChainContext, Profiles, compile_chain, config_hash, load_profiles
 from service import metrics
 from service.config import GuardrailsConfig
-from store.chain_store import ChainStore
+from store.chain_store import ChainStore, FleetChainStore
+from store.database import StoreUnavailable
 from store.model_store import split_tag
 
 log = logging.getLogger("classguard.guardrails")
@@ -54,13 +56,16 @@ def check_startup_chain(settings, context: ChainContext) -> None:
 
 
 class GuardrailRuntime:
-    """A swapped chain lasts until the service restarts, which installs the configured profile
-    again (configuration stays the one source of truth for a fresh start; to keep a chain,
-    make it the configured `active` profile). The audit log records every chain that was
+    """On one host, a swapped chain lasts until the service restarts, which installs the
+    configured profile again (configuration stays the one source of truth for a fresh start; to
+    keep a chain, make it the configured `active` profile). In a fleet, the store's chain is the
+    fleet's: a replica that starts (scaled out, restarted, rolled) joins it rather than
+    resetting every other replica to its configured profile; only the first replica of an
+    empty store installs the configured one. The audit log records every chain that was
     installed, the start-up one included, with its full guardrail list: what answered at any
     moment is the last entry before that moment."""
 
-    def __init__(self, config: GuardrailsConfig, context: ChainContext, store: ChainStore) -> None:
+    def __init__(self, config: GuardrailsConfig, context: ChainContext, store: ChainStore | FleetChainStore) -> None:
         self.config, self.context, self.store = config, context, store
         self.profiles: Profiles = load_profiles(config.profiles_path)
         name = active_profile(config, self.profiles)
@@ -85,15 +90,16 @@ class GuardrailRuntime:
         except Exception:
             metrics.GUARDRAIL_SWAPS.labels("refused").inc()
             raise
-        # one swap at a time across workers, each starting from the chain that is really active
-        with self.store.locked():
-            self.sync()
-            try:  # shared first: a chain the other workers cannot see is never installed here alone
+        # one swap at a time across workers (and replicas), each starting from the chain that is
+        # really active; shared first: a chain the others cannot see is never installed here alone
+        try:
+            with self.store.locked():
+                self.sync()
                 self._share(new, self.chain, source)
-            except OSError:
-                metrics.GUARDRAIL_SWAPS.labels("refused").inc()
-                raise
-            self.chain = new
+        except (OSError, StoreUnavailable):
+            metrics.GUARDRAIL_SWAPS.labels("refused").inc()
+            raise
+        self.chain = new
         self._publish_info(new)
         metrics.GUARDRAIL_SWAPS.labels("applied").inc()
         return new
@@ -106,8 +112,11 @@ class GuardrailRuntime:
                  "previous_profile": old.profile if old else None, "previous_hash": old.config_hash if old else None}
         self.store.publish(record, audit)
 
+    _failed_hash: str | None = None  # the shared chain this worker could not install, if any
+
     def sync(self) -> bool:
         """Install the shared chain if another worker swapped it. True when it changed."""
+        record = None
         try:
             record = self.store.changed()
             if record is None or record["hash"] == self.chain.config_hash:
@@ -115,9 +124,13 @@ class GuardrailRuntime:
             self.chain = self._compile(record["chain"], record["profile"])
         except Exception:
             metrics.GUARDRAIL_SWAPS.labels("sync_failed").inc()
-            log.exception("could not install the shared guardrail chain; trying again at the next sync")
+            failed = record.get("hash") if isinstance(record, dict) else None
+            if failed is None or failed != self._failed_hash:  # once per chain, not every sync
+                log.exception("could not install the shared guardrail chain; trying again at every sync")
+            self._failed_hash = failed
             self.store.retry()
             return False
+        self._failed_hash = None
         self._publish_info(self.chain)
         return True
 

@@ -5,6 +5,10 @@ asks whether a part is enabled."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import secrets
 from typing import Coroutine
 
 import numpy as np
@@ -12,13 +16,16 @@ import numpy as np
 from runtime.active_chain import GuardrailRuntime, chain_context
 from runtime.batching import MicroBatcher
 from runtime.models import ServedModel, find_stored, resolve_device
-from runtime.monitor_pipeline import MonitorPipeline, NoMonitors, runtime_dir
+from runtime.monitor_pipeline import MonitorPipeline, NoMonitors, runtime_dir, window_config
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
 from service import metrics
 from service.config import Settings
 from service.errors import ENDPOINTS, REASONS
-from store.chain_store import ChainStore
+from store.chain_store import ChainStore, FleetChainStore
+from store.database import open_database
+from store.feedback import Hold, join_held
+from store.fleet_windows import FleetWindows
 from store.prediction_log import NoLog, PredictionLog
 
 
@@ -39,14 +46,21 @@ class Engine:
         self.primary = next(iter(self.models.values()))
         self.spec = self.primary.profile.input_spec
         self.resolver = SubgroupResolver(settings.subgroups.attributes)
+        fleet = settings.fleet
+        self.replica = fleet.replica_name()
+        # the shared store: PostgreSQL in a fleet, else the log's SQLite file (when the log is on)
+        self.db = open_database(settings) if fleet.enabled or settings.log.enabled else None
+        if self.db is not None:
+            self.db.prepare()  # replicas starting together: the schema is created once, before any use
         self.monitors = (
             MonitorPipeline(settings.monitors, list(self.models), [m.profile for m in self.models.values()],
-                            self.resolver.keys())
+                            self.resolver.keys(), fleet=self._fleet_windows() if fleet.enabled else None)
             if settings.monitors.enabled else NoMonitors()
         )
         labels = {label for model in self.models.values() for label in model.profile.labels}
-        self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels),
-                                           ChainStore(runtime_dir("guardrails"), settings.guardrails.audit_log))
+        store = (FleetChainStore(self.db, self.replica) if fleet.enabled
+                 else ChainStore(runtime_dir("guardrails"), settings.guardrails.audit_log))
+        self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels), store)
         self.batchers = {
             name: MicroBatcher(model.predict, max_batch_size=settings.batching.max_batch_size,
                                max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
@@ -60,7 +74,11 @@ class Engine:
                                max_wait_s=settings.guardrails.shadow_wait_ms / 1000.0, name=f"shadow-{name}")
             for name, model in self.models.items()
         }
-        self.log = PredictionLog(settings.log) if settings.log.enabled else NoLog()
+        self.hold = Hold(settings.log.hold_feedback_seconds, settings.log.max_held_feedback)
+        self.log = PredictionLog(settings.log, self.db, self.replica) if settings.log.enabled else NoLog()
+        if settings.log.enabled:
+            labels_of, pairs = self.labels_of(), self.pairs()
+            self.log.after_write = lambda conn: join_held(conn, labels_of, pairs, self.hold)
         self.serving = Serving(models=self.models, primary=self.primary.name, batchers=self.batchers,
                                shadow_batchers=self.shadow_batchers, monitors=self.monitors, chain=self.guardrails,
                                log=self.log, top_k=settings.top_k,
@@ -95,6 +113,11 @@ class Engine:
             metrics.GUARDRAIL_SWAPS.labels(outcome)
         for stage in metrics.LOG_STAGES:
             metrics.LOG_ERRORS.labels(stage)
+        for outcome in metrics.FEEDBACK_HELD_OUTCOMES:
+            metrics.FEEDBACK_HELD.labels(outcome)
+        for component in metrics.STORE_COMPONENTS:
+            metrics.STORE_ERRORS.labels(component)
+        metrics.FLEET_VIEW_DEGRADED.set(0)
         metrics.MONITOR_DROPPED.inc(0)
         metrics.MONITOR_EVENTS.inc(0)
 
@@ -111,6 +134,22 @@ class Engine:
     def background(self) -> list[Coroutine]:
         """What runs beside the requests, for the worker's lifetime."""
         return [self.monitors.run(), self.guardrails.run(), self.log.run()]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The known-confusion pairs, (true class, answered class)."""
+        return [(p.source, p.target) for p in self.settings.monitors.known_confusions]
+
+    def _fleet_windows(self) -> FleetWindows:
+        """This worker's share of the fleet's monitor windows. Replicas share totals only when
+        they count the same way: same models and versions, subgroups, pairs and buckets."""
+        config = self.settings.monitors
+        layout = {"models": [m.tag for m in self.models.values()], "subgroups": self.resolver.keys(),
+                  "pairs": [p.model_dump() for p in config.known_confusions],
+                  "bucket_seconds": config.bucket_seconds, "buckets": window_config(config).n_buckets}
+        key = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
+        worker = f"{self.replica}:{os.getpid()}:{secrets.token_hex(4)}"  # a restarted pid is a new worker
+        return FleetWindows(self.db, layout=key, worker=worker, bucket_s=config.bucket_seconds,
+                            n_buckets=window_config(config).n_buckets)
 
     def labels_of(self) -> dict[str, tuple[str, ...]]:
         """Each loaded model's class names."""

@@ -10,6 +10,11 @@ suite. Every `recompute_seconds`: write the suite's window state to `<state_dir>
 Windows are epoch-aligned time buckets, so the merge is exactly what one process would count
 over all workers' traffic; every worker publishes the same numbers, and the gauges keep the
 most recent.
+
+In a fleet (`fleet` set: store.fleet_windows), each publish instead writes the worker's
+changed buckets to PostgreSQL and reads the fleet's totals, so every replica publishes the
+whole fleet's statistics. When that store cannot be reached, the worker falls back to its
+replica's own view (the file merge above) and says so (`classguard_fleet_view_degraded`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +38,10 @@ from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
 from service import metrics
 from service.config import MonitorsConfig
+from store.database import StoreUnavailable
+
+if TYPE_CHECKING:
+    from store.fleet_windows import FleetWindows
 
 log = logging.getLogger("classguard.monitors")
 DRAIN_SECONDS = 0.5
@@ -89,8 +98,9 @@ def confusion_pairs(config: MonitorsConfig) -> list[ConfusionPair]:
 
 class MonitorPipeline:
     def __init__(self, config: MonitorsConfig, models: Sequence[str], profiles: Sequence[ReferenceProfile],
-                 subgroups: Sequence[str]) -> None:
+                 subgroups: Sequence[str], fleet: "FleetWindows | None" = None) -> None:
         self.config = config
+        self.fleet = fleet
         self.window = window_config(config)
         self.pairs = confusion_pairs(config)
         self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
@@ -207,6 +217,21 @@ class MonitorPipeline:
 
     def _merge_workers(self, now: float) -> MonitorSuite:
         merged = self._merged
+        if self.fleet is not None:
+            with self._lock:
+                own = self.suite.bucket_vectors()
+            try:
+                merged.load_bucket_vectors(self.fleet.exchange(own, now))
+                metrics.FLEET_VIEW_DEGRADED.set(0)
+                return merged
+            except StoreUnavailable:
+                metrics.STORE_ERRORS.labels("windows").inc()
+                metrics.FLEET_VIEW_DEGRADED.set(1)
+                log.warning("fleet window store unreachable; publishing this replica's own view",
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+            except ValueError:  # a layout mismatch cannot happen by design (the layout key says so)
+                metrics.MONITOR_ERRORS.labels("state").inc()
+                metrics.FLEET_VIEW_DEGRADED.set(1)
         merged.reset()
         with self._lock:
             merged.merge(self.suite)

@@ -34,6 +34,7 @@ from service import metrics
 from service.errors import InputError, internal_error, route_error
 from service.http_input import read_body, require_bearer
 from service.ids import is_lookup_id
+from store.database import StoreUnavailable
 from store.prediction_log import LogDisabled
 
 if TYPE_CHECKING:  # types only: the models module loads torch
@@ -155,6 +156,8 @@ class Admin:
                 chain = await asyncio.to_thread(self.chain.swap, profile=body["profile"], chain=body.get("chain"))
             except ValueError as exc:  # pydantic's ValidationError is a ValueError too
                 raise InputError("invalid_guardrails", str(exc)) from None
+            except StoreUnavailable as exc:  # never applied to part of the fleet
+                raise InputError("store_unavailable", f"swap refused, nothing changed: {exc}") from None
             return {"profile": chain.profile, "hash": chain.config_hash, "applied": True}
 
         return await self._guarded(request, work)
@@ -235,6 +238,8 @@ class Admin:
             return self.log.read(fn, *args, **kwargs)
         except LogDisabled as exc:
             raise InputError("not_enough_data", str(exc)) from None
+        except StoreUnavailable as exc:
+            raise InputError("store_unavailable", str(exc)) from None
 
     @staticmethod
     def _refuse(exc: InputError) -> Response:

@@ -148,6 +148,43 @@ class LogConfig(Strict):
     flush_seconds: float = Field(0.5, gt=0.0, le=60.0, description="how often queued rows are written")
     busy_timeout_seconds: float = Field(5.0, gt=0.0, le=60.0, description="wait for a locked database, then count a failure")
     queue_size: int = Field(50_000, ge=1, description="rows waiting to be written; more are dropped, counted")
+    hold_feedback_seconds: float = Field(120.0, ge=0.0, le=86_400.0,
+                                         description="a label for an answer not written yet is held this long")
+    max_held_feedback: int = Field(10_000, ge=0, description="labels held at once; more are refused, counted")
+
+
+class FleetConfig(Strict):
+    """Fleet mode: replicas share one PostgreSQL for the log, feedback, the guardrail chain and
+    the monitor windows. Unset `database_url` keeps the embedded single-host default (SQLite)."""
+
+    database_url: SecretStr | None = Field(None, description="postgresql:// URL; set, every replica shares it")
+    replica: str | None = Field(None, description="this replica's name in logs and the store (default: host name)")
+    connect_timeout_seconds: float = Field(3.0, gt=0.0, le=60.0, description="give up connecting after this")
+    statement_timeout_seconds: float = Field(5.0, gt=0.0, le=300.0, description="cancel a store statement after this")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("fleet.database_url must be a postgresql:// URL")
+        return url
+
+    @field_validator("replica")
+    @classmethod
+    def _replica(cls, name: str | None) -> str | None:
+        if name is not None and not _VALUE.match(name):
+            raise ValueError(f"fleet.replica must match {_VALUE.pattern}")
+        return name
+
+    @property
+    def enabled(self) -> bool:
+        return self.database_url is not None
+
+    def replica_name(self) -> str:
+        import socket
+
+        name = self.replica or socket.gethostname()
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:32] or "replica"
 
 
 class Settings(BaseSettings):
@@ -169,6 +206,7 @@ class Settings(BaseSettings):
     monitors: MonitorsConfig = MonitorsConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     log: LogConfig = LogConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("admin_token", "feedback_token")
     @classmethod

@@ -40,7 +40,9 @@ REASONS: dict[str, int] = {
     "request_timeout": 408,
     "method_not_allowed": 405,
     "malformed_request": 400,
+    "store_unavailable": 503,  # the shared store (fleet mode) cannot be reached: try again shortly
 }
+RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503
 ENDPOINTS = ("classify", "classify_batch", "feedback", "admin", "http")  # the `endpoint` label's values
 
 
@@ -61,6 +63,8 @@ class InputError(Exception):
     def response(self, request_id: str | None = None, headers: dict[str, str] | None = None):
         from starlette.responses import JSONResponse
 
+        if self.status == 503:
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
         return JSONResponse(self.body(request_id), status_code=self.status, headers=headers)
 
 

@@ -20,12 +20,15 @@ from service.config import LimitsConfig
 from service.errors import InputError, internal_error
 from service.http_input import read_body, require_bearer
 from store import feedback
+from store.database import StoreUnavailable
 from store.prediction_log import LogDisabled, NoLog, PredictionLog
 
 class FeedbackEndpoint:
     def __init__(self, *, token: SecretStr | None, log: PredictionLog | NoLog, limits: LimitsConfig,
-                 labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]]) -> None:
+                 labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]],
+                 hold: feedback.Hold = feedback.Hold()) -> None:
         self.token, self.log, self.limits, self.labels_of, self.pairs = token, log, limits, labels_of, list(pairs)
+        self.hold = hold
 
     async def __call__(self, request: Request) -> JSONResponse:
         try:
@@ -60,6 +63,8 @@ class FeedbackEndpoint:
     def _record(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
         self.log.flush(retention=False)  # this worker's newest answers are findable at once
         try:
-            return self.log.read(feedback.record, items, self.labels_of, self.pairs)
+            return self.log.read(feedback.record, items, self.labels_of, self.pairs, self.hold)
         except LogDisabled:
             raise InputError("feedback_disabled", "feedback needs the prediction log (log.enabled: true)") from None
+        except StoreUnavailable as exc:  # a 404 would say the answer does not exist: it may
+            raise InputError("store_unavailable", f"labels not recorded: {exc}") from None

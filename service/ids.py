@@ -45,3 +45,13 @@ def time_ordered_id() -> str:
     value = ((ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
              | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
     return uuid.UUID(int=value).hex
+
+
+_SERVICE_ID = re.compile(r"([0-9a-f]{12})7[0-9a-f]{3}[89ab][0-9a-f]{15}(?:\.\d{1,5})?")
+
+
+def minted_at(key: str) -> float | None:
+    """When the service minted this id (or a batch slot of it), in Unix seconds; None for a
+    key that is not a service id (a client's correlation id)."""
+    match = _SERVICE_ID.fullmatch(key)
+    return int(match.group(1), 16) / 1000.0 if match else None

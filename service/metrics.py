@@ -54,7 +54,7 @@ ANOMALY_KINDS = ("low_confidence", "known_confusion")
 FALLBACK_REASONS = ("timeout", "error")
 SHADOW_OUTCOMES = ("agree", "flip")
 SWAP_OUTCOMES = ("applied", "refused", "sync_failed", "audit_failed")
-LOG_STAGES = ("write", "retention", "flush")
+LOG_STAGES = ("write", "retention", "flush", "join")
 FEEDBACK_OUTCOMES = ("correct", "wrong", "abstained")
 
 
@@ -158,8 +158,17 @@ def publish_active_chain(profile: str, config_hash: str) -> None:
     os.replace(tmp, path)
 GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes, by outcome.", ["outcome"])
 
+# -- fleet store -------------------------------------------------------------------------------
+STORE_COMPONENTS = ("chain", "windows")
+STORE_ERRORS = Counter("classguard_fleet_store_errors", "Failed operations on the shared fleet store, by component "
+                       "(the prediction log counts its own in classguard_log_errors_total).", ["component"])
+FLEET_VIEW_DEGRADED = Gauge(
+    "classguard_fleet_view_degraded", "1 while the monitors publish this replica's own view because the fleet's "
+    "window store cannot be reached; 0 when they publish the fleet's.", multiprocess_mode="livemax",
+)
+
 # -- prediction log ---------------------------------------------------------------------------
-LOG_WRITTEN = Counter("classguard_log_rows_written", "Prediction-log rows written to SQLite.")
+LOG_WRITTEN = Counter("classguard_log_rows_written", "Prediction-log rows written to the store (SQLite or PostgreSQL).")
 LOG_DROPPED = Counter("classguard_log_rows_dropped", "Prediction-log rows lost: the queue was full, or a write "
                       "failed in a way a retry would not fix.")
 LOG_ERRORS = Counter("classguard_log_errors", "Failed prediction-log operations (a write is retried at the next "
@@ -169,6 +178,12 @@ LOG_ERRORS = Counter("classguard_log_errors", "Failed prediction-log operations 
 FEEDBACK = Counter(
     "classguard_feedback", "True labels joined with answers, by outcome (correct, wrong, abstained).",
     ["model", "subgroup", "outcome"],
+)
+FEEDBACK_HELD_OUTCOMES = ("held", "joined", "expired", "rejected", "full")
+FEEDBACK_HELD = Counter(
+    "classguard_feedback_held", "Labels that arrived before their answers were written: held, joined later, "
+    "expired unjoined, rejected when joined (conflict, unknown class), or refused because the hold was full.",
+    ["outcome"],
 )
 FEEDBACK_CONFUSIONS = Counter(
     "classguard_feedback_known_confusions", "Answers that feedback proved to be a known confusion.",

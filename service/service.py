@@ -41,7 +41,7 @@ class Classguard:
                                            hash_images=settings.log.store_image_hash)
         self.feedback_endpoint = FeedbackEndpoint(
             token=settings.feedback_token, log=engine.log, limits=settings.limits, labels_of=engine.labels_of(),
-            pairs=[(p.source, p.target) for p in settings.monitors.known_confusions])
+            pairs=engine.pairs(), hold=engine.hold)
         self.admin = admin.Admin(token=settings.admin_token, max_body_bytes=settings.limits.max_admin_body_bytes,
                                  chain=engine.guardrails, models=engine.models, primary=engine.primary.name,
                                  monitors=engine.monitors, log=engine.log)

@@ -1,8 +1,16 @@
 """Where the active guardrail chain is shared between workers, and the audit log of changes.
 
-On one host: a JSON file in the per-start runtime directory (atomic rename) that every worker
-polls by modification time, a file lock that makes swaps one at a time, and a JSON-lines audit
-log. A swap is `with store.locked(): ...; store.publish(record, audit_entry)`.
+A swap is `with store.locked(): ...; store.publish(record, audit_entry)`; every worker polls
+`changed()`. Two stores, one interface:
+
+- `ChainStore`, one host: a JSON file in the per-start runtime directory (atomic rename) that
+  every worker polls by modification time, a file lock that makes swaps one at a time, and a
+  JSON-lines audit log.
+- `FleetChainStore`, a fleet: one table in PostgreSQL, a row per installed chain (the newest is
+  active, the rows are the audit log, each naming the row it replaced, whichever replica wrote
+  it), and a transaction-scoped advisory lock that makes swaps one at a time across replicas.
+  A store that cannot be reached refuses the swap (StoreUnavailable): nothing is installed
+  anywhere.
 """
 
 from __future__ import annotations
@@ -13,9 +21,11 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
+import threading
 from typing import Any, Iterator
 
 from service import metrics
+from store.database import Database, StoreUnavailable
 
 log = logging.getLogger("classguard.guardrails")
 
@@ -72,3 +82,91 @@ class ChainStore:
         # fall in the same tick of the file system's clock (the time alone missed those)
         stat = self.shared_file.stat()
         return stat.st_ino, stat.st_mtime_ns
+
+
+CHAIN_LOCK = 0x6775617264  # pg_advisory_xact_lock key of swaps
+CHAIN_COLUMNS = ("id", "ts", "source", "replica", "pid", "profile", "hash", "chain", "previous_id",
+                 "previous_profile", "previous_hash")
+
+
+class FleetChainStore:
+    def __init__(self, database: Database, replica: str) -> None:
+        self.db, self.replica = database, replica
+        self._poll = None  # this worker's polling connection, opened on first use
+        self._swap = None  # the connection of the swap in progress (inside locked())
+        self._seen: int | None = None
+        self._reachable = True
+        self._poll_lock = threading.Lock()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One swap at a time across the fleet: a transaction holding an advisory lock, in which
+        `publish` writes. Raises StoreUnavailable when the store cannot be reached."""
+        try:
+            conn = self.db.connect(schema=False)
+        except self.db.errors as exc:
+            raise StoreUnavailable(f"the fleet store is unreachable ({type(exc).__name__})") from None
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (CHAIN_LOCK,))
+                self._swap = conn
+                yield
+        except self.db.transient as exc:
+            raise StoreUnavailable(f"the fleet store failed during the swap ({type(exc).__name__})") from None
+        finally:
+            self._swap = None
+            conn.close()
+
+    def is_empty(self) -> bool:
+        return self._latest(self._swap) is None
+
+    def publish(self, record: dict[str, Any], audit_entry: dict[str, Any]) -> None:
+        """Insert the chain as the newest row (inside `locked()`): the fleet's active chain and
+        its audit entry at once, linked to the row it replaces."""
+        conn = self._swap
+        previous = self._latest(conn)
+        row = conn.execute(
+            "INSERT INTO guardrail_chain (ts, source, replica, pid, profile, hash, chain, previous_id, "
+            "previous_profile, previous_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (record["time"], audit_entry["source"], self.replica, audit_entry["pid"], record["profile"],
+             record["hash"], json.dumps(record["chain"]), previous["id"] if previous else None,
+             previous["profile"] if previous else None, previous["hash"] if previous else None)).fetchone()
+        self._seen = row[0]
+
+    def changed(self) -> dict[str, Any] | None:
+        """The newest row if it is not the one this worker last published or read; None when
+        unchanged or when the store cannot be reached (then the chain in use stays)."""
+        with self._poll_lock:
+            try:
+                self._poll = self.db.revive(self._poll)
+                latest = self._latest(self._poll)
+            except self.db.errors:
+                if self._reachable:
+                    log.warning("the fleet store is unreachable; serving the chain in use until it returns")
+                self._reachable = False
+                metrics.STORE_ERRORS.labels("chain").inc()
+                return None
+        if not self._reachable:
+            log.warning("the fleet store is reachable again")
+            self._reachable = True
+        if latest is None or latest["id"] == self._seen:
+            return None
+        self._seen = latest["id"]
+        return {**latest, "time": latest["ts"], "chain": json.loads(latest["chain"])}
+
+    def retry(self) -> None:
+        self._seen = None
+
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` rows, newest first: the fleet's audit log."""
+        def read(conn) -> list[dict[str, Any]]:
+            rows = conn.execute(f"SELECT {', '.join(CHAIN_COLUMNS)} FROM guardrail_chain ORDER BY id DESC LIMIT ?",
+                                (limit,)).fetchall()
+            return [{**dict(zip(CHAIN_COLUMNS, r)), "chain": json.loads(r[7])} for r in rows]
+
+        return self.db.read(read)
+
+    @staticmethod
+    def _latest(conn) -> dict[str, Any] | None:
+        row = conn.execute(f"SELECT {', '.join(CHAIN_COLUMNS)} FROM guardrail_chain ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(zip(CHAIN_COLUMNS, row)) if row else None

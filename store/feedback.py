@@ -4,49 +4,120 @@ Each item is answered on its own: `recorded` (201), `duplicate` (the same label 
 idempotent), `conflict` (a different label for a request that already has one, 409: never
 overwritten silently), `unknown_request` (404: not in the log, or no longer), `unknown_label`
 (422: not a class of the model that answered), `invalid_request_id` (400: not an id at all),
-`ambiguous_request_id` (409: a client correlation id that names several answers).
+`ambiguous_request_id` (409: a client correlation id that names several answers), `held`
+(202: no answer with this id is written yet, so the label waits, see below), `hold_full` (503:
+too many labels wait already; send it again later).
+
+Answers reach the log a flush after they are served (and in a fleet, through another
+replica), so a label can arrive first. A key that could still be written (a service id minted
+within `hold_seconds`, or a client correlation id) is held in `held_feedback`; every log
+flush joins the held labels whose answers have arrived and drops those older than
+`hold_seconds`, each counted (`classguard_feedback_held_total`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from monitors.keys import pair_name
 from service import metrics
-from service.ids import is_lookup_id
+from service.ids import is_lookup_id, minted_at
 from store.prediction_log import find_rows, where
 
 STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request": 404, "unknown_label": 422,
-          "invalid_request_id": 400, "ambiguous_request_id": 409}
+          "invalid_request_id": 400, "ambiguous_request_id": 409, "held": 202, "hold_full": 503}
+JOIN_BATCH = 1_000  # held labels looked at per flush
 
 
-def record(conn: sqlite3.Connection, items: Sequence[tuple[str, str]], labels_of: Mapping[str, Sequence[str]],
-           pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Hold:
+    seconds: float = 120.0  # 0: no holding, an unknown id is a 404 at once
+    most: int = 10_000
+
+
+def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, Sequence[str]],
+           pairs: Sequence[tuple[str, str]], hold: Hold = Hold(), now: float | None = None) -> list[dict[str, Any]]:
     """Store (request id or correlation id, true label) pairs in one transaction; once it has
     committed, update the realized-accuracy metrics for the new ones (a batch that fails
     part-way is rolled back, and so must its counts be)."""
-    results, new = [], []
-    # the write lock first: two posts for one id then queue on it instead of racing from
-    # "not recorded yet" to a failed insert
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    results, new, held = [], [], 0
+    now = time.time() if now is None else now
+    # exclusive: two posts for one id then queue on the write lock instead of racing from
+    # "not recorded yet" to a failed insert (PostgreSQL's ON CONFLICT waits on its own)
+    with conn.transaction(exclusive=True):
         for key, truth in items:
             result, joined = _record_one(conn, key, truth, labels_of)
+            if result["result"] == "unknown_request" and _may_arrive(key, hold, now):
+                result = _hold(conn, key, truth, hold, now)
+                held += result["result"] == "held"
             results.append(result)
             if joined is not None:
                 new.append(joined)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    _count(new, pairs)
+    if held:
+        metrics.FEEDBACK_HELD.labels("held").inc(held)
+    if full := sum(r["result"] == "hold_full" for r in results):
+        metrics.FEEDBACK_HELD.labels("full").inc(full)
+    return results
+
+
+def _count(new: Sequence[tuple], pairs: Sequence[tuple[str, str]]) -> None:
     for model, subgroup, emitted, truth, outcome in new:
         metrics.FEEDBACK.labels(model, subgroup, outcome).inc()
         for source, target in pairs:
             if truth == source and emitted == target:
                 metrics.FEEDBACK_CONFUSIONS.labels(pair_name(source, target), model, subgroup).inc()
-    return results
+
+
+def _may_arrive(key: str, hold: Hold, now: float) -> bool:
+    """Could an answer with this key still be written? A service id tells when it was minted;
+    a client correlation id does not, so it is given the benefit of the doubt."""
+    if hold.seconds <= 0:
+        return False
+    minted = minted_at(key)
+    return minted is None or now - minted <= hold.seconds
+
+
+def _hold(conn: Any, key: str, truth: str, hold: Hold, now: float) -> dict[str, Any]:
+    known = conn.execute("SELECT label FROM held_feedback WHERE key = ?", (key,)).fetchone()
+    if known is not None and known[0] != truth:
+        return _result(key, "conflict", f"already held as {known[0]!r}")
+    if known is None:
+        if conn.execute("SELECT COUNT(*) FROM held_feedback").fetchone()[0] >= hold.most:
+            return _result(key, "hold_full", f"{hold.most} labels already wait for their answers; send it again later")
+        conn.execute("INSERT INTO held_feedback (key, label, ts) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                     (key, truth, now))
+    return _result(key, "held", f"no answer with this id is logged yet; the label is held for "
+                                f"{hold.seconds:g} s and joined when the answer is written")
+
+
+def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]],
+              hold: Hold = Hold(), now: float | None = None) -> dict[str, int]:
+    """Join held labels whose answers are now written; drop those held longer than
+    `hold.seconds`. Replicas may run this at once: a label is joined by whoever deletes it."""
+    if conn.execute("SELECT 1 FROM held_feedback LIMIT 1").fetchone() is None:
+        return {}
+    now = time.time() if now is None else now
+    new, outcome = [], {"joined": 0, "expired": 0, "rejected": 0}
+    with conn.transaction(exclusive=True):
+        outcome["expired"] = conn.execute("DELETE FROM held_feedback WHERE ts < ?", (now - hold.seconds,)).rowcount
+        for key, truth in conn.execute("SELECT key, label FROM held_feedback ORDER BY ts LIMIT ?",
+                                       (JOIN_BATCH,)).fetchall():
+            if not find_rows(conn, key, ("request_id",)):
+                continue
+            if not conn.execute("DELETE FROM held_feedback WHERE key = ?", (key,)).rowcount:
+                continue  # another replica joined it first
+            result, joined = _record_one(conn, key, truth, labels_of)
+            if joined is not None:
+                new.append(joined)
+            outcome["joined" if result["result"] in ("recorded", "duplicate") else "rejected"] += 1
+    _count(new, pairs)
+    for name, n in outcome.items():
+        if n:
+            metrics.FEEDBACK_HELD.labels(name).inc(n)
+    return outcome
 
 
 def _record_one(conn: sqlite3.Connection, key: str, truth: str, labels_of: Mapping[str, Sequence[str]]):
@@ -81,7 +152,7 @@ def _result(key: str | None, result: str, detail: str, request_id: str | None = 
     return out
 
 
-def confusion(conn: sqlite3.Connection, *, subgroup: str | None = None, model: str | None = None,
+def confusion(conn: Any, *, subgroup: str | None = None, model: str | None = None,
               since: float | None = None) -> dict[tuple[str, str], int]:
     """(true label, emitted label or 'abstained') -> count, over predictions with feedback."""
     clause, args = where([("p.subgroup = ?", subgroup), ("p.model = ?", model), ("p.ts >= ?", since)])

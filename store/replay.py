@@ -10,7 +10,6 @@ alerts are judged with no alert active (the log does not record alert state).
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter, defaultdict
 from typing import Any, Mapping, Sequence
 
@@ -22,7 +21,7 @@ from monitors.keys import parse_subgroup_key
 from store.prediction_log import where
 
 
-def replay(conn: sqlite3.Connection, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
+def replay(conn: Any, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
            since: float | None = None, until: float | None = None, subgroup: str | None = None) -> dict[str, Any]:
     clause, args = where([("p.ts >= ?", since), ("p.ts <= ?", until), ("p.subgroup = ?", subgroup)])
     rows = conn.execute(
@@ -46,7 +45,7 @@ def replay(conn: sqlite3.Connection, chain: Chain, labels_of: Mapping[str, Seque
             stats["would_route"] += 1
             continue
         labels = tuple(labels_of[model])
-        answer = chain.answer(request, Answer.of(model, labels, np.frombuffer(blob, dtype=np.float32), flags))
+        answer = chain.answer(request, Answer.of(model, labels, np.frombuffer(bytes(blob), dtype=np.float32), flags))
         after = labels[answer.label] if answer.label is not None else None
         stats["replayed"] += 1
         stats["abstained_before"] += before is None

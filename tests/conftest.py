@@ -42,3 +42,38 @@ def server(model_home, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "serve.log"
     with Server(env={"BENTOML_HOME": str(model_home)}, log_path=log) as live:
         yield live
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (harness.postgres); outside CI, a clear skip
+    when its binaries or psycopg are missing; inside CI (where .ci/run installs them), a failure."""
+    from harness.postgres import Postgres, server_bindir
+
+    missing = None
+    if server_bindir() is None:
+        missing = "PostgreSQL server binaries are not installed (apt-get install postgresql)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed (pip install -e '.[dev]')"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}: CI must have it (.ci/run installs it)")
+        pytest.skip(missing)
+    with Postgres.start() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh, empty database on the session's server, for one test."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres.url.rsplit("/", 1)[0] + f"/{name}"

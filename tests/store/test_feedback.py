@@ -13,6 +13,7 @@ from service.config import LogConfig
 from store.prediction_log import PredictionLog, connect
 
 LABELS = {"base": [str(d) for d in range(10)]}
+LONG_AGO = "0" * 12 + "7000" + "8" + "0" * 15  # a service id minted in 1970: its answer will never arrive
 
 
 def counted() -> float:
@@ -36,7 +37,7 @@ def db(tmp_path):
 def test_each_item_gets_its_own_result(db):
     """recorded, duplicate, conflict, unknown, bad label, invalid id, ambiguous and by-correlation items in one post."""
     conn = connect(db)
-    items = [("r5", "3"), ("r5", "3"), ("r5", "4"), ("nope", "3"), ("r6", "zero"), ("\ud800", "3"),
+    items = [("r5", "3"), ("r5", "3"), ("r5", "4"), (LONG_AGO, "3"), ("r6", "zero"), ("\ud800", "3"),
              ("shared", "3"), ("c7", "2")]
     results = feedback.record(conn, items, LABELS, [])
     assert [r["result"] for r in results] == ["recorded", "duplicate", "conflict", "unknown_request",
@@ -57,6 +58,9 @@ class FailingConnection:
             if self.inserts == 3:
                 raise sqlite3.OperationalError("disk I/O error")
         return self.conn.execute(sql, args)
+
+    def transaction(self, **kwargs):
+        return self.conn.transaction(**kwargs)
 
     def commit(self):
         self.conn.commit()

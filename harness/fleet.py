@@ -1,0 +1,53 @@
+"""Replicas of `bentoml serve` that share one PostgreSQL and nothing else, as pods on separate
+hosts do: each its own BENTOML_HOME (so its own metrics folder and runtime state), prediction
+log path, audit log and monitor state folder; only `CLASSGUARD_FLEET__DATABASE_URL` in common.
+
+    with Fleet(3, database_url, env={...}) as fleet:
+        fleet.urls               # one per replica, for a round-robin client
+        fleet.kill(1)            # SIGKILL, as a node failure would
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harness.server import Server
+
+
+class Fleet:
+    def __init__(self, replicas: int, database_url: str, *, env: dict[str, str] | None = None,
+                 per_replica: list[dict[str, str]] | None = None, log_dir: Path | None = None,
+                 startup_timeout: float = 120.0) -> None:
+        self.servers = []
+        for i in range(replicas):
+            replica_env = {**(env or {}), "CLASSGUARD_FLEET__DATABASE_URL": database_url,
+                           "CLASSGUARD_FLEET__REPLICA": f"replica-{i}", **((per_replica or [{}] * replicas)[i])}
+            log_path = Path(log_dir) / f"replica-{i}.log" if log_dir else None
+            self.servers.append(Server(env=replica_env, log_path=log_path, startup_timeout=startup_timeout))
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    def __enter__(self) -> "Fleet":
+        # replicas start side by side, as a rollout starts pods: the schema is created once
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            started = [pool.submit(s.__enter__) for s in self.servers]
+        errors = [f.exception() for f in started if f.exception() is not None]
+        if errors:
+            self.__exit__()
+            raise errors[0]
+        return self
+
+    def kill(self, i: int) -> None:
+        """SIGKILL replica i's whole process group: nothing runs its shutdown hooks."""
+        process = self.servers[i].process
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(lambda s: s.stop() if s.process is not None else None, self.servers))

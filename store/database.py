@@ -1,0 +1,157 @@
+"""The store's two engines behind one interface.
+
+    SQLite      one host, the embedded default: a file (`log.path`), WAL mode.
+    PostgreSQL  a fleet (`fleet.database_url`): every replica reads and writes the same tables.
+
+Code above this module writes its SQL once, with `?` placeholders, against `connect()`'s
+connection (`execute`, `transaction()`); the SQL that differs between engines (schema,
+upserts, JSON functions) is in `store.sql_sqlite` and `store.sql_postgres`, reached as
+`database.sql`. psycopg is imported only when a PostgreSQL URL is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, TypeVar
+
+from store import sql_sqlite
+
+log = logging.getLogger("classguard.store")
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The shared store cannot be reached (or failed in a way a retry may fix)."""
+
+
+class Database:
+    backend: str
+    sql: ModuleType
+    transient: tuple[type[BaseException], ...]  # errors a retry may fix
+    errors: tuple[type[BaseException], ...]  # every error of the driver
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Create or migrate the schema now (start-up), so every later reader finds it."""
+        self.connect().close()
+
+    def revive(self, conn: Any) -> Any:
+        """`conn` if it is still good, else a new connection (raises when none can be made)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(connection, ...)` on a connection of its own, closed afterwards; an unreachable
+        store raises StoreUnavailable."""
+        try:
+            conn = self.connect(schema=False)
+        except self.errors as exc:
+            raise StoreUnavailable(f"{self.backend} store unreachable: {type(exc).__name__}") from exc
+        try:
+            return fn(conn, *args, **kwargs)
+        except self.transient as exc:
+            raise StoreUnavailable(f"{self.backend} store failed: {type(exc).__name__}") from exc
+        finally:
+            conn.close()
+
+
+class SqliteDatabase(Database):
+    backend = "sqlite"
+    sql = sql_sqlite
+    transient = sql_sqlite.TRANSIENT
+    errors = sql_sqlite.ERRORS
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        self.path, self.busy_timeout = Path(path), busy_timeout
+        self._inode: int | None = None
+
+    def connect(self, *, schema: bool = True) -> sql_sqlite.Connection:
+        if not schema and not self.path.exists():
+            raise sqlite3.OperationalError(f"no prediction log at {self.path}")
+        conn = sql_sqlite.connect(self.path, self.busy_timeout, schema=schema)
+        if schema:
+            self._inode = os.stat(self.path).st_ino
+        return conn
+
+    def revive(self, conn: sql_sqlite.Connection) -> sql_sqlite.Connection:
+        """A log file deleted (or moved away) while serving would swallow every later write into
+        its unlinked inode, counted as written: open the file at the configured path again."""
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                return conn
+        except OSError:
+            pass
+        log.warning("prediction log %s was deleted or replaced; opening it again", self.path)
+        fresh = self.connect()
+        conn.close()
+        return fresh
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+
+class PostgresDatabase(Database):
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, replica: str, connect_timeout: float = 3.0,
+                 statement_timeout: float = 5.0) -> None:
+        from store import sql_postgres
+
+        self.sql = sql_postgres
+        self.transient = sql_postgres.transient_errors()
+        self.errors = sql_postgres.all_errors()
+        self.url, self.replica = url, replica
+        self.connect_timeout, self.statement_timeout = connect_timeout, statement_timeout
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    def connect(self, *, schema: bool = True) -> Any:
+        conn = self.sql.connect(self.url, connect_timeout=self.connect_timeout,
+                                statement_timeout=self.statement_timeout, application=f"classguard {self.replica}")
+        if schema and not self._schema_ready:
+            with self._schema_lock:
+                if not self._schema_ready:
+                    self.sql.create_schema(conn)
+                    self._schema_ready = True
+        return conn
+
+    def revive(self, conn: Any) -> Any:
+        if conn is not None and not conn.broken:
+            return conn
+        if conn is not None:
+            conn.close()
+        return self.connect()
+
+    def describe(self) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(self.url)
+        return f"postgresql://{info.get('host', '')}:{info.get('port', '5432')}/{info.get('dbname', '')}"
+
+
+def dialect_of(conn: Any) -> ModuleType:
+    """The SQL module that speaks `conn`'s engine."""
+    if isinstance(conn, sqlite3.Connection):
+        return sql_sqlite
+    from store import sql_postgres
+
+    return sql_postgres
+
+
+def open_database(settings: Any) -> Database:
+    """The configured store: PostgreSQL when `fleet.database_url` is set, else the SQLite log file."""
+    fleet = settings.fleet
+    if fleet.enabled:
+        return PostgresDatabase(fleet.database_url.get_secret_value(), replica=fleet.replica_name(),
+                                connect_timeout=fleet.connect_timeout_seconds,
+                                statement_timeout=fleet.statement_timeout_seconds)
+    return SqliteDatabase(settings.log.path, settings.log.busy_timeout_seconds)

@@ -1,0 +1,176 @@
+"""Everything PostgreSQL-specific of the store: schema, upserts, JSON functions, the fleet tables.
+
+Fleet mode (`fleet.database_url`). The client is psycopg 3, used directly: the store's SQL is
+a dozen statements, each tuned for its engine (multi-row inserts, `ON CONFLICT`, array
+arithmetic for the monitor windows), which a query builder would only hide. Shared SQL is
+written with `?` placeholders; `Connection.execute` turns them into psycopg's `%s`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+log = logging.getLogger("classguard.store")
+BACKEND = "postgresql"
+SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: replicas starting together create the schema once
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id  text PRIMARY KEY,
+    correlation_id text,
+    ts          double precision NOT NULL,
+    subgroup    text NOT NULL,
+    model       text NOT NULL,
+    model_version text NOT NULL,
+    label       text,
+    abstained   integer NOT NULL,
+    confidence  double precision NOT NULL,
+    flagged     integer NOT NULL,
+    flags       text NOT NULL,
+    guardrails  text NOT NULL,
+    top_k       text NOT NULL,
+    probs       bytea NOT NULL,
+    config_hash text NOT NULL,
+    image_sha256 text,
+    replica     text
+);
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
+CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
+CREATE INDEX IF NOT EXISTS predictions_correlation ON predictions (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id  text PRIMARY KEY,
+    label       text NOT NULL,
+    ts          double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held_feedback (
+    key         text PRIMARY KEY,
+    label       text NOT NULL,
+    ts          double precision NOT NULL
+);
+-- the guardrail chain: every installed chain is a row; the active one is the newest
+CREATE TABLE IF NOT EXISTS guardrail_chain (
+    id          bigserial PRIMARY KEY,
+    ts          double precision NOT NULL,
+    source      text NOT NULL,
+    replica     text NOT NULL,
+    pid         integer NOT NULL,
+    profile     text NOT NULL,
+    hash        text NOT NULL,
+    chain       text NOT NULL,
+    previous_id bigint,
+    previous_profile text,
+    previous_hash text
+);
+-- monitor windows: each worker's own counts per time bucket (absolute, so a retried write
+-- changes nothing), and the fleet's totals, kept up to date by the same statement
+CREATE TABLE IF NOT EXISTS window_part (
+    layout      text NOT NULL,
+    worker      text NOT NULL,
+    bucket      bigint NOT NULL,
+    counts      float8[] NOT NULL,
+    PRIMARY KEY (layout, worker, bucket)
+);
+CREATE INDEX IF NOT EXISTS window_part_bucket ON window_part (layout, bucket);
+CREATE TABLE IF NOT EXISTS window_total (
+    layout      text NOT NULL,
+    bucket      bigint NOT NULL,
+    counts      float8[] NOT NULL,
+    PRIMARY KEY (layout, bucket)
+);
+CREATE OR REPLACE FUNCTION classguard_add(a float8[], b float8[]) RETURNS float8[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY t(x, y, i) $$;
+CREATE OR REPLACE FUNCTION classguard_sub(a float8[], b float8[]) RETURNS float8[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT array_agg(coalesce(x, 0) - coalesce(y, 0) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY t(x, y, i) $$;
+"""
+
+# -- query fragments (one `?` each) -------------------------------------------------------------
+HAS_FLAG = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(flags::jsonb) AS f(v) WHERE f.v = ?)"
+HAS_ACTION = "EXISTS (SELECT 1 FROM jsonb_array_elements(guardrails::jsonb) AS g(v) WHERE g.v->>'action' = ?)"
+SUMMARY = """SELECT subgroup, COALESCE(f.v, '(none)') AS flag, COUNT(*)
+             FROM predictions LEFT JOIN LATERAL jsonb_array_elements_text(flags::jsonb) AS f(v) ON true
+             WHERE ts >= ? GROUP BY subgroup, flag ORDER BY subgroup, COUNT(*) DESC"""
+ROWS_PER_STATEMENT = 512  # 512 x 17 parameters, under PostgreSQL's 65,535 per statement
+
+
+@functools.lru_cache(maxsize=16)
+def insert_predictions(columns: tuple[str, ...], n_rows: int) -> str:
+    # a row written again (a flush retried after a lost commit acknowledgement) is kept once
+    row = f"({', '.join('?' * len(columns))})"
+    return (f"INSERT INTO predictions ({', '.join(columns)}) VALUES {', '.join([row] * n_rows)} "
+            "ON CONFLICT (request_id) DO NOTHING")
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def all_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
+
+
+@functools.lru_cache(maxsize=64)
+def _qmark(sql: str) -> str:
+    # no shared statement contains a literal '?' or '%' other than as placeholders
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Connection:
+    """A psycopg connection that speaks the store's dialect-neutral SQL (`?` placeholders) and
+    its transaction idiom. Autocommit outside `transaction()`: reads leave no open transaction."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.raw.execute(_qmark(sql), args)
+
+    def native(self, sql: str, args: Any = ()) -> Any:
+        """A statement in psycopg's own placeholders (`%s`, `%(name)s`)."""
+        return self.raw.execute(sql, args)
+
+    @contextmanager
+    def transaction(self, *, exclusive: bool = False) -> Iterator["Connection"]:
+        # `exclusive` is SQLite's write lock; PostgreSQL's row locks and ON CONFLICT do that work
+        with self.raw.transaction():
+            yield self
+
+    @property
+    def broken(self) -> bool:
+        return self.raw.closed or self.raw.broken
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def connect(url: str, *, connect_timeout: float, statement_timeout: float, application: str) -> Connection:
+    import psycopg
+
+    raw = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)),
+                          application_name=application[:63],
+                          options=f"-c statement_timeout={int(statement_timeout * 1000)}")
+    return Connection(raw)
+
+
+def create_schema(conn: Connection) -> None:
+    """Create or migrate the schema, once, however many replicas start at the same moment."""
+    with conn.transaction():
+        conn.native("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.native(SCHEMA)
+        row = conn.native("SELECT max(version) FROM schema_version").fetchone()
+        if row[0] is None:
+            conn.native("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise RuntimeError(f"the fleet database has schema version {row[0]}, newer than this "
+                               f"version of classguard knows ({SCHEMA_VERSION}): upgrade the replica")

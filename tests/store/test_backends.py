@@ -1,0 +1,164 @@
+"""One store interface, two engines: the same log, lookup and feedback behaviour on SQLite and on
+a real PostgreSQL (harness.postgres), and the fleet-only parts (held labels across writers,
+the shared chain, shared monitor windows) against PostgreSQL."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from service.config import LogConfig
+from store import feedback
+from store.database import PostgresDatabase, SqliteDatabase, StoreUnavailable
+from store.prediction_log import PredictionLog, find, get, query, summary
+
+LABELS = {"base": [str(d) for d in range(10)]}
+
+
+def response(i, *, flags=(), actions=("allow",), correlation=None):
+    return {"request_id": f"r{i}", "correlation_id": correlation, "label": "3", "confidence": 0.5,
+            "abstained": False, "flags": list(flags), "top_k": [{"label": "3", "probability": 0.5}],
+            "guardrails": [{"guardrail": "g", "action": a, "reason": "x"} for a in actions]}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        return SqliteDatabase(tmp_path / "p.sqlite")
+    return PostgresDatabase(request.getfixturevalue("pg_url"), replica="r1")
+
+
+def held(outcome):
+    return REGISTRY.get_sample_value("classguard_feedback_held_total", {"outcome": outcome}) or 0.0
+
+
+def test_log_lookups_answer_the_same_on_both_engines(database):
+    """Rows written in two flushes are found by id and correlation id, filtered by subgroup, flag
+    and guardrail action, paged with `before`, and summarised per flag, on either engine."""
+    log = PredictionLog(LogConfig(), database, replica="replica-a")
+    for i in range(20):
+        log.record(response(i, correlation="c1" if i == 4 else None), np.full(10, 0.1), "h", "base:v1",
+                   "capture=scanner" if i % 2 else "capture=phone")
+    log.flush()
+    for i in range(20, 25):
+        log.record(response(i, flags=["known_confusion:6->0"], actions=("suppress",)), np.full(10, 0.1), "h",
+                   "base:v1", "capture=phone")
+    assert log.flush() == 5
+    conn = database.connect()
+    assert get(conn, "r3")["replica"] == "replica-a" and get(conn, "r3")["probs"] == [0.1] * 10
+    assert [r["request_id"] for r in find(conn, "c1")] == ["r4"]
+    assert len(query(conn, subgroup="capture=scanner", limit=100)) == 10
+    assert {r["request_id"] for r in query(conn, flag="known_confusion:6->0")} == {f"r{i}" for i in range(20, 25)}
+    assert len(query(conn, action="suppress")) == 5 and len(query(conn, flagged_only=True)) == 5
+    first = query(conn, limit=10)
+    second = query(conn, limit=10, before=first[-1]["request_id"])
+    assert len({r["request_id"] for r in first + second}) == 20
+    counts = {(r["subgroup"], r["flag"]): r["count"] for r in summary(conn, 0)}
+    assert counts[("capture=phone", "known_confusion:6->0")] == 5 and counts[("capture=scanner", "(none)")] == 10
+
+
+def test_a_label_before_its_answer_is_held_then_joined(database):
+    """A label for an answer not written yet answers `held` (202); the flush that writes the
+    answer joins it (recorded, counted); a second label for it is then a duplicate."""
+    from service.ids import time_ordered_id
+
+    log = PredictionLog(LogConfig(), database)
+    log.after_write = lambda conn: feedback.join_held(conn, LABELS, [])
+    rid = time_ordered_id()
+    before = held("joined")
+    [result] = database.read(feedback.record, [(rid, "3")], LABELS, [])
+    assert (result["result"], result["status"]) == ("held", 202)
+    log.record({**response(0), "request_id": rid}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    log.flush()
+    assert held("joined") == before + 1
+    [again] = database.read(feedback.record, [(rid, "3")], LABELS, [])
+    assert again["result"] == "duplicate"
+
+
+def test_held_labels_are_bounded_and_expire(database):
+    """Past `most` held labels the next is refused with 503 `hold_full`; held labels older than
+    the hold are dropped at the next join and counted; an id minted before the hold is a 404 at once."""
+    from service.ids import time_ordered_id
+
+    database.connect().close()  # the schema, as a serving replica creates it at start
+    hold = feedback.Hold(seconds=60, most=3)
+    ids = [time_ordered_id() for _ in range(4)]
+    results = database.read(feedback.record, [(i, "3") for i in ids], LABELS, [], hold)
+    assert [r["result"] for r in results] == ["held"] * 3 + ["hold_full"] and results[3]["status"] == 503
+    expired = held("expired")
+    out = database.read(feedback.join_held, LABELS, [], hold, time.time() + 61)
+    assert out["expired"] == 3 and held("expired") == expired + 3
+    old = "0" * 12 + "7000" + "8" + "0" * 15
+    assert database.read(feedback.record, [(old, "3")], LABELS, [], hold)[0]["result"] == "unknown_request"
+
+
+def test_feedback_for_one_answer_from_many_writers_is_recorded_once(database):
+    """8 threads on their own connections post the same labels for 30 answers at once: one
+    `recorded` each, every other a `duplicate`, no error."""
+    log = PredictionLog(LogConfig(), database)
+    for i in range(30):
+        log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    log.flush()
+    results, errors = [], []
+    start = threading.Barrier(8)
+
+    def post():
+        start.wait()
+        try:
+            for i in range(30):
+                results.extend(database.read(feedback.record, [(f"r{i}", "3")], LABELS, []))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(r["result"] == "recorded" for r in results) == 30
+    assert sum(r["result"] == "duplicate" for r in results) == 7 * 30
+
+
+def test_replicas_starting_together_create_the_schema_once(pg_url):
+    """12 replicas connect to an empty database at the same moment: every one starts, and the
+    schema is recorded once."""
+    errors = []
+    start = threading.Barrier(12)
+
+    def boot():
+        start.wait()
+        try:
+            PostgresDatabase(pg_url, replica="r").connect().close()
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    conn = PostgresDatabase(pg_url, replica="r").connect()
+    assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+
+
+def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
+    """With the server stopped, flushes write nothing and keep every row queued (counted as write
+    errors), and a lookup says the store is unavailable; once it is back, one flush writes them all."""
+    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
+    log = PredictionLog(LogConfig(queue_size=1000), db)
+    postgres.stop()
+    try:
+        for i in range(300):
+            log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+        assert log.flush() == 0 and log.flush() == 0
+        assert log.queued == 300
+        with pytest.raises(StoreUnavailable):
+            log.read(get, "r1")
+    finally:
+        postgres.resume()
+    assert log.flush() == 300
+    assert db.read(lambda c: c.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]) == 300
