@@ -94,3 +94,4 @@ bench-hostile: train
 
 bench-fleet: train
 	$(BIN)/python -m benchmarks.fleet
+	$(BIN)/python -m benchmarks.fleet_store

@@ -60,6 +60,12 @@ OVERVIEW = [
         ("{{model}} {{subgroup}}", f'sum by (model, subgroup) (rate(classguard_shadow_comparisons_total{{outcome="agree"}}[{R}])) / sum by (model, subgroup) (rate(classguard_shadow_comparisons_total[{R}]))')]),
     ("Active guardrail config", "table", "none", [
         ("{{profile}} {{hash}}", "count by (profile, hash) (classguard_guardrail_config_info == 1)")]),
+    # a fleet serves one chain (ClassguardGuardrailConfigDrift) and publishes one view of its windows
+    ("Fleet: chains served, replicas degraded", "timeseries", "none", [
+        ("distinct chains served", "count(count by (hash) (classguard_guardrail_config_info == 1))"),
+        ("replicas on their own view", "sum(classguard_fleet_view_degraded)"),
+        ("store errors/s {{component}}", f"sum by (component) (rate(classguard_fleet_store_errors_total[{R}]))"),
+        ("held labels/s {{outcome}}", f"sum by (outcome) (rate(classguard_feedback_held_total[{R}]))")]),
     ("Monitor pipeline", "timeseries", "none", [
         ("events/s", f"sum(rate(classguard_monitor_events_total[{R}]))"),
         ("dropped/s", f"sum(rate(classguard_monitor_events_dropped_total[{R}]))"),

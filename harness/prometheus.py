@@ -1,5 +1,5 @@
-"""A real Prometheus server (Debian's `prometheus`) on loopback, scraping a classguard server
-with classguard's rules, for tests and the demo."""
+"""A real Prometheus server (Debian's `prometheus`) on loopback, scraping a classguard server (or
+each replica of a fleet, as its own target) with classguard's rules, for tests and the demos."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 from harness.server import REPO, free_port
 
@@ -22,10 +23,17 @@ def available() -> bool:
 
 
 class Prometheus:
-    """`with Prometheus(target_url) as prom:` scrapes every second and evaluates the rules every second."""
+    """`with Prometheus(target_url) as prom:` scrapes every second and evaluates the rules every second.
 
-    def __init__(self, target: str, *, interval: str = "1s") -> None:
-        self.target = target.removeprefix("http://")
+    `Prometheus([url_0, url_1, url_2])` scrapes several (a fleet's replicas) in one job,
+    `classguard`, each its own target: its series carry `instance="127.0.0.1:PORT"`."""
+
+    def __init__(self, target: str | Sequence[str], *, interval: str = "1s") -> None:
+        urls = [target] if isinstance(target, str) else list(target)
+        if not urls:
+            raise ValueError("Prometheus needs at least one target")
+        self.targets = [url.removeprefix("http://") for url in urls]
+        self.target = self.targets[0]
         self.interval = interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,7 +44,7 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
-            "scrape_configs": [{"job_name": "classguard", "static_configs": [{"targets": [self.target]}]}],
+            "scrape_configs": [{"job_name": "classguard", "static_configs": [{"targets": self.targets}]}],
         }
         (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self._log = open(root / "prometheus.log", "wb")
@@ -79,12 +87,14 @@ class Prometheus:
         return self.get("alerts")["alerts"]
 
     def wait_for_samples(self, metric: str = "classguard_model_info", timeout: float = 20.0) -> None:
+        """Until `metric` has been scraped from every target (one series at least per target)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             # ...and the rules have seen the target up: before its first scrape, `absent(up)`
             # holds ClassguardTargetDown pending, which is no part of what is being shown
-            if self.query(metric) and not any(a["labels"]["alertname"] == "ClassguardTargetDown"
-                                              for a in self.alerts()):
+            scraped = {series["metric"].get("instance") for series in self.query(metric)}
+            if len(scraped) >= len(self.targets) and not any(
+                    a["labels"]["alertname"] == "ClassguardTargetDown" for a in self.alerts()):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"no {metric} scraped within {timeout}s")

@@ -67,7 +67,7 @@ async def send_all(url: str | Sequence[str], samples: list[Sample], *, concurren
     return results
 
 
-def run(url: str, samples: list[Sample], **kwargs) -> tuple[list[tuple[Sample, int, dict]], float]:
+def run(url: str | Sequence[str], samples: list[Sample], **kwargs) -> tuple[list[tuple[Sample, int, dict]], float]:
     started = time.perf_counter()
     results = asyncio.run(send_all(url, samples, **kwargs))
     return results, time.perf_counter() - started

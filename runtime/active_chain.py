@@ -140,7 +140,9 @@ class GuardrailRuntime:
 
         while True:
             await asyncio.sleep(self.config.sync_seconds)
-            self.sync()
+            # in a thread: in a fleet this is a database query, and a database that stops
+            # answering (a partition, no reset) would otherwise hold every request of the worker
+            await asyncio.to_thread(self.sync)
 
     @staticmethod
     def _publish_info(chain: Chain) -> None:

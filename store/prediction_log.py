@@ -39,6 +39,7 @@ QUIET_ACTIONS = {"allow", "pass", "shadow"}  # guardrail actions that do not mak
 COLUMNS = ("request_id", "correlation_id", "ts", "subgroup", "model", "model_version", "label", "abstained",
            "confidence", "flagged", "flags", "guardrails", "top_k", "probs", "config_hash", "image_sha256", "replica")
 MAX_PAGE = 1_000  # rows in one lookup answer; more come page by page (`before`)
+JOIN_IDLE_SECONDS = 5.0  # with no new rows, how often held labels are looked at (to expire them)
 connect = sql_sqlite.connect  # a SQLite log file, opened (and its schema brought up to date)
 
 
@@ -75,7 +76,7 @@ class PredictionLog:
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
         self._conn = self.db.connect()
-        self._last_retention = 0.0
+        self._last_retention = self._last_join = 0.0
         # after every write: labels that arrived before their answers were written are joined
         # (set by the wiring, which knows the models' classes)
         self.after_write: Callable[[Any], None] | None = None
@@ -135,9 +136,12 @@ class PredictionLog:
                 self._requeue(rows)
                 return 0
             written = self._write(rows) if rows else 0
-            if self.after_write is not None and not self._failed:
-                self._guarded("join", self.after_write, self._conn)
             now = time.time() if now is None else now
+            # held labels: joined when answers arrive, expired now and then even without traffic
+            if self.after_write is not None and not self._failed and (
+                    written or now - self._last_join >= JOIN_IDLE_SECONDS):
+                self._last_join = now
+                self._guarded("join", self.after_write, self._conn)
             if retention and now - self._last_retention >= self.config.retention_check_seconds:
                 if self._guarded("retention", self._enforce_retention, now):
                     self._last_retention = now
@@ -204,6 +208,8 @@ class PredictionLog:
         """Delete predictions past their age or beyond the row count, and their feedback with them
         (left behind, feedback grew without bound and refused labels for reused ids)."""
         with self._conn.transaction():
+            if not claim(self._conn, "retention", now, self.config.retention_check_seconds):
+                return  # another worker (or replica) did it within the interval
             cutoff = now - self.config.retention_days * 86400
             newest_kept = self._conn.execute("SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET ?",
                                              (self.config.max_rows - 1,)).fetchone()
@@ -212,6 +218,15 @@ class PredictionLog:
             self._conn.execute("DELETE FROM feedback WHERE request_id IN "
                                "(SELECT request_id FROM predictions WHERE ts < ?)", (cutoff,))
             self._conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
+
+
+def claim(conn: Any, task: str, now: float, every: float) -> bool:
+    """True for the one caller per `every` seconds that gets to run `task`, across every worker
+    and replica sharing the store (the row's update is atomic); the others skip it. Retention
+    on every replica every 30 s would scan the table 100 times as often in a 100-replica fleet."""
+    return conn.execute(
+        "INSERT INTO maintenance (task, last_run) VALUES (?, ?) ON CONFLICT (task) DO UPDATE "
+        "SET last_run = excluded.last_run WHERE maintenance.last_run <= ?", (task, now, now - every)).rowcount == 1
 
 
 # -- lookups (admin routes and CLI read the same file) -----------------------------------------------

@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS held_feedback (
     label       text NOT NULL,
     ts          double precision NOT NULL
 );
+-- periodic work the whole fleet needs done once per interval, not once per replica
+CREATE TABLE IF NOT EXISTS maintenance (
+    task        text PRIMARY KEY,
+    last_run    double precision NOT NULL
+);
 -- the guardrail chain: every installed chain is a row; the active one is the newest
 CREATE TABLE IF NOT EXISTS guardrail_chain (
     id          bigserial PRIMARY KEY,
@@ -154,13 +159,22 @@ class Connection:
         self.raw.close()
 
 
-def connect(url: str, *, connect_timeout: float, statement_timeout: float, application: str) -> Connection:
+def connect_kwargs(*, connect_timeout: float, statement_timeout: float, application: str) -> dict[str, Any]:
+    """Every connection: autocommit outside `transaction()`, bounded waits, named for pg_stat_activity.
+    statement_timeout bounds the server's work; the TCP settings bound the client's wait on a
+    server that stopped answering without closing the connection (a partition): keepalives
+    find a silent peer within about connect_timeout + 3 s, tcp_user_timeout a send never acknowledged."""
+    wait = max(1, round(connect_timeout))
+    return {"autocommit": True, "connect_timeout": wait, "application_name": application[:63],
+            "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+            "keepalives": 1, "keepalives_idle": wait, "keepalives_interval": 1, "keepalives_count": 3,
+            "tcp_user_timeout": int((statement_timeout + wait) * 1000)}
+
+
+def connect(url: str, **kwargs: Any) -> Connection:
     import psycopg
 
-    raw = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)),
-                          application_name=application[:63],
-                          options=f"-c statement_timeout={int(statement_timeout * 1000)}")
-    return Connection(raw)
+    return Connection(psycopg.connect(url, **connect_kwargs(**kwargs)))
 
 
 def create_schema(conn: Connection) -> None:

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS held_feedback (
     label       TEXT NOT NULL,
     ts          REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS maintenance (
+    task        TEXT PRIMARY KEY,
+    last_run    REAL NOT NULL
+);
 """
 INDEXES = """
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);

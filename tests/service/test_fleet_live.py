@@ -244,3 +244,61 @@ def test_a_rolling_update_keeps_statistics_per_model_version_and_shows_the_drift
                                                    outcome="sync_failed"), timeout=5)
         assert failed >= 1
         assert served_hash(fleet.urls[1]) and served_hash(fleet.urls[1]) != served_hash(fleet.urls[0])
+
+
+class FreezableProxy:
+    """A TCP proxy to PostgreSQL that can stop forwarding while keeping every socket open: a
+    network partition, where nothing is refused or reset and a client waits on silence."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+
+        self.target_port, self.frozen = target_port, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            client, _ = self.server.accept()
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.05)  # hold the bytes: neither delivered nor refused
+                sink.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_database_that_goes_silent_never_stalls_the_answers(model_home, postgres, tmp_path_factory):
+    """With every byte to and from PostgreSQL held for 12 s (sockets open, nothing refused),
+    /classify keeps answering, each within a second: no store call runs on the event loop."""
+    proxy = FreezableProxy(postgres.port)
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE fleet_silent")
+    url = f"postgresql://cg@127.0.0.1:{proxy.port}/fleet_silent"
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
+    with Fleet(1, url, env=env, log_dir=tmp_path_factory.mktemp("silent")) as fleet:
+        sample = stream(holdout_samples(), 1, phone_share=0.0, seed=1)[0]
+        files = {"image": ("d.png", sample.png, "image/png")}
+        assert httpx.post(f"{fleet.urls[0]}/classify", files=files, timeout=10).status_code == 200
+        proxy.frozen.set()
+        slowest, ends = 0.0, time.monotonic() + 12
+        try:
+            while time.monotonic() < ends:
+                began = time.monotonic()
+                answer = httpx.post(f"{fleet.urls[0]}/classify", files=files, timeout=5)
+                slowest = max(slowest, time.monotonic() - began)
+                assert answer.status_code == 200
+                time.sleep(0.1)
+        finally:
+            proxy.frozen.clear()
+        print(f"silent database 12 s: slowest /classify {slowest * 1000:.0f} ms")
+        assert slowest < 1.0

@@ -15,6 +15,7 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "log-token-0123456789"
+LONG_AGO = "0" * 12 + "7000" + "8" + "0" * 15  # a service id minted in 1970: never logged, never held
 FEEDBACK_TOKEN = "feedback-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -105,17 +106,19 @@ def test_feedback_joins_answers_and_exports_realized_accuracy(logged):
 
 
 def test_feedback_items_are_judged_one_by_one(logged):
-    """Duplicate: idempotent 200; different label: 409 and unchanged; unknown id: 404;
-    unknown label: 422; a bad body: 400; a wrong token: 401."""
+    """Duplicate: idempotent 200; different label: 409 and unchanged; a service id minted long
+    ago and not logged: 404; a correlation id not logged yet: 202 held; unknown label: 422;
+    a bad body: 400; a wrong token: 401."""
     server, _, results = logged
     rid, truth = results[400][2]["request_id"], str(results[400][0].label)
     assert send_feedback(server.url, {"request_id": rid, "label": truth}).status_code == 201
     assert send_feedback(server.url, {"request_id": rid, "label": truth}).json()["results"][0]["result"] == "duplicate"
     other = "1" if truth != "1" else "2"
     assert send_feedback(server.url, {"request_id": rid, "label": other}).status_code == 409
-    assert send_feedback(server.url, {"request_id": "nope", "label": "3"}).status_code == 404
+    assert send_feedback(server.url, {"request_id": LONG_AGO, "label": "3"}).status_code == 404
+    assert send_feedback(server.url, {"request_id": "not-logged-yet", "label": "3"}).status_code == 202
     assert send_feedback(server.url, {"request_id": results[401][2]["request_id"], "label": "cat"}).status_code == 422
-    batch = send_feedback(server.url, {"items": [{"request_id": "nope", "label": "1"},
+    batch = send_feedback(server.url, {"items": [{"request_id": LONG_AGO, "label": "1"},
                                                  {"request_id": results[402][2]["request_id"], "label": "1"}]})
     assert [x["status"] for x in batch.json()["results"]] == [404, 201]
     assert send_feedback(server.url, {"items": []}).status_code == 400

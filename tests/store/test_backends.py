@@ -162,3 +162,29 @@ def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
         postgres.resume()
     assert log.flush() == 300
     assert db.read(lambda c: c.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]) == 300
+
+
+def test_a_lookup_right_after_a_database_restart_is_answered(postgres, pg_url):
+    """A reader connection kept idle across a restart of the server is replaced on the spot: the
+    first lookup after the restart is answered, not a 503 (a pool that backs off had taken 27 s)."""
+    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
+    db.prepare()
+    count = lambda conn: conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]  # noqa: E731
+    assert db.read(count) == 0  # leaves an idle reader connection behind
+    postgres.stop()
+    postgres.resume()
+    assert db.read(count) == 0
+
+
+def test_retention_keeps_the_newest_rows_and_their_feedback_only(database):
+    """max_rows=100: of 300 rows only the newest 100 remain on either engine; the feedback of a
+    deleted answer goes with it, a kept answer's stays."""
+    log = PredictionLog(LogConfig(max_rows=100, retention_check_seconds=1e-6), database)
+    for i in range(300):
+        log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    log.flush(retention=False)
+    database.read(feedback.record, [("r0", "3"), ("r250", "3")], LABELS, [])
+    log.flush()
+    count = lambda conn, table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert database.read(count, "predictions") == 100
+    assert database.read(lambda conn: conn.execute("SELECT request_id FROM feedback").fetchall()) == [("r250",)]

@@ -149,3 +149,17 @@ def test_a_swap_while_the_store_is_down_is_refused_everywhere(replica, postgres,
     assert a.chain.profile == "allow_all"
     assert REGISTRY.get_sample_value("classguard_guardrail_swaps_total", {"outcome": "refused"}) == refused + 1
     assert b.sync() is False and b.chain.profile == "allow_all"
+
+
+def test_the_cli_prints_the_fleets_audit_trail_newest_first(replica, pg_url, capsys):
+    """`classguard guardrails history --db URL` prints one JSON line per stored chain, newest
+    first, naming the replica that wrote it."""
+    import json
+
+    from ops.cli import main
+
+    a, b = replica("a"), replica("b")
+    b.swap(profile="abstain_when_unsure")
+    assert main(["guardrails", "history", "--db", pg_url, "--limit", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["replica"], r["profile"]) for r in lines] == [("b", "abstain_when_unsure"), ("a", "allow_all")]
