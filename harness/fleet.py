@@ -14,7 +14,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.server import Server
+from harness.server import Server, descendants, kill_all
 
 
 class Fleet:
@@ -43,9 +43,12 @@ class Fleet:
         return self
 
     def kill(self, i: int) -> None:
-        """SIGKILL replica i's whole process group: nothing runs its shutdown hooks."""
+        """SIGKILL replica i: its server and every worker (each in a session of its own, out of
+        reach of the process group), as a node failure would; no shutdown hook runs."""
         process = self.servers[i].process
+        family = descendants(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
+        kill_all(family)
         process.wait()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,6 +15,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`. BentoML starts each worker in a session of its own, so a
+    signal to the server's process group does not reach them: a server killed with SIGKILL
+    left its workers running (serving, flushing) as orphans."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,12 +98,14 @@ class Server:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
+            family = descendants(self.process.pid)
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            kill_all(family)  # workers that outlived their server (a failed start-up leaves them)
         if self.log_path and self._log is not subprocess.DEVNULL:
             self._log.close()
         self._home.cleanup()

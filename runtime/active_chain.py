@@ -20,7 +20,7 @@ from runtime.chain_config import ChainContext, Profiles, compile_chain, config_h
 from service import metrics
 from service.config import GuardrailsConfig
 from store.chain_store import ChainStore, FleetChainStore
-from store.database import StoreUnavailable
+from store.database import StoreUnavailable, off_loop
 from store.model_store import split_tag
 
 log = logging.getLogger("classguard.guardrails")
@@ -142,7 +142,7 @@ class GuardrailRuntime:
             await asyncio.sleep(self.config.sync_seconds)
             # in a thread: in a fleet this is a database query, and a database that stops
             # answering (a partition, no reset) would otherwise hold every request of the worker
-            await asyncio.to_thread(self.sync)
+            await off_loop(self.sync)
 
     @staticmethod
     def _publish_info(chain: Chain) -> None:

@@ -50,8 +50,8 @@ class Engine:
         self.replica = fleet.replica_name()
         # the shared store: PostgreSQL in a fleet, else the log's SQLite file (when the log is on)
         self.db = open_database(settings) if fleet.enabled or settings.log.enabled else None
-        if self.db is not None:
-            self.db.prepare()  # replicas starting together: the schema is created once, before any use
+        if self.db is not None:  # replicas starting together: the schema is created once, before any use
+            self.db.prepare(fleet.startup_wait_seconds if fleet.enabled else 0.0)
         self.monitors = (
             MonitorPipeline(settings.monitors, list(self.models), [m.profile for m in self.models.values()],
                             self.resolver.keys(), fleet=self._fleet_windows() if fleet.enabled else None)
@@ -74,7 +74,9 @@ class Engine:
                                max_wait_s=settings.guardrails.shadow_wait_ms / 1000.0, name=f"shadow-{name}")
             for name, model in self.models.items()
         }
-        self.hold = Hold(settings.log.hold_feedback_seconds, settings.log.max_held_feedback)
+        # labels wait for their answers only when every answer is written (log.mode: all)
+        self.hold = (Hold(settings.log.hold_feedback_seconds, settings.log.max_held_feedback)
+                     if settings.log.mode == "all" else Hold(seconds=0))
         self.log = PredictionLog(settings.log, self.db, self.replica) if settings.log.enabled else NoLog()
         if settings.log.enabled:
             labels_of, pairs = self.labels_of(), self.pairs()

@@ -34,7 +34,7 @@ from service import metrics
 from service.errors import InputError, internal_error, route_error
 from service.http_input import read_body, require_bearer
 from service.ids import is_lookup_id
-from store.database import StoreUnavailable
+from store.database import StoreUnavailable, off_loop
 from store.prediction_log import LogDisabled
 
 if TYPE_CHECKING:  # types only: the models module loads torch
@@ -134,7 +134,7 @@ class Admin:
     async def show_guardrails(self, request: Request) -> Response:
         async def work():
             runtime = self.chain
-            await asyncio.to_thread(runtime.sync)  # this worker may not have picked up a swap made on another yet
+            await off_loop(runtime.sync)  # this worker may not have picked up a swap made on another yet
             return {**runtime.describe(), "guardrails": [g.name for g in runtime.chain.guardrails]}
 
         return await self._guarded(request, work)
@@ -153,11 +153,11 @@ class Admin:
             try:
                 check_profile_name(body["profile"])
                 # off the event loop: a swap waits for the workers' lock and writes files
-                chain = await asyncio.to_thread(self.chain.swap, profile=body["profile"], chain=body.get("chain"))
+                chain = await off_loop(self.chain.swap, profile=body["profile"], chain=body.get("chain"))
             except ValueError as exc:  # pydantic's ValidationError is a ValueError too
                 raise InputError("invalid_guardrails", str(exc)) from None
             except StoreUnavailable as exc:  # never applied to part of the fleet
-                raise InputError("store_unavailable", f"swap refused, nothing changed: {exc}") from None
+                raise InputError("store_unavailable", f"swap not confirmed, this replica keeps its chain: {exc}") from None
             return {"profile": chain.profile, "hash": chain.config_hash, "applied": True}
 
         return await self._guarded(request, work)
@@ -178,14 +178,14 @@ class Admin:
             try:
                 filters = dict(since=prediction_log.parse_since(p.get("since")),
                                until=prediction_log.parse_since(p.get("until")),
-                               subgroup=p.get("subgroup"), flag=p.get("flag"), action=p.get("action"),
-                               model=p.get("model"), correlation_id=p.get("correlation_id"),
+                               subgroup=_text(p, "subgroup"), flag=_text(p, "flag"), action=_text(p, "action"),
+                               model=_text(p, "model"), correlation_id=_text(p, "correlation_id"),
                                flagged_only=p.get("flagged") in ("1", "true"), before=p.get("before"), limit=limit)
             except ValueError as exc:
                 raise InputError("bad_parameter", str(exc)) from None
             if filters["before"] is not None and not is_lookup_id(filters["before"]):
                 raise InputError("bad_parameter", "before is the request id of the last row of the previous page")
-            return await asyncio.to_thread(self._page, filters, fmt)
+            return await off_loop(self._page, filters, fmt)
 
         return await self._guarded(request, work)
 
@@ -213,7 +213,7 @@ class Admin:
             key = request.path_params["request_id"]
             if not is_lookup_id(key):
                 raise InputError("bad_parameter", "a request id is 1-80 of A-Z a-z 0-9 . _ : -")
-            records = await asyncio.to_thread(self._read, prediction_log.find, key)
+            records = await off_loop(self._read, prediction_log.find, key)
             if not records:
                 raise InputError("not_found", "no logged prediction has this request id or correlation id")
             if len(records) > 1:
@@ -228,7 +228,7 @@ class Admin:
 
         async def work():
             since = time.time() - _seconds(request.query_params.get("window_seconds", "3600"))
-            rows = await asyncio.to_thread(self._read, prediction_log.summary, since)
+            rows = await off_loop(self._read, prediction_log.summary, since)
             return {"since": since, "rows": rows}
 
         return await self._guarded(request, work)
@@ -255,6 +255,18 @@ def _count(text: str, name: str, low: int, high: int) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
         raise InputError("bad_parameter", f"{name} must be a whole number within {low}..{high}")
     return int(text)
+
+
+def _text(params, name: str) -> str | None:
+    """A text filter as the client sent it, or None; one no stored value can hold (a NUL, a lone
+    surrogate, other control characters: PostgreSQL refuses some of them outright) or over
+    200 characters is a 400, never a 500."""
+    value = params.get(name)
+    if value is None:
+        return None
+    if len(value) > 200 or not value.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InputError("bad_parameter", f"{name} must be up to 200 printable characters")
+    return value
 
 
 def _seconds(text: str) -> float:

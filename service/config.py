@@ -161,12 +161,25 @@ class FleetConfig(Strict):
     replica: str | None = Field(None, description="this replica's name in logs and the store (default: host name)")
     connect_timeout_seconds: float = Field(3.0, gt=0.0, le=60.0, description="give up connecting after this")
     statement_timeout_seconds: float = Field(5.0, gt=0.0, le=300.0, description="cancel a store statement after this")
+    startup_wait_seconds: float = Field(60.0, ge=0.0, le=3_600.0,
+                                        description="a replica starting while the database is away waits this long")
 
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is not None and not url.get_secret_value().startswith(("postgresql://", "postgres://")):
-            raise ValueError("fleet.database_url must be a postgresql:// URL")
+        if url is None:
+            return None
+        if not url.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("fleet.database_url must be a postgresql:// URL (not shown: it may hold a password)")
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            conninfo_to_dict(url.get_secret_value())
+        except ImportError:
+            pass  # the driver's absence is reported where the store opens
+        except Exception:  # the driver's message quotes the offending part, password included
+            raise ValueError("fleet.database_url is not a valid PostgreSQL URL (not shown: it may hold a "
+                             "password); percent-encode special characters in the user and password") from None
         return url
 
     @field_validator("replica")
@@ -188,8 +201,9 @@ class FleetConfig(Strict):
 
 
 class Settings(BaseSettings):
+    # hide_input_in_errors: a refused token or database URL must not be echoed into a log
     model_config = SettingsConfigDict(env_prefix="CLASSGUARD_", env_nested_delimiter="__", extra="forbid",
-                                      frozen=True)
+                                      frozen=True, hide_input_in_errors=True)
 
     models: ModelsConfig = ModelsConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"

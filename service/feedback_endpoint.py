@@ -7,7 +7,6 @@ the route answers 404 `feedback_disabled`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, Mapping, Sequence
 
@@ -20,7 +19,7 @@ from service.config import LimitsConfig
 from service.errors import InputError, internal_error
 from service.http_input import read_body, require_bearer
 from store import feedback
-from store.database import StoreUnavailable
+from store.database import StoreUnavailable, off_loop
 from store.prediction_log import LogDisabled, NoLog, PredictionLog
 
 class FeedbackEndpoint:
@@ -33,7 +32,7 @@ class FeedbackEndpoint:
     async def __call__(self, request: Request) -> JSONResponse:
         try:
             items = await self._items(request)
-            results = await asyncio.to_thread(self._record, items)
+            results = await off_loop(self._record, items)
         except InputError as exc:
             metrics.REJECTED.labels("feedback", exc.reason).inc()
             return exc.response()
@@ -61,6 +60,9 @@ class FeedbackEndpoint:
         return items
 
     def _record(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        if getattr(self.log, "failing", False):  # known away: say so now, not after a connect timeout
+            raise InputError("store_unavailable", "labels not recorded: the store did not answer this replica's "
+                                                  "last write; send them again shortly")
         self.log.flush(retention=False)  # this worker's newest answers are findable at once
         try:
             return self.log.read(feedback.record, items, self.labels_of, self.pairs, self.hold)

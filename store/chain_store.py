@@ -93,7 +93,7 @@ class FleetChainStore:
     def __init__(self, database: Database, replica: str) -> None:
         self.db, self.replica = database, replica
         self._poll = None  # this worker's polling connection, opened on first use
-        self._swap = None  # the connection of the swap in progress (inside locked())
+        self._swap = threading.local()  # the connection and row of a swap in progress (inside locked())
         self._seen: int | None = None
         self._reachable = True
         self._poll_lock = threading.Lock()
@@ -101,29 +101,37 @@ class FleetChainStore:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One swap at a time across the fleet: a transaction holding an advisory lock, in which
-        `publish` writes. Raises StoreUnavailable when the store cannot be reached."""
+        `publish` writes. Raises StoreUnavailable when the store cannot be reached; then the
+        swap may or may not have been stored (a commit whose acknowledgement was lost), so this
+        worker forgets what it has seen and reads the store again at its next sync."""
         try:
             conn = self.db.connect(schema=False)
         except self.db.errors as exc:
             raise StoreUnavailable(f"the fleet store is unreachable ({type(exc).__name__})") from None
+        swap = self._swap
+        swap.conn, swap.row = conn, None
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(?)", (CHAIN_LOCK,))
-                self._swap = conn
                 yield
         except self.db.transient as exc:
-            raise StoreUnavailable(f"the fleet store failed during the swap ({type(exc).__name__})") from None
+            self.retry()
+            raise StoreUnavailable(f"the fleet store failed during the swap ({type(exc).__name__}); if it "
+                                   "was stored, every replica installs it at its next sync") from None
+        else:
+            if swap.row is not None:
+                self._seen = swap.row  # committed: this worker installs it itself
         finally:
-            self._swap = None
+            swap.conn = swap.row = None
             conn.close()
 
     def is_empty(self) -> bool:
-        return self._latest(self._swap) is None
+        return self._latest(self._swap.conn) is None
 
     def publish(self, record: dict[str, Any], audit_entry: dict[str, Any]) -> None:
         """Insert the chain as the newest row (inside `locked()`): the fleet's active chain and
         its audit entry at once, linked to the row it replaces."""
-        conn = self._swap
+        conn = self._swap.conn
         previous = self._latest(conn)
         row = conn.execute(
             "INSERT INTO guardrail_chain (ts, source, replica, pid, profile, hash, chain, previous_id, "
@@ -131,7 +139,7 @@ class FleetChainStore:
             (record["time"], audit_entry["source"], self.replica, audit_entry["pid"], record["profile"],
              record["hash"], json.dumps(record["chain"]), previous["id"] if previous else None,
              previous["profile"] if previous else None, previous["hash"] if previous else None)).fetchone()
-        self._seen = row[0]
+        self._swap.row = row[0]
 
     def changed(self) -> dict[str, Any] | None:
         """The newest row if it is not the one this worker last published or read; None when

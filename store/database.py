@@ -11,10 +11,14 @@ upserts, JSON functions) is in `store.sql_sqlite` and `store.sql_postgres`, reac
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import sqlite3
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, TypeVar
@@ -23,6 +27,16 @@ from store import sql_sqlite
 
 log = logging.getLogger("classguard.store")
 T = TypeVar("T")
+
+
+# Store calls (lookups, feedback, swaps, flushes, chain syncs) run in threads of their own: a
+# database that stops answering ties up these, never the default threads /classify decodes in.
+_STORE_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="classguard-store")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` in the store's threads, awaited from the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_STORE_THREADS, functools.partial(fn, *args, **kwargs))
 
 
 class StoreUnavailable(Exception):
@@ -38,9 +52,21 @@ class Database:
     def connect(self) -> Any:
         raise NotImplementedError
 
-    def prepare(self) -> None:
-        """Create or migrate the schema now (start-up), so every later reader finds it."""
-        self.connect().close()
+    def prepare(self, wait_seconds: float = 0.0) -> None:
+        """Create or migrate the schema now (start-up), so every later reader finds it. A store
+        that cannot be reached is tried again for up to `wait_seconds` (a replica starting
+        during a database restart waits for it rather than failing its start-up)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                self.connect().close()
+                return
+            except self.transient as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(f"{self.describe()} unreachable at start-up "
+                                           f"({type(exc).__name__}); waited {wait_seconds:g} s") from None
+                log.warning("store %s unreachable at start-up; trying again", self.describe())
+                time.sleep(1.0)
 
     def revive(self, conn: Any) -> Any:
         """`conn` if it is still good, else a new connection (raises when none can be made)."""
@@ -132,31 +158,39 @@ class PostgresDatabase(Database):
         return conn
 
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        for attempt in (1, 2):
-            conn, reused = self._borrow()
-            try:
-                result = fn(conn, *args, **kwargs)
-            except self.transient as exc:
-                conn.close()
-                if reused and attempt == 1:
-                    continue  # an idle connection the server dropped (a restart): once more, on a new one
-                raise StoreUnavailable(f"{self.backend} store failed: {type(exc).__name__}") from exc
-            except BaseException:
-                conn.close()
-                raise
-            self._give_back(conn)
-            return result
-        raise AssertionError("unreachable")
-
-    def _borrow(self) -> tuple[Any, bool]:
-        """An idle reader connection (reused) or a new one. A pool library was tried first:
-        psycopg_pool backs off exponentially while the server is away and took 27.5 s to serve
-        again after a 30 s outage; this answers as soon as the server is back."""
-        with self._readers_lock:
-            if self._idle:
-                return self._idle.pop(), True
+        conn = self._borrow()
         try:
-            return self.connect(schema=False), False
+            result = fn(conn, *args, **kwargs)
+        except self.transient as exc:
+            conn.close()
+            raise StoreUnavailable(f"{self.backend} store failed: {type(exc).__name__}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._give_back(conn)
+        return result
+
+    def _borrow(self) -> Any:
+        """An idle reader connection that still answers, or a new one. An idle connection is
+        checked first (one round trip) rather than `fn` retried on failure: a retried write
+        whose commit had succeeded would answer differently the second time. When one idle
+        connection is dead (the server restarted), they all are: all are dropped.
+        A pool library was tried first: psycopg_pool backs off exponentially while the server
+        is away and took 27.5 s to serve again after a 30 s outage; this serves at once."""
+        with self._readers_lock:
+            idle = self._idle.pop() if self._idle else None
+        if idle is not None:
+            try:
+                idle.execute("SELECT 1")
+                return idle
+            except self.errors:
+                idle.close()
+                with self._readers_lock:
+                    dead, self._idle = self._idle, []
+                for conn in dead:
+                    conn.close()
+        try:
+            return self.connect(schema=False)
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store unreachable: {type(exc).__name__}") from exc
 

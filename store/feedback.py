@@ -5,14 +5,19 @@ idempotent), `conflict` (a different label for a request that already has one, 4
 overwritten silently), `unknown_request` (404: not in the log, or no longer), `unknown_label`
 (422: not a class of the model that answered), `invalid_request_id` (400: not an id at all),
 `ambiguous_request_id` (409: a client correlation id that names several answers), `held`
-(202: no answer with this id is written yet, so the label waits, see below), `hold_full` (503:
-too many labels wait already; send it again later).
+(202: no answer with this id is written yet, or it was answered by a model this replica does
+not load, so the label waits, see below), `hold_full` (503: too many labels wait already;
+send it again later), `model_not_here` (409: answered by a model this replica does not load,
+with holding off).
 
 Answers reach the log a flush after they are served (and in a fleet, through another
 replica), so a label can arrive first. A key that could still be written (a service id minted
-within `hold_seconds`, or a client correlation id) is held in `held_feedback`; every log
-flush joins the held labels whose answers have arrived and drops those older than
-`hold_seconds`, each counted (`classguard_feedback_held_total`).
+within `hold.seconds`, or a client correlation id) with a label some loaded model knows is
+held in `held_feedback`; every log flush with new rows (and every few seconds without) joins
+the held labels whose answers have arrived and drops those older than `hold.seconds`, each
+counted (`classguard_feedback_held_total`). Holding is on only when every answer is logged
+(`log.mode: all`): with sampling an answer may never be written, and its label would wait
+for nothing.
 """
 
 from __future__ import annotations
@@ -27,14 +32,20 @@ from service.ids import is_lookup_id, minted_at
 from store.prediction_log import find_rows, where
 
 STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request": 404, "unknown_label": 422,
-          "invalid_request_id": 400, "ambiguous_request_id": 409, "held": 202, "hold_full": 503}
-JOIN_BATCH = 1_000  # held labels looked at per flush
+          "invalid_request_id": 400, "ambiguous_request_id": 409, "held": 202, "hold_full": 503,
+          "model_not_here": 409}
+JOIN_BATCH = 1_000  # held labels joined per flush at most
+HELD_LOCAL = "model_not_here"  # an answer of a model this replica does not load (a rolling update)
 
 
 @dataclass(frozen=True)
 class Hold:
-    seconds: float = 120.0  # 0: no holding, an unknown id is a 404 at once
+    seconds: float = 120.0  # 0 (or most=0): no holding, an id not in the log is a 404 at once
     most: int = 10_000
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds > 0 and self.most > 0
 
 
 def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, Sequence[str]],
@@ -42,22 +53,26 @@ def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, 
     """Store (request id or correlation id, true label) pairs in one transaction; once it has
     committed, update the realized-accuracy metrics for the new ones (a batch that fails
     part-way is rolled back, and so must its counts be)."""
-    results, new, held = [], [], 0
+    results, new, newly_held = [], [], 0
     now = time.time() if now is None else now
+    every_label = {label for labels in labels_of.values() for label in labels}
     # exclusive: two posts for one id then queue on the write lock instead of racing from
     # "not recorded yet" to a failed insert (PostgreSQL's ON CONFLICT waits on its own)
     with conn.transaction(exclusive=True):
         for key, truth in items:
             result, joined = _record_one(conn, key, truth, labels_of)
-            if result["result"] == "unknown_request" and _may_arrive(key, hold, now):
-                result = _hold(conn, key, truth, hold, now)
-                held += result["result"] == "held"
+            early = result["result"] == "unknown_request" and _may_arrive(key, hold, now)
+            if early and truth not in every_label:  # judged now: a typo never waits to be dropped
+                result = _result(key, "unknown_label", f"{truth[:64]!r} is not a class of any loaded model")
+            elif early or (result["result"] == HELD_LOCAL and hold.enabled):
+                result, inserted = _hold(conn, key, truth, hold, now)
+                newly_held += inserted
             results.append(result)
             if joined is not None:
                 new.append(joined)
     _count(new, pairs)
-    if held:
-        metrics.FEEDBACK_HELD.labels("held").inc(held)
+    if newly_held:
+        metrics.FEEDBACK_HELD.labels("held").inc(newly_held)
     if full := sum(r["result"] == "hold_full" for r in results):
         metrics.FEEDBACK_HELD.labels("full").inc(full)
     return results
@@ -74,38 +89,52 @@ def _count(new: Sequence[tuple], pairs: Sequence[tuple[str, str]]) -> None:
 def _may_arrive(key: str, hold: Hold, now: float) -> bool:
     """Could an answer with this key still be written? A service id tells when it was minted;
     a client correlation id does not, so it is given the benefit of the doubt."""
-    if hold.seconds <= 0:
+    if not hold.enabled:
         return False
     minted = minted_at(key)
     return minted is None or now - minted <= hold.seconds
 
 
-def _hold(conn: Any, key: str, truth: str, hold: Hold, now: float) -> dict[str, Any]:
-    known = conn.execute("SELECT label FROM held_feedback WHERE key = ?", (key,)).fetchone()
-    if known is not None and known[0] != truth:
-        return _result(key, "conflict", f"already held as {known[0]!r}")
-    if known is None:
-        if conn.execute("SELECT COUNT(*) FROM held_feedback").fetchone()[0] >= hold.most:
-            return _result(key, "hold_full", f"{hold.most} labels already wait for their answers; send it again later")
-        conn.execute("INSERT INTO held_feedback (key, label, ts) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                     (key, truth, now))
-    return _result(key, "held", f"no answer with this id is logged yet; the label is held for "
-                                f"{hold.seconds:g} s and joined when the answer is written")
+def _hold(conn: Any, key: str, truth: str, hold: Hold, now: float) -> tuple[dict[str, Any], bool]:
+    """(the item's result, whether this call added the held row)."""
+    held = _result(key, "held", f"no answer with this id is logged yet (or its model is not loaded here); the "
+                                f"label is held for {hold.seconds:g} s and joined when the answer is written")
+    if conn.execute("SELECT COUNT(*) FROM held_feedback").fetchone()[0] >= hold.most:
+        known = conn.execute("SELECT label FROM held_feedback WHERE key = ?", (key,)).fetchone()
+        if known is None:
+            return _result(key, "hold_full", f"{hold.most} labels already wait for their answers; send it again "
+                                             "later"), False
+    inserted = conn.execute("INSERT INTO held_feedback (key, label, ts) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                            (key, truth, now)).rowcount == 1
+    if not inserted:  # held already (by this post, an earlier one, or another replica's just now)
+        known = conn.execute("SELECT label FROM held_feedback WHERE key = ?", (key,)).fetchone()
+        if known is not None and known[0] != truth:
+            return _result(key, "conflict", f"already held as {known[0]!r}"), False
+    return held, inserted
+
+
+# held labels whose answers are written (by request id, or by a correlation id), oldest first
+_ARRIVED = """SELECT h.key, h.label FROM held_feedback h
+              WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = h.key)
+                 OR EXISTS (SELECT 1 FROM predictions p WHERE p.correlation_id = h.key)
+              ORDER BY h.key LIMIT ?"""
 
 
 def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]],
               hold: Hold = Hold(), now: float | None = None) -> dict[str, int]:
     """Join held labels whose answers are now written; drop those held longer than
-    `hold.seconds`. Replicas may run this at once: a label is joined by whoever deletes it."""
+    `hold.seconds`. Replicas may run this at once: a label is joined by whoever deletes it
+    (rows taken in key order, so two joiners lock them in the same order). An answer of a
+    model this replica does not load is left for a replica that does."""
     if conn.execute("SELECT 1 FROM held_feedback LIMIT 1").fetchone() is None:
         return {}
     now = time.time() if now is None else now
     new, outcome = [], {"joined": 0, "expired": 0, "rejected": 0}
     with conn.transaction(exclusive=True):
         outcome["expired"] = conn.execute("DELETE FROM held_feedback WHERE ts < ?", (now - hold.seconds,)).rowcount
-        for key, truth in conn.execute("SELECT key, label FROM held_feedback ORDER BY ts LIMIT ?",
-                                       (JOIN_BATCH,)).fetchall():
-            if not find_rows(conn, key, ("request_id",)):
+        for key, truth in conn.execute(_ARRIVED, (JOIN_BATCH,)).fetchall():
+            rows = find_rows(conn, key, ("model",))
+            if len(rows) == 1 and rows[0][0] not in labels_of:
                 continue
             if not conn.execute("DELETE FROM held_feedback WHERE key = ?", (key,)).rowcount:
                 continue  # another replica joined it first
@@ -120,7 +149,7 @@ def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence
     return outcome
 
 
-def _record_one(conn: sqlite3.Connection, key: str, truth: str, labels_of: Mapping[str, Sequence[str]]):
+def _record_one(conn: Any, key: str, truth: str, labels_of: Mapping[str, Sequence[str]]):
     """(the item's result, (model, subgroup, emitted, truth, outcome) when newly recorded, else None)."""
     if not is_lookup_id(key):
         return _result(None, "invalid_request_id", "request_id must be 1-80 of A-Z a-z 0-9 . _ : -"), None
@@ -132,7 +161,9 @@ def _record_one(conn: sqlite3.Connection, key: str, truth: str, labels_of: Mappi
                        f"this correlation id names several answers; send one of their request ids: "
                        f"{', '.join(r[0] for r in rows)}"), None
     request_id, model, subgroup, emitted = rows[0]
-    if truth not in labels_of.get(model, ()):
+    if model not in labels_of:  # another replica loads it: the label waits for one that can judge it
+        return _result(key, HELD_LOCAL, f"answered by {model}, which this replica does not load"), None
+    if truth not in labels_of[model]:
         return _result(key, "unknown_label", f"{truth[:64]!r} is not a class of {model}"), None
     inserted = conn.execute("INSERT INTO feedback (request_id, label, ts) VALUES (?, ?, ?) "
                             "ON CONFLICT (request_id) DO NOTHING", (request_id, truth, time.time())).rowcount

@@ -30,7 +30,7 @@ from guardrails.core import bucket
 from service import metrics
 from service.config import LogConfig
 from store import sql_sqlite
-from store.database import Database, SqliteDatabase, dialect_of
+from store.database import Database, SqliteDatabase, dialect_of, off_loop
 from store.model_store import split_tag
 
 log = logging.getLogger("classguard.log")
@@ -122,7 +122,7 @@ class PredictionLog:
         while True:
             await asyncio.sleep(self.config.flush_seconds)
             try:
-                await asyncio.to_thread(self.flush)
+                await off_loop(self.flush)
             except Exception:
                 metrics.LOG_ERRORS.labels("flush").inc()
                 log.exception("prediction log flush failed")
@@ -138,16 +138,23 @@ class PredictionLog:
             written = self._write(rows) if rows else 0
             now = time.time() if now is None else now
             # held labels: joined when answers arrive, expired now and then even without traffic
-            if self.after_write is not None and not self._failed and (
-                    written or now - self._last_join >= JOIN_IDLE_SECONDS):
+            # (which also tells, with an empty queue, whether the store answers again)
+            if self.after_write is not None and (written or now - self._last_join >= JOIN_IDLE_SECONDS):
                 self._last_join = now
-                self._guarded("join", self.after_write, self._conn)
+                if self._guarded("join", self.after_write, self._conn):
+                    self._failed = False
             if retention and now - self._last_retention >= self.config.retention_check_seconds:
-                if self._guarded("retention", self._enforce_retention, now):
-                    self._last_retention = now
+                self._last_retention = now  # a failed round waits for the next interval too
+                self._guarded("retention", self._enforce_retention, now)
         return written
 
-    _failed = False  # the last write failed in a way that may pass (the store is away)
+    _failed = False  # the last contact with the store failed in a way that may pass (it is away)
+
+    @property
+    def failing(self) -> bool:
+        """The store did not answer this worker's last write (or reconnect, or join): a request
+        that needs it can be refused at once instead of waiting out a timeout."""
+        return self._failed
 
     def _revive(self) -> bool:
         """A usable writer connection: the same one, or a new one if the store came back (or
@@ -199,6 +206,11 @@ class PredictionLog:
         try:
             fn(*args)
             return True
+        except self.db.transient:
+            self._failed = True
+            metrics.LOG_ERRORS.labels(stage).inc()
+            log.warning("log %s failed: the store is away", stage, exc_info=log.isEnabledFor(logging.DEBUG))
+            return False
         except self.db.errors:
             metrics.LOG_ERRORS.labels(stage).inc()
             log.warning("log %s failed", stage, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -207,9 +219,10 @@ class PredictionLog:
     def _enforce_retention(self, now: float) -> None:
         """Delete predictions past their age or beyond the row count, and their feedback with them
         (left behind, feedback grew without bound and refused labels for reused ids)."""
-        with self._conn.transaction():
+        with self._conn.transaction():  # the claim commits at once: no lock held through the deletes
             if not claim(self._conn, "retention", now, self.config.retention_check_seconds):
                 return  # another worker (or replica) did it within the interval
+        with self._conn.transaction():
             cutoff = now - self.config.retention_days * 86400
             newest_kept = self._conn.execute("SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET ?",
                                              (self.config.max_rows - 1,)).fetchone()

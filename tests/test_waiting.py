@@ -26,3 +26,23 @@ def test_a_condition_that_never_holds_fails_after_the_timeout_with_the_last_valu
         wait_until(lambda: seen.append(time.monotonic()) or 0, timeout=0.2, interval=0.05,
                    message=lambda: "rows written")
     assert seen[-1] - started >= 0.2 and time.monotonic() - started < 1.0
+
+
+def test_together_releases_the_threads_at_once_and_keeps_what_they_raise():
+    """Four threads all pass the barrier before any finishes (each sees all four started);
+    one that raises is reported, not lost."""
+    import threading
+
+    from tests.waiting import together
+
+    started, lock = [], threading.Lock()
+
+    def work():
+        with lock:
+            started.append(1)
+            if len(started) == 4:
+                raise ValueError("fourth")
+        return len(started)
+
+    results, errors = together(4, work)
+    assert len(results) == 3 and [type(e) for e in errors] == [ValueError]

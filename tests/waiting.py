@@ -25,3 +25,27 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         time.sleep(min(interval, remaining))
     what = (message() if callable(message) else message) or getattr(predicate, "__name__", "condition")
     raise AssertionError(f"waited {timeout:g} s for {what}; last value: {result!r}")
+
+
+def together(n: int, work: Callable[[], T]) -> tuple[list[T], list[BaseException]]:
+    """Run `work` on `n` threads released at the same moment; (what each returned, what each
+    raised), for tests of concurrent writers."""
+    import threading
+
+    results: list[T] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(work())
+        except BaseException as exc:  # noqa: BLE001 - the caller asserts on it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors

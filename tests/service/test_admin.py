@@ -55,10 +55,16 @@ def test_json_report_covers_each_subgroup_with_explicit_methods(admin_server):
 
 
 def test_bad_parameters_are_400(admin_server):
-    """An unknown format or model, or a window out of range, is a 400 with a reason."""
+    """An unknown format or model, or a window out of range, is a 400 with a reason; so is a log
+    filter no stored value can hold (a NUL, which PostgreSQL refuses outright, a control
+    character, 201 characters)."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for params in ({"format": "pdf"}, {"model": "nope"}, {"window_seconds": "-5"}, {"window_seconds": "abc"}):
         r = httpx.get(f"{admin_server.url}/admin/drift-report", params=params, headers=auth)
+        assert r.status_code == 400 and r.json()["error"] == "bad_parameter", params
+    for params in ({"subgroup": "capture=\x00phone"}, {"flag": "a\nb"}, {"model": "m" * 201},
+                   {"correlation_id": "\x7f"}):
+        r = httpx.get(f"{admin_server.url}/admin/predictions", params=params, headers=auth)
         assert r.status_code == 400 and r.json()["error"] == "bad_parameter", params
 
 

@@ -63,3 +63,28 @@ def test_an_empty_bearer_never_matches():
     request = Request({"type": "http", "headers": [(b"authorization", b"Bearer ")]})
     with pytest.raises(InputError, match="Bearer"):
         require_bearer(request, SecretStr("a-strong-token-0123456789"), off_reason="admin_disabled", variable="X")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql+psycopg://cg:hunter2-secret@db/classguard", "must be a postgresql:// URL"),
+    ("postgresql://cg:hunter2%zz-secret@db/classguard", "not a valid PostgreSQL URL"),
+])
+def test_a_refused_database_url_is_never_echoed(monkeypatch, url, message):
+    """A wrong fleet.database_url stops start-up with the reason, and neither the message nor the
+    error's text repeats the URL (its password would land in a log); refused tokens neither."""
+    monkeypatch.setenv("CLASSGUARD_FLEET__DATABASE_URL", url)
+    with pytest.raises(ValidationError, match=message) as refused:
+        Settings()
+    assert "hunter2" not in str(refused.value)
+    monkeypatch.delenv("CLASSGUARD_FLEET__DATABASE_URL")
+    with pytest.raises(ValidationError) as weak:
+        Settings(admin_token="hunter2 weak")
+    assert "hunter2" not in str(weak.value)
+
+
+def test_fleet_mode_is_one_setting(monkeypatch):
+    """CLASSGUARD_FLEET__DATABASE_URL alone switches fleet mode on; unset, one host (SQLite)."""
+    assert not Settings().fleet.enabled
+    monkeypatch.setenv("CLASSGUARD_FLEET__DATABASE_URL", "postgresql://cg:pw@db.internal:5432/classguard")
+    settings = Settings()
+    assert settings.fleet.enabled and "pw" not in repr(settings.fleet)

@@ -142,8 +142,10 @@ def test_thirty_seconds_without_the_database(fleet, postgres):
     traffic.start()
     try:
         time.sleep(3)
+        began = time.monotonic()
         refused = post_feedback(urls[1], [{"request_id": "0" * 12 + "7000" + "8" + "0" * 15, "label": "3"}])
         assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert time.monotonic() - began < 1.0  # refused at once: the replica knows its store is away
         assert refused.json()["error"] == "store_unavailable"
         swap = httpx.post(f"{urls[2]}/admin/guardrails", json={"profile": "abstain_when_unsure"}, headers=AUTH,
                           timeout=30)

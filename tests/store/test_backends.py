@@ -2,7 +2,6 @@
 a real PostgreSQL (harness.postgres), and the fleet-only parts (held labels across writers,
 the shared chain, shared monitor windows) against PostgreSQL."""
 
-import threading
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ from service.config import LogConfig
 from store import feedback
 from store.database import PostgresDatabase, SqliteDatabase, StoreUnavailable
 from store.prediction_log import PredictionLog, find, get, query, summary
+from tests.waiting import together
 
 LABELS = {"base": [str(d) for d in range(10)]}
 
@@ -101,22 +101,9 @@ def test_feedback_for_one_answer_from_many_writers_is_recorded_once(database):
     for i in range(30):
         log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
     log.flush()
-    results, errors = [], []
-    start = threading.Barrier(8)
-
-    def post():
-        start.wait()
-        try:
-            for i in range(30):
-                results.extend(database.read(feedback.record, [(f"r{i}", "3")], LABELS, []))
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=post) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    posts, errors = together(8, lambda: [r for i in range(30)
+                                         for r in database.read(feedback.record, [(f"r{i}", "3")], LABELS, [])])
+    results = [r for post in posts for r in post]
     assert not errors
     assert sum(r["result"] == "recorded" for r in results) == 30
     assert sum(r["result"] == "duplicate" for r in results) == 7 * 30
@@ -125,21 +112,7 @@ def test_feedback_for_one_answer_from_many_writers_is_recorded_once(database):
 def test_replicas_starting_together_create_the_schema_once(pg_url):
     """12 replicas connect to an empty database at the same moment: every one starts, and the
     schema is recorded once."""
-    errors = []
-    start = threading.Barrier(12)
-
-    def boot():
-        start.wait()
-        try:
-            PostgresDatabase(pg_url, replica="r").connect().close()
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=boot) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _, errors = together(12, lambda: PostgresDatabase(pg_url, replica="r").connect().close())
     assert not errors
     conn = PostgresDatabase(pg_url, replica="r").connect()
     assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
@@ -188,3 +161,66 @@ def test_retention_keeps_the_newest_rows_and_their_feedback_only(database):
     count = lambda conn, table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: E731
     assert database.read(count, "predictions") == 100
     assert database.read(lambda conn: conn.execute("SELECT request_id FROM feedback").fetchall()) == [("r250",)]
+
+
+def test_a_held_label_is_held_once_and_a_different_one_is_a_conflict(database):
+    """The same early label twice: held both times, counted once; another label for it: 409
+    `conflict`; a label no loaded model knows: 422 at once (it would wait only to be dropped)."""
+    database.connect().close()
+    before = held("held")
+    results = database.read(feedback.record, [("client-7", "3"), ("client-7", "3"), ("client-7", "4"),
+                                              ("client-8", "cat")], LABELS, [])
+    assert [r["result"] for r in results] == ["held", "held", "conflict", "unknown_label"]
+    assert held("held") == before + 1
+
+
+def test_a_label_for_a_model_this_replica_lacks_waits_for_one_that_has_it(database):
+    """Mid rollout: an answer by a model replica A does not load. A label posted to A is held,
+    not refused; A's join leaves it; B, which loads the model, joins it."""
+    log = PredictionLog(LogConfig(), database)
+    log.record(response(1), np.full(10, 0.1), "h", "newer:v2", "capture=phone")
+    log.flush()
+    a_labels, b_labels = LABELS, {**LABELS, "newer": [str(d) for d in range(10)]}
+    [result] = database.read(feedback.record, [("r1", "3")], a_labels, [])
+    assert result["result"] == "held"
+    assert database.read(feedback.join_held, a_labels, []) == {"joined": 0, "expired": 0, "rejected": 0}
+    assert database.read(feedback.join_held, b_labels, [])["joined"] == 1
+
+
+def test_with_holding_off_an_unknown_id_is_a_404(database):
+    """log.mode sampled or flagged turns holding off (an answer may never be written): a
+    correlation id not in the log is a plain 404."""
+    database.connect().close()
+    [result] = database.read(feedback.record, [("client-9", "3")], LABELS, [], feedback.Hold(seconds=0))
+    assert (result["result"], result["status"]) == ("unknown_request", 404)
+
+
+def test_every_idle_reader_is_replaced_after_a_restart(postgres, pg_url):
+    """Two idle reader connections, both dead after a restart: the next lookup is answered on a
+    fresh connection (the check finds the first dead one and drops the other with it)."""
+    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
+    db.prepare()
+    count = lambda conn: conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]  # noqa: E731
+    assert db.read(lambda conn: (count(conn), db.read(count))) == (0, 0)  # two borrowed at once
+    assert len(db._idle) == 2
+    postgres.stop()
+    postgres.resume()
+    assert db.read(count) == 0 and len(db._idle) == 1
+
+
+def test_two_replicas_joining_at_once_join_each_label_once(database):
+    """200 early labels, then their answers written; two joiners (two replicas' flushes) run at
+    once: every label is joined exactly once between them, each counted once, no error."""
+    from service.ids import time_ordered_id
+
+    database.connect().close()
+    ids = [time_ordered_id() for _ in range(200)]
+    assert {r["result"] for r in database.read(feedback.record, [(i, "3") for i in ids], LABELS, [])} == {"held"}
+    log = PredictionLog(LogConfig(), database)
+    for i in ids:
+        log.record({**response(0), "request_id": i}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    log.flush()
+    outcomes, errors = together(2, lambda: database.read(feedback.join_held, LABELS, []))
+    assert not errors
+    assert sum(o.get("joined", 0) for o in outcomes) == 200
+    assert database.read(lambda conn: conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]) == 200

@@ -2,7 +2,6 @@
 metrics moved only once it committed, and concurrent posts for one answer never fail."""
 
 import sqlite3
-import threading
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from prometheus_client import REGISTRY
 from store import feedback
 from service.config import LogConfig
 from store.prediction_log import PredictionLog, connect
+from tests.waiting import together
 
 LABELS = {"base": [str(d) for d in range(10)]}
 LONG_AGO = "0" * 12 + "7000" + "8" + "0" * 15  # a service id minted in 1970: its answer will never arrive
@@ -85,23 +85,13 @@ def test_concurrent_posts_for_one_answer_are_each_recorded_or_duplicate(db):
     """8 threads, each on its own connection, post the same labels for 40 answers at once: no error,
     exactly one `recorded` per answer, every other answer a `duplicate`, counted once."""
     before = counted()
-    results, errors = [], []
-    start = threading.Barrier(8)
 
     def post():
         conn = connect(db)
-        start.wait()
-        try:
-            for i in range(10, 50):
-                results.extend(feedback.record(conn, [(f"r{i}", "3")], LABELS, []))
-        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
-            errors.append(exc)
+        return [r for i in range(10, 50) for r in feedback.record(conn, [(f"r{i}", "3")], LABELS, [])]
 
-    threads = [threading.Thread(target=post) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    posts, errors = together(8, post)
+    results = [r for p in posts for r in p]
     assert not errors
     assert sum(r["result"] == "recorded" for r in results) == 40
     assert sum(r["result"] == "duplicate" for r in results) == 7 * 40

@@ -163,3 +163,35 @@ def test_the_cli_prints_the_fleets_audit_trail_newest_first(replica, pg_url, cap
     assert main(["guardrails", "history", "--db", pg_url, "--limit", "5"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["replica"], r["profile"]) for r in lines] == [("b", "abstain_when_unsure"), ("a", "allow_all")]
+
+
+def test_a_swap_whose_commit_acknowledgement_is_lost_is_installed_at_the_next_sync(replica, pg_url):
+    """The swap's row commits but the acknowledgement never arrives: the swap answers
+    StoreUnavailable (not confirmed), and the same worker installs the stored chain at its next
+    sync, as every other replica does, instead of treating it as already seen."""
+    import psycopg
+
+    from store import sql_postgres
+
+    a, b = replica("a"), replica("b")
+
+    class LostAcknowledgement(sql_postgres.Connection):
+        def transaction(self, **kwargs):
+            from contextlib import contextmanager
+
+            @contextmanager
+            def committed_then_lost():
+                with sql_postgres.Connection.transaction(self, **kwargs):
+                    yield self
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+            return committed_then_lost()
+
+    connect = a.store.db.connect
+    a.store.db.connect = lambda **kw: LostAcknowledgement(connect(**kw).raw)
+    with pytest.raises(StoreUnavailable):
+        a.swap(profile="abstain_when_unsure")
+    a.store.db.connect = connect
+    assert a.chain.profile == "allow_all"
+    assert b.sync() and b.chain.profile == "abstain_when_unsure"
+    assert a.sync() and a.chain.profile == "abstain_when_unsure"
