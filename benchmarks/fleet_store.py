@@ -93,6 +93,12 @@ def log_capacity(url: str, writers: int, data_dir: Path) -> dict[str, float]:
         for p in procs:
             p.join()
         rows = sum(r[0] for r in results)
+        # a backend's CPU reaches the postmaster's cutime only once it has exited and been reaped
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'classguard bench'"
+                           ).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
         wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]
         table = conn.execute("SELECT pg_relation_size('predictions'), pg_indexes_size('predictions')").fetchone()
     seconds = max(r[1] for r in results)
