@@ -19,9 +19,9 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-import threading
 from typing import Any, Iterator
 
 from service import metrics
