@@ -585,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-requests", type=int, default=900)
     parser.add_argument("--swaps", type=int, default=20)
     args = parser.parse_args(argv)
+    from harness.postgres import server_bindir
+
+    if server_bindir() is None:
+        print("make bench-fleet needs PostgreSQL's server binaries: apt-get install postgresql", file=sys.stderr)
+        return 2
 
     LOGS.mkdir(parents=True, exist_ok=True)
     layout = window_layout()  # also fails early, and clearly, when the models are not in BENTOML_HOME

@@ -191,6 +191,11 @@ def main() -> int:
     from harness.postgres import Postgres
     from store.database import PostgresDatabase
 
+    from harness.postgres import server_bindir
+
+    if server_bindir() is None:
+        print("make bench-fleet needs PostgreSQL's server binaries: apt-get install postgresql", file=sys.stderr)
+        return 2
     results: dict[str, float] = {}
     with Postgres.start() as pg:
         PostgresDatabase(pg.url, replica="bench").prepare()
