@@ -57,3 +57,27 @@ def test_more_items_than_the_limit_are_refused():
                           labels_of={}, pairs=[])
     response = post(ep, {"items": [{"request_id": f"r{i}", "label": "1"} for i in range(3)]})
     assert response.status_code == 400 and "1 to 2 items" in json.loads(response.body)["detail"]
+
+
+class AwayLog(NoLog):
+    """A log whose store did not answer its last write: flushing or reading it would wait."""
+
+    failing = True
+
+    def flush(self, *args, **kwargs):
+        raise AssertionError("a failing store is not flushed on the request path")
+
+    def read(self, fn, *args, **kwargs):
+        raise AssertionError("a failing store is not read on the request path")
+
+
+def test_labels_are_refused_at_once_while_the_store_is_away():
+    """With the store known to be away, a post answers 503 `store_unavailable` with Retry-After
+    without touching the store (no connect timeout to wait out), counted for `feedback`."""
+    before = REGISTRY.get_sample_value("classguard_rejected_requests_total",
+                                       {"endpoint": "feedback", "reason": "store_unavailable"}) or 0.0
+    response = post(endpoint(AwayLog()), {"request_id": "r1", "label": "1"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert json.loads(response.body)["error"] == "store_unavailable"
+    assert REGISTRY.get_sample_value("classguard_rejected_requests_total",
+                                     {"endpoint": "feedback", "reason": "store_unavailable"}) == before + 1

@@ -120,7 +120,8 @@ def test_replicas_starting_together_create_the_schema_once(pg_url):
 
 def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
     """With the server stopped, flushes write nothing and keep every row queued (counted as write
-    errors), and a lookup says the store is unavailable; once it is back, one flush writes them all."""
+    errors), the log says it is failing, and a lookup says the store is unavailable; once it is
+    back, one flush writes them all and the log is no longer failing."""
     db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
     log = PredictionLog(LogConfig(queue_size=1000), db)
     postgres.stop()
@@ -128,12 +129,12 @@ def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
         for i in range(300):
             log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
         assert log.flush() == 0 and log.flush() == 0
-        assert log.queued == 300
+        assert log.queued == 300 and log.failing  # what POST /feedback checks to refuse at once
         with pytest.raises(StoreUnavailable):
             log.read(get, "r1")
     finally:
         postgres.resume()
-    assert log.flush() == 300
+    assert log.flush() == 300 and not log.failing
     assert db.read(lambda c: c.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]) == 300
 
 
