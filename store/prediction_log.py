@@ -21,7 +21,6 @@ import math
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np

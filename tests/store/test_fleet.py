@@ -158,8 +158,8 @@ def test_the_cli_prints_the_fleets_audit_trail_newest_first(replica, pg_url, cap
 
     from ops.cli import main
 
-    a, b = replica("a"), replica("b")
-    b.swap(profile="abstain_when_unsure")
+    replica("a")  # the first replica installs the start-up chain
+    replica("b").swap(profile="abstain_when_unsure")
     assert main(["guardrails", "history", "--db", pg_url, "--limit", "5"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["replica"], r["profile"]) for r in lines] == [("b", "abstain_when_unsure"), ("a", "allow_all")]
