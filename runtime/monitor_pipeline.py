@@ -101,6 +101,7 @@ class MonitorPipeline:
                  subgroups: Sequence[str], fleet: "FleetWindows | None" = None) -> None:
         self.config = config
         self.fleet = fleet
+        self._degraded = False  # publishing this replica's own view because the fleet store is away
         self.window = window_config(config)
         self.pairs = confusion_pairs(config)
         self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
@@ -222,13 +223,18 @@ class MonitorPipeline:
                 own = self.suite.bucket_vectors()
             try:
                 merged.load_bucket_vectors(self.fleet.exchange(own, now))
+                if self._degraded:
+                    log.warning("fleet window store reachable again; publishing the fleet's view")
+                self._degraded = False
                 metrics.FLEET_VIEW_DEGRADED.set(0)
                 return merged
             except StoreUnavailable:
                 metrics.STORE_ERRORS.labels("windows").inc()
                 metrics.FLEET_VIEW_DEGRADED.set(1)
-                log.warning("fleet window store unreachable; publishing this replica's own view",
-                            exc_info=log.isEnabledFor(logging.DEBUG))
+                if not self._degraded:  # once per outage; the gauge and the counter say the rest
+                    log.warning("fleet window store unreachable; publishing this replica's own view",
+                                exc_info=log.isEnabledFor(logging.DEBUG))
+                self._degraded = True
             except ValueError:  # a layout mismatch cannot happen by design (the layout key says so)
                 metrics.MONITOR_ERRORS.labels("state").inc()
                 metrics.FLEET_VIEW_DEGRADED.set(1)

@@ -60,7 +60,7 @@ class FeedbackEndpoint:
         return items
 
     def _record(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        if getattr(self.log, "failing", False):  # known away: say so now, not after a connect timeout
+        if self.log.failing:  # known away: say so now, not after a connect timeout
             raise InputError("store_unavailable", "labels not recorded: the store did not answer this replica's "
                                                   "last write; send them again shortly")
         self.log.flush(retention=False)  # this worker's newest answers are findable at once

@@ -54,6 +54,7 @@ def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, 
     committed, update the realized-accuracy metrics for the new ones (a batch that fails
     part-way is rolled back, and so must its counts be)."""
     results, new, newly_held = [], [], 0
+    waiting: list[int] = []  # labels held now, counted once per batch when first needed
     now = time.time() if now is None else now
     every_label = {label for labels in labels_of.values() for label in labels}
     # exclusive: two posts for one id then queue on the write lock instead of racing from
@@ -65,7 +66,7 @@ def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, 
             if early and truth not in every_label:  # judged now: a typo never waits to be dropped
                 result = _result(key, "unknown_label", f"{truth[:64]!r} is not a class of any loaded model")
             elif early or (result["result"] == HELD_LOCAL and hold.enabled):
-                result, inserted = _hold(conn, key, truth, hold, now)
+                result, inserted = _hold(conn, key, truth, hold, now, waiting)
                 newly_held += inserted
             results.append(result)
             if joined is not None:
@@ -95,17 +96,21 @@ def _may_arrive(key: str, hold: Hold, now: float) -> bool:
     return minted is None or now - minted <= hold.seconds
 
 
-def _hold(conn: Any, key: str, truth: str, hold: Hold, now: float) -> tuple[dict[str, Any], bool]:
-    """(the item's result, whether this call added the held row)."""
+def _hold(conn: Any, key: str, truth: str, hold: Hold, now: float, waiting: list[int]) -> tuple[dict[str, Any], bool]:
+    """(the item's result, whether this call added the held row). `waiting` carries the number
+    of held labels through a batch: read once, then kept up to date here."""
     held = _result(key, "held", f"no answer with this id is logged yet (or its model is not loaded here); the "
                                 f"label is held for {hold.seconds:g} s and joined when the answer is written")
-    if conn.execute("SELECT COUNT(*) FROM held_feedback").fetchone()[0] >= hold.most:
+    if not waiting:
+        waiting.append(conn.execute("SELECT COUNT(*) FROM held_feedback").fetchone()[0])
+    if waiting[0] >= hold.most:
         known = conn.execute("SELECT label FROM held_feedback WHERE key = ?", (key,)).fetchone()
         if known is None:
             return _result(key, "hold_full", f"{hold.most} labels already wait for their answers; send it again "
                                              "later"), False
     inserted = conn.execute("INSERT INTO held_feedback (key, label, ts) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
                             (key, truth, now)).rowcount == 1
+    waiting[0] += inserted
     if not inserted:  # held already (by this post, an earlier one, or another replica's just now)
         known = conn.execute("SELECT label FROM held_feedback WHERE key = ?", (key,)).fetchone()
         if known is not None and known[0] != truth:
@@ -113,7 +118,7 @@ def _hold(conn: Any, key: str, truth: str, hold: Hold, now: float) -> tuple[dict
     return held, inserted
 
 
-# held labels whose answers are written (by request id, or by a correlation id), oldest first
+# held labels whose answers are written (by request id, or by a correlation id), in key order
 _ARRIVED = """SELECT h.key, h.label FROM held_feedback h
               WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = h.key)
                  OR EXISTS (SELECT 1 FROM predictions p WHERE p.correlation_id = h.key)

@@ -18,7 +18,6 @@ model version, other subgroups or windows: another `layout`) keep separate total
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any, Mapping
@@ -27,7 +26,6 @@ import numpy as np
 
 from store.database import Database, StoreUnavailable
 
-log = logging.getLogger("classguard.monitors")
 PRUNE_SECONDS = 60.0  # how often a worker deletes buckets that left the window
 
 WRITE = """

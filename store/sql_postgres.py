@@ -9,11 +9,9 @@ written with `?` placeholders; `Connection.execute` turns them into psycopg's `%
 from __future__ import annotations
 
 import functools
-import logging
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-log = logging.getLogger("classguard.store")
 BACKEND = "postgresql"
 SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: replicas starting together create the schema once
 SCHEMA_VERSION = 1
