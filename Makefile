@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo demo-fleet test bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
+.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -17,7 +17,10 @@ help:
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
-	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / soak"
+	@echo "make build-cuda - the same Bento for GPU nodes (bentofile.cuda.yaml)"
+	@echo "make manifests - render deploy/kubernetes/ from dashboards/ and config/; make deploy-check validates it"
+	@echo "make deploy-dry-run - a rolling update from the rendered Deployment, played on this machine"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 
 $(BIN)/.installed: pyproject.toml
@@ -51,7 +54,7 @@ bench: train
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
 	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
-		bench-detection bench-hostile bench-fleet soak
+		bench-detection bench-hostile bench-fleet bench-footprint soak
 
 # BentoML refuses a bentofile under a dot-folder (a clone in ~/.cache/...): there, build from a copy
 # of the checkout in a plain temporary folder (harness/build_check.py); elsewhere, build in place.
@@ -61,6 +64,24 @@ ifeq ($(findstring /.,$(CURDIR)),)
 else
 	$(BIN)/python -m harness.build_check
 endif
+
+build-cuda: train
+ifeq ($(findstring /.,$(CURDIR)),)
+	$(BIN)/bentoml build -f bentofile.cuda.yaml
+else
+	$(BIN)/python -m harness.build_check -f bentofile.cuda.yaml
+endif
+
+manifests: venv
+	$(BIN)/python dashboards/build_dashboards.py
+	$(BIN)/python -m deploy.render
+
+deploy-check: venv
+	$(BIN)/python -m deploy.validate
+
+# needs Debian's postgresql and prometheus
+deploy-dry-run: train
+	$(BIN)/python -m harness.rollout
 
 clean:
 	rm -rf $(VENV) .bentoml artifacts .pytest_cache
@@ -95,3 +116,6 @@ bench-hostile: train
 bench-fleet: train
 	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.fleet_store
+
+bench-footprint: train
+	$(BIN)/python -m benchmarks.footprint

@@ -12,7 +12,12 @@ import json
 from pathlib import Path
 
 OUT = Path(__file__).parent / "grafana" / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "classguard-prometheus"}
+# Every panel reads the dashboard's `datasource` variable (default: Grafana's default Prometheus),
+# so the same JSON works with the provisioned datasource here and with a cluster's own
+# (deploy/kubernetes/ ships these files unchanged in ConfigMaps).
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE_VARIABLE = {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+                       "refresh": 1, "hide": 0, "includeAll": False, "multi": False}
 R = "$__rate_interval"
 
 # Fleet-wide: Prometheus scrapes every replica as its own target (labels `instance`, `pod`), so a
@@ -128,7 +133,7 @@ def dashboard(uid: str, title: str, panels: list, variables: list[dict]) -> dict
     return {
         "uid": uid, "title": title, "tags": ["classguard"], "timezone": "utc", "schemaVersion": 39, "version": 1,
         "editable": True, "refresh": "10s", "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": variables}, "annotations": {"list": []},
+        "templating": {"list": [DATASOURCE_VARIABLE, *variables]}, "annotations": {"list": []},
         "panels": [panel(i + 1, *p) for i, p in enumerate(panels)],
     }
 

@@ -26,14 +26,20 @@ class Prometheus:
     """`with Prometheus(target_url) as prom:` scrapes every second and evaluates the rules every second.
 
     `Prometheus([url_0, url_1, url_2])` scrapes several (a fleet's replicas) in one job,
-    `classguard`, each its own target: its series carry `instance="127.0.0.1:PORT"`."""
+    `classguard`, each its own target: its series carry `instance="127.0.0.1:PORT"`.
 
-    def __init__(self, target: str | Sequence[str], *, interval: str = "1s") -> None:
+    `Prometheus([], discovered=True)` finds its targets in a file instead, rewritten by
+    `set_targets({url: {"pod": name}})` as pods come and go (what the Operator's Kubernetes
+    discovery does in a cluster); Prometheus watches the file and hands changes to its scrapers
+    at most every 5 s, as it does with any discovery."""
+
+    def __init__(self, target: str | Sequence[str], *, interval: str = "1s", discovered: bool = False) -> None:
         urls = [target] if isinstance(target, str) else list(target)
-        if not urls:
+        if not urls and not discovered:
             raise ValueError("Prometheus needs at least one target")
         self.targets = [url.removeprefix("http://") for url in urls]
-        self.target = self.targets[0]
+        self.target = self.targets[0] if self.targets else None
+        self.discovered = discovered
         self.interval = interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,10 +47,16 @@ class Prometheus:
     def __enter__(self) -> "Prometheus":
         self._dir = tempfile.TemporaryDirectory(prefix="classguard-prometheus-")
         root = Path(self._dir.name)
+        self._targets_file = root / "targets.json"
+        if self.discovered:
+            self.set_targets({f"http://{t}": {} for t in self.targets})
+            job = {"job_name": "classguard", "file_sd_configs": [{"files": [str(self._targets_file)]}]}
+        else:
+            job = {"job_name": "classguard", "static_configs": [{"targets": self.targets}]}
         config = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
-            "scrape_configs": [{"job_name": "classguard", "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": [job],
         }
         (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self._log = open(root / "prometheus.log", "wb")
@@ -61,6 +73,14 @@ class Prometheus:
                 time.sleep(0.2)
         self.__exit__()
         raise TimeoutError("prometheus did not become ready in 30 s")
+
+    def set_targets(self, targets: dict[str, dict[str, str]]) -> None:
+        """With `discovered=True`: scrape exactly these URLs, each with its own extra labels."""
+        self.targets = [url.removeprefix("http://") for url in targets]
+        groups = [{"targets": [url.removeprefix("http://")], "labels": labels} for url, labels in targets.items()]
+        staged = self._targets_file.with_suffix(".tmp")
+        staged.write_text(json.dumps(groups))
+        staged.replace(self._targets_file)  # atomic: Prometheus never reads half a file
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()

@@ -96,19 +96,25 @@ class Server:
         self.stop()
         raise TimeoutError(f"bentoml serve not ready after {self.startup_timeout}s; see {self.log_path}")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20.0) -> float | None:
+        """SIGTERM, then SIGKILL after `grace` seconds (a pod's termination grace period).
+        Seconds the server took to exit after SIGTERM; None if it had to be killed or was not running."""
+        took = None
         if self.process and self.process.poll() is None:
             family = descendants(self.process.pid)
             os.killpg(self.process.pid, signal.SIGTERM)
+            started = time.monotonic()
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=grace)
+                took = time.monotonic() - started
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
             kill_all(family)  # workers that outlived their server (a failed start-up leaves them)
-        if self.log_path and self._log is not subprocess.DEVNULL:
+        if self.log_path and self._log is not subprocess.DEVNULL and not self._log.closed:
             self._log.close()
         self._home.cleanup()
+        return took
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
