@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
+.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -20,7 +20,7 @@ help:
 	@echo "make build-cuda - the same Bento for GPU nodes (bentofile.cuda.yaml)"
 	@echo "make manifests - render deploy/kubernetes/ from dashboards/ and config/; make deploy-check validates it"
 	@echo "make deploy-dry-run - a rolling update from the rendered Deployment, played on this machine"
-	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / soak"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 
 $(BIN)/.installed: pyproject.toml
@@ -54,7 +54,7 @@ bench: train
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
 	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
-		bench-detection bench-hostile bench-fleet bench-footprint soak
+		bench-detection bench-hostile bench-fleet bench-footprint bench-regions soak
 
 # BentoML refuses a bentofile under a dot-folder (a clone in ~/.cache/...): there, build from a copy
 # of the checkout in a plain temporary folder (harness/build_check.py); elsewhere, build in place.
@@ -119,3 +119,7 @@ bench-fleet: train
 
 bench-footprint: train
 	$(BIN)/python -m benchmarks.footprint
+
+bench-regions: train
+	$(BIN)/python -m benchmarks.regions
+	$(BIN)/python -m benchmarks.region_cost

@@ -52,6 +52,12 @@ OVERVIEW = [
         ("{{monitor}} {{subgroup}} {{pair}}", "max by (monitor, subgroup, pair) (classguard_monitor_alarm)")]),
     ("Mean confidence per subgroup", "timeseries", "percentunit", [
         ("{{subgroup}} ({{model}})", fleet('classguard_monitor_score{monitor="confidence", statistic="mean_confidence"}', "min"))]),
+    # regions of the primary model's embedding: groups no subgroup attribute names
+    ("Embedding regions: live share vs validation", "timeseries", "percentunit", [
+        ("live {{subgroup}}", fleet('classguard_monitor_score{monitor="regions", statistic="share"}')),
+        ("validation {{subgroup}}", fleet('classguard_monitor_reference{monitor="regions", statistic="share"}'))]),
+    ("Embedding regions alarming", "stat", "none", [
+        ("{{subgroup}} {{statistic}}", 'max by (subgroup, statistic) (classguard_monitor_alarm{monitor="regions"})')]),
     ("Known confusions per pair", "timeseries", "reqps", [
         ("{{pair}} {{subgroup}}", f"sum by (pair, subgroup) (rate(classguard_known_confusion_detections_total[{R}]))")]),
     ("Guardrail actions", "timeseries", "reqps", [

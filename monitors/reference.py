@@ -63,9 +63,23 @@ class ReferenceProfile:
     temperature: float
     confidence_bin_edges: tuple[float, ...] = CONFIDENCE_BIN_EDGES
     notes: Mapping[str, Any] = field(default_factory=dict)
+    # the codebook of regions in the model's embedding (monitors/regions.py), as plain data;
+    # None for a model that exports no `embed`, or one profiled before regions existed
+    regions: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        data = _plain(asdict(self))
+        if data["regions"] is None:  # BentoML's metadata refuses None
+            del data["regions"]
+        return data
+
+    def codebook(self):
+        """The regions' Codebook, or None when the model was profiled without one."""
+        if self.regions is None:
+            return None
+        from monitors.regions import Codebook
+
+        return Codebook.from_dict(self.regions)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReferenceProfile":
@@ -92,6 +106,7 @@ class ReferenceProfile:
             temperature=float(data["temperature"]),
             confidence_bin_edges=tuple(data.get("confidence_bin_edges", CONFIDENCE_BIN_EDGES)),
             notes=dict(data.get("notes", {})),
+            regions=data.get("regions"),
         )
 
 
@@ -155,9 +170,13 @@ def build_profile(
     input_spec: InputSpec,
     training_subgroup_shares: Mapping[str, float],
     notes: Mapping[str, Any] | None = None,
+    embeddings: np.ndarray | None = None,
+    regions: int = 32,
 ) -> ReferenceProfile:
     """The profile of a model from its validation-set logits, true labels and each row's
-    subgroup key (e.g. "capture=phone"). Statistics use the uncalibrated softmax, as served."""
+    subgroup key (e.g. "capture=phone"). Statistics use the uncalibrated softmax, as served.
+    With the validation set's `embeddings` (the model's `embed`), a codebook of `regions`
+    prototypes in that space too (monitors/regions.py)."""
     labels = np.asarray(labels)
     subgroups = np.asarray(subgroups)
     if not (len(logits) == len(labels) == len(subgroups)) or len(labels) == 0:
@@ -170,6 +189,15 @@ def build_profile(
     for key in sorted(set(subgroups.tolist())):
         rows = subgroups == key
         per_subgroup[key] = summarise_subgroup(probs[rows], labels[rows], n_classes)
+    codebook = None
+    if embeddings is not None:
+        from monitors.regions import fit_codebook
+
+        # reference shares in the training mix: the traffic the model expects, not the
+        # validation split's (which may be balanced across subgroups)
+        codebook = fit_codebook(np.asarray(embeddings, np.float64), labels=labels, predicted=probs.argmax(axis=1),
+                                confidence=probs.max(axis=1), subgroups=subgroups, k=regions, seed=0,
+                                subgroup_mix=training_subgroup_shares).to_dict()
     return ReferenceProfile(
         labels=tuple(str(c) for c in class_names),
         input_spec=input_spec,
@@ -177,6 +205,7 @@ def build_profile(
         subgroups=per_subgroup,
         temperature=fit_temperature(logits, labels),
         notes=dict(notes or {}),
+        regions=codebook,
     )
 
 

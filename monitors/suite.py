@@ -19,6 +19,7 @@ from monitors.confusion import ConfusionPair, KnownConfusions
 from monitors.events import EventBatch, Score, WindowConfig
 from monitors.keys import LOW_CONFIDENCE_FLAG, confusion_flag
 from monitors.reference import ReferenceProfile
+from monitors.regions import RegionMonitor
 from monitors.representation import SubgroupRepresentation
 
 @dataclass
@@ -29,7 +30,7 @@ class Results:
 
 class MonitorSuite:
     def __init__(self, models: Sequence[str], profiles: Sequence[ReferenceProfile], subgroups: Sequence[str],
-                 pairs: Sequence[ConfusionPair], window: WindowConfig) -> None:
+                 pairs: Sequence[ConfusionPair], window: WindowConfig, regions: bool = True) -> None:
         self.models, self.subgroups, self.window = list(models), list(subgroups), window
         self.model_index = {m: i for i, m in enumerate(self.models)}
         self.subgroup_index = {s: i for i, s in enumerate(self.subgroups)}
@@ -42,6 +43,10 @@ class MonitorSuite:
             self.confidence,
             self.confusions,
         ]
+        # regions of the primary model's embedding, when its profile has a codebook
+        self.codebook = profiles[0].codebook() if regions and profiles else None
+        if self.codebook is not None:
+            self.monitors.append(RegionMonitor.from_codebook(self.codebook, window))
         self._pair_flags = [confusion_flag(p.name) for p in self.confusions.pairs]
 
     def flags(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> tuple[list[str], int]:

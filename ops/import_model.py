@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -143,12 +144,22 @@ def import_model(
         logits = torch.cat([scripted(torch.from_numpy(batch[i:i + 256])) for i in range(0, len(batch), 256)])
     keys = [subgroup_key({a: str(v[i]) for a, v in sorted(subgroups.items())}) or "all" for i in range(len(y))]
     logits = logits.double().numpy()
+    embeddings = None
+    if hasattr(scripted, "embed"):  # its penultimate layer: the region codebook is fitted there
+        with torch.inference_mode():
+            embeddings = torch.cat([scripted.embed(torch.from_numpy(batch[i:i + 256]))
+                                    for i in range(0, len(batch), 256)]).double().reshape(len(batch), -1).numpy()
+    else:
+        print(f"{name}: the model exports no `embed` method, so it gets no region codebook: region monitors "
+              "stay off for it (every other monitor works as usual); export its penultimate layer as "
+              "`@torch.jit.export def embed(self, x)` to have them", file=sys.stderr)
     profile = build_profile(
         logits=logits, labels=y, subgroups=keys, class_names=names, input_spec=spec,
         # without the training set, the validation mix stands in; say so in the notes
         training_subgroup_shares=training_shares or subgroup_shares(keys),
         notes={"imported": True, "validation_size": len(y),
                "training_shares_source": "given" if training_shares else "validation mix"},
+        embeddings=embeddings, regions=min(32, len(y)),
     )
     return save_to_store(name, scripted, profile, labels={"role": "imported", "owner": "classguard"},
                          reference=reference_rows(logits, y, keys))

@@ -77,14 +77,22 @@ class MicroBatcher:
             offset = 0
             for x, future in taken:
                 if not future.done():
-                    future.set_result(out[offset : offset + len(x)])
+                    future.set_result(_rows(out, offset, offset + len(x)))
                 offset += len(x)
 
-    def _infer_chunked(self, batch: np.ndarray) -> np.ndarray:
+    def _infer_chunked(self, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         if len(batch) <= self.max_batch_size:
             return self.infer(batch)
-        return np.concatenate([self.infer(batch[i : i + self.max_batch_size])
-                               for i in range(0, len(batch), self.max_batch_size)])
+        parts = [self.infer(batch[i : i + self.max_batch_size]) for i in range(0, len(batch), self.max_batch_size)]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(column) for column in zip(*parts))
+        return np.concatenate(parts)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _rows(out: np.ndarray | tuple[np.ndarray, ...], start: int, stop: int):
+    """Rows start:stop of an output: one array, or a tuple of arrays with a row per input alike
+    (probabilities and each row's region, say)."""
+    return tuple(o[start:stop] for o in out) if isinstance(out, tuple) else out[start:stop]

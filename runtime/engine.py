@@ -61,8 +61,12 @@ class Engine:
         store = (FleetChainStore(self.db, self.replica) if fleet.enabled
                  else ChainStore(runtime_dir("guardrails"), settings.guardrails.audit_log))
         self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels), store)
+        # the primary's batches also place each image in a region of its embedding (the region
+        # monitors watch the primary's codebook; other models answer routed traffic only)
         self.batchers = {
-            name: MicroBatcher(model.predict, max_batch_size=settings.batching.max_batch_size,
+            name: MicroBatcher(model.predict_with_regions if name == self.primary.name and model.codebook is not None
+                               and settings.monitors.regions else model.predict,
+                               max_batch_size=settings.batching.max_batch_size,
                                max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
                                on_batch=self._batch_observer(name))
             for name, model in self.models.items()
@@ -143,11 +147,13 @@ class Engine:
 
     def _fleet_windows(self) -> FleetWindows:
         """This worker's share of the fleet's monitor windows. Replicas share totals only when
-        they count the same way: same models and versions, subgroups, pairs and buckets."""
+        they count the same way: same models and versions (so codebooks), subgroups, pairs,
+        buckets and region monitors on or off."""
         config = self.settings.monitors
         layout = {"models": [m.tag for m in self.models.values()], "subgroups": self.resolver.keys(),
                   "pairs": [p.model_dump() for p in config.known_confusions],
-                  "bucket_seconds": config.bucket_seconds, "buckets": window_config(config).n_buckets}
+                  "bucket_seconds": config.bucket_seconds, "buckets": window_config(config).n_buckets,
+                  "regions": config.regions}
         key = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
         worker = f"{self.replica}:{os.getpid()}:{secrets.token_hex(4)}"  # a restarted pid is a new worker
         return FleetWindows(self.db, layout=key, worker=worker, bucket_s=config.bucket_seconds,

@@ -58,6 +58,8 @@ class ServedModel:
     precision: str
     module: Any
     path: str = ""
+    codebook: Any = None  # monitors.regions.Codebook from the profile, when the model has one and exports `embed`
+    one_pass: bool = False  # `head(embed(x))` is `forward(x)`: regions cost no second pass
 
     @property
     def tag(self) -> str:
@@ -74,8 +76,29 @@ class ServedModel:
         precision = "float16" if half and device == "cuda" else "float32"
         if precision == "float16":
             module = module.half()
-        return cls(stored.tag.name, stored.tag.version, role, ReferenceProfile.from_dict(metadata[PROFILE_KEY]),
-                   device, precision, module, stored.path)
+        profile = ReferenceProfile.from_dict(metadata[PROFILE_KEY])
+        served = cls(stored.tag.name, stored.tag.version, role, profile, device, precision, module, stored.path)
+        if profile.regions is not None and hasattr(module, "embed"):
+            served.codebook = profile.codebook()
+            served.one_pass = served._head_of_embed_is_forward()
+        return served
+
+    def _head_of_embed_is_forward(self) -> bool:
+        """Whether the module's `head` applied to `embed` gives its forward pass (DigitCNN's
+        layout), checked on a probe batch: then one pass yields both logits and embeddings."""
+        import torch
+
+        if not hasattr(self.module, "head"):
+            return False
+        spec = self.profile.input_spec
+        x = torch.rand(4, spec.channels, spec.height, spec.width, generator=torch.Generator().manual_seed(0))
+        x = x.to(self.device).half() if self.precision == "float16" else x.to(self.device)
+        try:
+            with torch.inference_mode():
+                return bool(torch.allclose(self.module.head(self.module.embed(x)).float(), self.module(x).float(),
+                                           rtol=1e-3, atol=1e-4))
+        except Exception:  # a `head` that is not the last layer, or takes another shape
+            return False
 
     def reference_rows(self) -> dict[str, np.ndarray]:
         """The validation predictions stored with the model (for drift reports)."""
@@ -89,7 +112,22 @@ class ServedModel:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            if self.precision == "float16":
-                x = x.half()
-            return torch.softmax(self.module(x).float(), dim=1).cpu().numpy()
+            return torch.softmax(self.module(self._input(batch)).float(), dim=1).cpu().numpy()
+
+    def predict_with_regions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and each row's region in the codebook (its last index: novel)."""
+        import torch
+
+        with torch.inference_mode():
+            x = self._input(batch)
+            embedded = self.module.embed(x)
+            logits = self.module.head(embedded) if self.one_pass else self.module(x)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            vectors = embedded.float().reshape(len(batch), -1).cpu().numpy()
+        return probs, self.codebook.assign(vectors)
+
+    def _input(self, batch: np.ndarray) -> Any:
+        import torch
+
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return x.half() if self.precision == "float16" else x

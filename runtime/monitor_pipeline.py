@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("classguard.monitors")
 DRAIN_SECONDS = 0.5
-DECISIONS = {"js_distance", "cusum"}  # the statistics that carry a decision rule
+DECISIONS = {"js_distance", "cusum", "share_cusum", "low_confidence_cusum"}  # statistics with a decision rule
 
 
 def runtime_dir(name: str) -> Path:
@@ -73,7 +73,7 @@ class NoMonitors:
     def recent_events(self, window_seconds: float, now: float | None = None) -> np.ndarray:
         raise MonitorsDisabled("monitors are disabled (monitors.enabled: false)")
 
-    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]:
         return []
 
     async def run(self) -> None:
@@ -104,7 +104,7 @@ class MonitorPipeline:
         self._degraded = False  # publishing this replica's own view because the fleet store is away
         self.window = window_config(config)
         self.pairs = confusion_pairs(config)
-        self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window)
+        self._args = (list(models), list(profiles), list(subgroups), self.pairs, self.window, config.regions)
         self.suite = MonitorSuite(*self._args)
         self._merged = MonitorSuite(*self._args)
         self.state_dir = config.state_dir or runtime_dir("monitors")
@@ -118,15 +118,15 @@ class MonitorPipeline:
         self._pair_names = [p.name for p in self.pairs]
 
     # -- request path ------------------------------------------------------------------------
-    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]:
         try:
-            return self._observe(model, subgroup, probs, predicted)
+            return self._observe(model, subgroup, probs, predicted, region)
         except Exception:  # a monitor bug costs this prediction its flags, never its answer
             metrics.MONITOR_ERRORS.labels("observe").inc()
             log.warning("monitor observe failed; the prediction is answered without flags", exc_info=True)
             return []
 
-    def _observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]:
+    def _observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int) -> list[str]:
         m, s = self.suite.model_index[model], self.suite.subgroup_index[subgroup]
         flags, mask = self.suite.flags(m, s, probs, predicted)
         if flags:
@@ -140,7 +140,7 @@ class MonitorPipeline:
             metrics.MONITOR_DROPPED.inc()
         else:
             self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask,
-                                self.suite.confidence.calibrated(m, probs)))
+                                self.suite.confidence.calibrated(m, probs), region))
         return flags
 
     # -- background ----------------------------------------------------------------------------

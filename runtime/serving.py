@@ -32,7 +32,7 @@ class ActiveChain(Protocol):
 class Monitors(Protocol):
     alerts: Mapping[str, frozenset[str]]
 
-    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int) -> list[str]: ...
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]: ...
 
 
 class AnswerLog(Protocol):
@@ -64,8 +64,9 @@ class Serving:
             if decision is not None:
                 served[i] = decision.model
                 trace[i].append(decision)
-        probs = await self._run(pixels, served, trace, chain)
-        flags = [self.monitors.observe(m, k, p, int(np.argmax(p))) for m, k, p in zip(served, keys, probs)]
+        probs, regions = await self._run(pixels, served, trace, chain)
+        flags = [self.monitors.observe(m, k, p, int(np.argmax(p)), r)
+                 for m, k, p, r in zip(served, keys, probs, regions)]
 
         rerun = {}
         for i, request in enumerate(requests):
@@ -77,11 +78,12 @@ class Serving:
             idx = sorted(rerun)
             targets = [rerun[i].model for i in idx]
             sub_trace = [trace[i] + [rerun[i]] for i in idx]
-            new = await self._run(pixels[idx], targets, sub_trace, chain)
+            new, new_regions = await self._run(pixels[idx], targets, sub_trace, chain)
             for j, i in enumerate(idx):
                 served[i], trace[i], probs[i] = targets[j], sub_trace[j], new[j]
                 if targets[j] != self.primary.name:
-                    flags[i] = self.monitors.observe(targets[j], keys[i], new[j], int(np.argmax(new[j])))
+                    flags[i] = self.monitors.observe(targets[j], keys[i], new[j], int(np.argmax(new[j])),
+                                                     new_regions[j])
 
         results = []
         for i, request in enumerate(requests):
@@ -99,9 +101,12 @@ class Serving:
             results.append(rendered)
         return results
 
-    async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]], chain) -> list[np.ndarray]:
-        """Each image through its model, one batch per model; a failing target falls back."""
+    async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]],
+                   chain) -> tuple[list[np.ndarray], list[int]]:
+        """Each image through its model, one batch per model; a failing target falls back.
+        Probabilities per image, and its region where the primary answered (else -1)."""
         out: list[np.ndarray | None] = [None] * len(served)
+        regions = [-1] * len(served)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, name in enumerate(served):
             groups[name].append(i)
@@ -122,11 +127,14 @@ class Serving:
                         trace[i].append(Decision("route", "fallback", f"{name} {reason}: {type(exc).__name__}",
                                                  model=self.primary.name))
                     result = await self.batchers[self.primary.name](batch)
+            probs, placed = result if isinstance(result, tuple) else (result, None)
             for j, i in enumerate(idx):
-                out[i] = result[j]
+                out[i] = probs[j]
+                if placed is not None:
+                    regions[i] = int(placed[j])
 
         await asyncio.gather(*(run_group(name, idx) for name, idx in groups.items()))
-        return out  # type: ignore[return-value]
+        return out, regions  # type: ignore[return-value]
 
     def _shadow(self, name: str, pixels: np.ndarray, answer: Answer, key: str) -> None:
         if len(self._shadow_tasks) >= self.shadow_limit:

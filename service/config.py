@@ -115,6 +115,8 @@ class MonitorsConfig(Strict):
     queue_size: int = Field(20_000, ge=1, description="events waiting for the monitors; more are dropped, counted")
     state_dir: Path | None = Field(None, description="where workers share window state (default: per start)")
     report_events: int = Field(5_000, ge=0, le=200_000, description="latest events kept per worker for drift reports")
+    regions: bool = Field(False, description="region monitors on the primary model's embedding (needs its codebook); "
+                                             "off by default until their cost on the request path is measured")
     known_confusions: list[ConfusionPairConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -58,3 +58,10 @@ def train_classifier(
 def predict_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
     model.eval()
     return model(as_tensor(images)).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def predict_embeddings(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """The penultimate layer (`embed`) for each image: what the region codebook is fitted on."""
+    model.eval()
+    return model.embed(as_tensor(images)).numpy().astype(np.float64)

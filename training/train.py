@@ -54,7 +54,7 @@ def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
     from monitors.reference import InputSpec, build_profile, subgroup_shares
     from monitors.keys import subgroup_key
     from training.digits import build_incident
-    from training.fit import predict_logits, train_classifier
+    from training.fit import predict_embeddings, predict_logits, train_classifier
     from training.net import DigitCNN
     from store.model_store import model_exists, reference_rows, save_to_store
 
@@ -81,6 +81,7 @@ def train_all(epochs: int = 40, force: bool = False) -> dict[str, object]:
             input_spec=InputSpec(height=8, width=8, channels=1),
             training_subgroup_shares=subgroup_shares(keys(data)),
             notes={"training_set_size": len(data), "seed": seed, "epochs": epochs},
+            embeddings=predict_embeddings(model, incident.validation.images),
         )
         tag = save_to_store(name, torch.jit.script(model), profile, labels={"role": role, "owner": "classguard"},
                             reference=reference_rows(validation_logits, incident.validation.labels,

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(model_home, tmp_path_factory):
     need("prometheus")
-    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
+    # region monitors on (off by default), so their panels and rules are exercised too
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1",
+           "CLASSGUARD_MONITORS__REGIONS": "true"}
     with Server(env=env, log_path=tmp_path_factory.mktemp("prom") / "serve.log") as server:
         with Prometheus(server.url) as prom:
             prom.wait_for_samples()

@@ -64,3 +64,24 @@ def test_a_failing_pass_fails_its_callers_only():
         return out
 
     assert asyncio.run(main()).shape == (1, 1)
+
+
+def test_a_tuple_output_is_split_row_by_row_alike():
+    """An infer returning (probabilities, regions) gives each caller its own rows of both, also
+    when a request is larger than a pass and its chunks are joined."""
+
+    def infer(x):
+        return x * 2, (x[:, 0] * 10).astype(np.int64)
+
+    async def main():
+        batcher = MicroBatcher(infer, max_batch_size=4)
+        outs = await asyncio.gather(*(batcher(np.array([[float(i)]])) for i in range(9)),
+                                    batcher(np.arange(10, dtype=np.float64).reshape(10, 1)))
+        batcher.close()
+        return outs
+
+    outs = asyncio.run(main())
+    for i, (probs, regions) in enumerate(outs[:9]):
+        assert float(probs[0, 0]) == 2.0 * i and int(regions[0]) == 10 * i
+    probs, regions = outs[9]
+    assert probs[:, 0].tolist() == [2.0 * i for i in range(10)] and regions.tolist() == [10 * i for i in range(10)]

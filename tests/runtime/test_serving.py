@@ -91,3 +91,31 @@ def test_unrouted_requests_never_touch_the_target():
     """Scanner requests are served by the primary alone even when the target is down."""
     [out] = serve(make_serving(Chain([ROUTE]), "error"), subgroup="scanner")
     assert out["model"] == "base:v1" and out["guardrails"] == []
+
+
+def test_the_primarys_regions_reach_the_monitors_and_a_routed_answer_has_none():
+    """With a primary batcher giving (probabilities, regions), each answer the primary served is
+    observed with its region, a fallback keeps the primary's, and a routed answer is observed
+    with -1 (the codebook is the primary's)."""
+    seen = []
+
+    class Recording(NoMonitors):
+        def observe(self, model, subgroup, probs, predicted, region=-1):
+            seen.append((model, subgroup, region))
+            return []
+
+    async def primary(x):
+        return np.stack([probs_for(1)] * len(x)), np.arange(len(x), dtype=np.int64) + 5
+
+    serving = make_serving(Chain([ROUTE, AllowAll()]))
+    serving.batchers["base"] = primary
+    serving.monitors = Recording()
+    serve(serving, n=2, subgroup="scanner")
+    serve(serving, n=1, subgroup="phone")
+    assert seen == [("base", "capture=scanner", 5), ("base", "capture=scanner", 6), ("fixed", "capture=phone", -1)]
+    seen.clear()
+    failing = make_serving(Chain([ROUTE]), "error")
+    failing.batchers["base"] = primary
+    failing.monitors = Recording()
+    serve(failing, n=1, subgroup="phone")
+    assert seen == [("base", "capture=phone", 5)]

@@ -170,8 +170,12 @@ def test_metric_label_values_stay_bounded(client, server, samples):
     assert promtext.total(first, "classguard_predictions_total") == counted_before + 200
     allowed = {f"capture={v}" for v in ("scanner", "phone", "other")}
     for name in ("classguard_predictions_total", "classguard_prediction_confidence_count",
-                 "classguard_guardrail_actions_total", "classguard_monitor_score"):
+                 "classguard_guardrail_actions_total"):
         assert promtext.label_values(first, name, "subgroup") <= allowed | {""}, name
+    # with region monitors on, the statistics also name the primary's embedding regions (<= 65)
+    regions = {v for v in promtext.label_values(first, "classguard_monitor_score", "subgroup") if v.startswith("region=")}
+    assert len(regions) <= 65
+    assert promtext.label_values(first, "classguard_monitor_score", "subgroup") <= allowed | regions | {""}
     classes = {str(d) for d in range(10)} | {"abstained"}
     assert promtext.label_values(first, "classguard_predictions_total", "predicted_class") <= classes
     assert promtext.label_values(first, "classguard_rejected_requests_total", "reason") <= set(REASONS)

@@ -110,3 +110,28 @@ def test_scanner_only_traffic_stays_quiet(model_home, tmp_path):
     assert alarms(samples) == {}
     assert promtext.total(samples, "classguard_known_confusion_detections_total") <= 3
     assert promtext.total(samples, "classguard_monitor_events_dropped_total") == 0
+
+
+def test_region_monitors_on_two_workers_count_every_answer_once(model_home, tmp_path):
+    """With `monitors.regions` on and two workers, every answer lands in exactly one region of
+    the baseline's codebook and both workers publish the merged counts (the regions' window
+    samples sum to the answers sent); traffic at the training mix raises no region alarm."""
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_WORKERS": "2", "CLASSGUARD_MONITORS__REGIONS": "true", **FAST}
+    with Server(env=env, log_path=tmp_path / "serve.log") as server:
+        results, _ = run(server.url, stream(holdout_samples(), 400, phone_share=0.03, seed=5), concurrency=8)
+        assert {status for _, status, _ in results} == {200}
+        deadline = time.monotonic() + 30
+        while True:
+            samples = promtext.scrape(server.url)
+            counted = promtext.total(samples, "classguard_monitor_score", monitor="regions", statistic="samples")
+            if counted == 400 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert counted == 400
+        regions = {s for s in promtext.label_values(samples, "classguard_monitor_score", "subgroup")
+                   if s.startswith("region=")}
+        assert 8 <= len(regions) <= 33 and "region=novel" in regions
+        shares = scores(samples, monitor="regions", statistic="share")
+        assert math.isclose(sum(v for k, v in shares.items() if k), 1.0, rel_tol=1e-9)
+        region_alarms = {k: v for k, v in alarms(samples).items() if ("monitor", "regions") in k}
+        assert region_alarms == {}, region_alarms

@@ -1,6 +1,9 @@
 """Training is reproducible, and the stored models carry a complete reference profile."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -64,3 +67,35 @@ def test_label_free_estimate_is_within_five_points(model_home, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())
     assert len(rows) == 8 and all(abs(r["error"]) <= 0.05 for r in rows), rows
+
+
+REGIONS_PROBE = """
+import json, sys
+import numpy as np, torch
+from runtime.models import ServedModel, find_stored
+from training.digits import build_incident
+out = {}
+for name in ("classguard-baseline", "classguard-retrained"):
+    model = ServedModel.load(find_stored(name + ":latest"), "primary", "cpu", False)
+    x = build_incident().test.images[:300].astype(np.float32)[:, None] / 255.0
+    probs, regions = model.predict_with_regions(x)
+    with torch.inference_mode():
+        embedded = model.module.embed(torch.from_numpy(x)).numpy()
+    out[name] = {"k": model.codebook.k, "width": int(model.codebook.prototypes.shape[1]), "one_pass": model.one_pass,
+                 "same_probs": bool(np.allclose(probs, model.predict(x), atol=1e-6)),
+                 "same_regions": bool((regions == model.codebook.assign(embedded)).all()),
+                 "distinct": int(len(set(regions.tolist())))}
+print(json.dumps(out))
+"""
+
+
+def test_the_stored_models_carry_a_codebook_and_answer_with_regions(model_home):
+    """Each stored model's profile holds a region codebook fitted on its 64-wide validation
+    embeddings (at most 32 regions), and a loaded model answers in one pass with the
+    probabilities `predict` gives and the regions the codebook assigns to `embed`."""
+    done = subprocess.run([sys.executable, "-c", REGIONS_PROBE], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BENTOML_HOME": str(model_home)})
+    assert done.returncode == 0, done.stderr
+    for name, found in json.loads(done.stdout).items():
+        assert 8 <= found["k"] <= 32 and found["width"] == 64 and found["one_pass"], (name, found)
+        assert found["same_probs"] and found["same_regions"] and found["distinct"] >= 5, (name, found)
