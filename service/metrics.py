@@ -9,6 +9,7 @@ multiprocess mode: counters and histograms sum across workers, gauges say how to
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -148,14 +149,18 @@ def publish_active_chain(profile: str, config_hash: str) -> None:
     name = "classguard_guardrail_config_info"
     # file name: {type}_{multiprocess mode}_{id}.db, as prometheus_client's collector reads it
     path = os.path.join(directory, "gauge_mostrecent_guardrailchain.db")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    values = MmapedDict(tmp)
-    try:
-        values.write_value(mmap_key(name, name, ["profile", "hash"], [profile, config_hash],
-                                    GUARDRAIL_CONFIG_INFO._documentation), 1.0, time.time())
-    finally:
-        values.close()
-    os.replace(tmp, path)
+    # a swap and the worker's sync can publish at once from two threads of one process: each
+    # writes its own file, and the lock keeps the last installed chain the last one renamed
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with _CHAIN_INFO_LOCK:
+        values = MmapedDict(tmp)
+        try:
+            values.write_value(mmap_key(name, name, ["profile", "hash"], [profile, config_hash],
+                                        GUARDRAIL_CONFIG_INFO._documentation), 1.0, time.time())
+        finally:
+            values.close()
+        os.replace(tmp, path)
+_CHAIN_INFO_LOCK = threading.Lock()
 GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes, by outcome.", ["outcome"])
 
 # -- fleet store -------------------------------------------------------------------------------
