@@ -90,8 +90,8 @@ class Engine:
                                log=self.log, top_k=settings.top_k,
                                shadow_limit=settings.guardrails.shadow_max_in_flight)
         self._create_series()
-        for model in self.models.values():  # first forward pass pays lazy init, not a client
-            model.predict(np.zeros((1, self.spec.channels, self.spec.height, self.spec.width), np.float32))
+        for name in self.models:  # first forward pass (and region assignment) pays lazy init, not a client
+            self.batchers[name].infer(np.zeros((1, self.spec.channels, self.spec.height, self.spec.width), np.float32))
 
     def _create_series(self) -> None:
         """Zero-valued series for every bounded label combination, so rate() in alerts and
