@@ -30,7 +30,7 @@ class Results:
 
 class MonitorSuite:
     def __init__(self, models: Sequence[str], profiles: Sequence[ReferenceProfile], subgroups: Sequence[str],
-                 pairs: Sequence[ConfusionPair], window: WindowConfig, regions: bool = True) -> None:
+                 pairs: Sequence[ConfusionPair], window: WindowConfig, regions: bool = False) -> None:
         self.models, self.subgroups, self.window = list(models), list(subgroups), window
         self.model_index = {m: i for i, m in enumerate(self.models)}
         self.subgroup_index = {s: i for i, s in enumerate(self.subgroups)}
@@ -43,7 +43,9 @@ class MonitorSuite:
             self.confidence,
             self.confusions,
         ]
-        # regions of the primary model's embedding, when its profile has a codebook
+        # regions of the primary model's embedding, when asked for (`monitors.regions`, off by
+        # default like the setting: the other callers' layouts and figures stay as they were)
+        # and its profile has a codebook
         self.codebook = profiles[0].codebook() if regions and profiles else None
         if self.codebook is not None:
             self.monitors.append(RegionMonitor.from_codebook(self.codebook, window))
