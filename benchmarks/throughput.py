@@ -1,11 +1,12 @@
 """Requests/s, latency and CPU per request of /classify, one run: (a) the minimal BentoML
 endpoint, (b) classguard with monitors, guardrails (allow_all) and the log off, (c)
-classguard with everything on: monitors, the demo's suppression chain, a 10% shadow, the
-prediction log.
+classguard with everything on: monitors (region monitors included), the demo's suppression
+chain, a 10% shadow, the prediction log; (d) the same as (c) with the region monitors off,
+so (c)/(d) is what the regions cost.
 
     make bench            (or: python -m benchmarks.throughput --duration 5 --rounds 3)
 
-All three serve the same TorchScript model with one worker and no access log. They run side
+All four serve the same TorchScript model with one worker and no access log. They run side
 by side and take turns (the order rotates every round), so drift in this shared machine's
 speed hits each alike; each figure is the median over the rounds. wrk (Debian's `wrk`)
 sends the same real test-split PNGs (70% scanner, 30% phone, no context: classguard infers
@@ -43,7 +44,10 @@ BARE = {"CLASSGUARD_MONITORS__ENABLED": "false", "CLASSGUARD_LOG__ENABLED": "fal
 TARGETS = {  # name: (bentoml serve target, environment)
     "(a) minimal BentoML": ("benchmarks.minimal_service:Minimal", {}),
     "(b) classguard, all off": (".", BARE),
-    "(c) classguard, all on": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}),
+    "(c) classguard, all on": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on",
+                                      "CLASSGUARD_MONITORS__REGIONS": "true"}),
+    "(d) all on, regions off": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on",
+                                      "CLASSGUARD_MONITORS__REGIONS": "false"}),
 }
 SEQUENTIAL_REQUESTS = 600  # per target and round, one in flight: the latency figures
 
@@ -145,15 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         ms = np.array(latencies[n])
         results[n]["sequential"] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
                                     "p99_ms": round(float(np.percentile(ms, 99)), 3), "requests": len(ms)}
-    a, b, c_ = names
+    a, b, c_, d = names
     ratios = {}
     for c in map(str, args.concurrency):
         per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[b][c])]
+        regions_per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[d][c])]
         ratios[c] = {
             "c_over_a": round(results[c_][c]["requests_per_s"] / results[a][c]["requests_per_s"], 3),
             "c_over_b": round(results[c_][c]["requests_per_s"] / results[b][c]["requests_per_s"], 3),
             "c_over_b_per_round": [round(x, 3) for x in per_round],
             "cpu_us_added_c_minus_b": round(results[c_][c]["cpu_us_per_request"] - results[b][c]["cpu_us_per_request"], 1),
+            "c_over_d": round(results[c_][c]["requests_per_s"] / results[d][c]["requests_per_s"], 3),
+            "c_over_d_per_round": [round(x, 3) for x in regions_per_round],
+            "cpu_us_added_by_regions": round(results[c_][c]["cpu_us_per_request"] - results[d][c]["cpu_us_per_request"], 1),
         }
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
               "device": "cpu", "duration_s": args.duration, "rounds": args.rounds, "results": results,
@@ -174,9 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"concurrency {c}: (c)/(a) {r['c_over_a']:.2f}x, (c)/(b) {r['c_over_b']:.2f}x "
               f"(rounds: {', '.join(f'{x:.2f}' for x in r['c_over_b_per_round'])}); "
               f"CPU added by everything on {r['cpu_us_added_c_minus_b']:+.0f} us/request")
+        print(f"    regions: (c)/(d) {r['c_over_d']:.3f}x (rounds: {', '.join(f'{x:.2f}' for x in r['c_over_d_per_round'])}); "
+              f"CPU added by the region monitors {r['cpu_us_added_by_regions']:+.0f} us/request")
     seq = {n: results[n]["sequential"] for n in names}
     print(f"p99 added by everything on, (c) - (b): {seq[c_]['p99_ms'] - seq[b]['p99_ms']:+.2f} ms; "
           f"p50 {seq[c_]['p50_ms'] - seq[b]['p50_ms']:+.2f} ms")
+    print(f"p99 added by the region monitors, (c) - (d): {seq[c_]['p99_ms'] - seq[d]['p99_ms']:+.2f} ms; "
+          f"p50 {seq[c_]['p50_ms'] - seq[d]['p50_ms']:+.2f} ms")
     return 0
 
 

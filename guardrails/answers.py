@@ -8,7 +8,6 @@ from guardrails.core import Answer, Decision, Request
 from monitors.keys import flag_pair
 
 
-
 def _below(value: float, threshold: float) -> str:
     """`value` with as many digits as it takes to read as below `threshold` (3 rounded
     0.9996 up to a reason that said "confidence 1.000 < 1.0")."""
@@ -19,8 +18,8 @@ def _below(value: float, threshold: float) -> str:
     return repr(float(value))
 
 
-def _in(subgroups: frozenset[str] | None, request: Request) -> bool:
-    return subgroups is None or request.subgroup_key in subgroups
+def _names(names: Sequence[str] | None) -> frozenset[str] | None:
+    return frozenset(names) if names else None
 
 
 class AllowAll:
@@ -33,24 +32,45 @@ class AllowAll:
         return answer.decided(Decision(self.name, "allow", "no guardrail configured"))
 
 
+class Abstain:
+    """Abstain on every request in `subgroups` and `regions` (abstain on `novel`: inputs far
+    from everything the model was validated on)."""
+
+    kind = "answer"
+    name = "abstain"
+
+    def __init__(self, subgroups: Sequence[str] | None = None, regions: Sequence[str] | None = None) -> None:
+        if not subgroups and not regions:
+            raise ValueError("abstain needs subgroups or regions (abstaining on every request answers nothing)")
+        self.subgroups, self.regions = _names(subgroups), _names(regions)
+
+    def __call__(self, request: Request, answer: Answer) -> Answer:
+        if answer.label is None or not request.within(self.subgroups, self.regions):
+            return answer
+        where = [f"subgroup {request.subgroup_key}"] if self.subgroups else []
+        where += [f"region {request.region}"] if self.regions else []
+        return answer.decided(Decision(self.name, "abstain", " and ".join(where)), label=None)
+
+
 class SuppressLabels:
-    """Never emit `labels` (for `subgroups` only, if given). The best remaining label answers
+    """Never emit `labels` (for `subgroups` and `regions` only, if given). The best remaining label answers
     when its probability is at least `floor`; otherwise the service abstains. Suppressed
     labels are also kept out of `top_k`."""
 
     kind = "answer"
     name = "suppress_labels"
 
-    def __init__(self, labels: Sequence[str], floor: float = 0.5, subgroups: Sequence[str] | None = None) -> None:
+    def __init__(self, labels: Sequence[str], floor: float = 0.5, subgroups: Sequence[str] | None = None,
+                 regions: Sequence[str] | None = None) -> None:
         if not labels:
             raise ValueError("suppress_labels needs at least one label")
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"floor must be within [0, 1], got {floor}")
         self.labels, self.floor = tuple(labels), floor
-        self.subgroups = frozenset(subgroups) if subgroups else None
+        self.subgroups, self.regions = _names(subgroups), _names(regions)
 
     def __call__(self, request: Request, answer: Answer) -> Answer:
-        if not _in(self.subgroups, request):
+        if not request.within(self.subgroups, self.regions):
             return answer
         hidden = frozenset(i for i, name in enumerate(answer.labels) if name in self.labels)
         if answer.label is None or answer.label not in hidden:
@@ -100,15 +120,15 @@ class ConfusionGuard:
     name = "confusion_guard"
 
     def __init__(self, action: str = "abstain", floor: float = 0.5, pairs: Sequence[str] | None = None,
-                 subgroups: Sequence[str] | None = None) -> None:
+                 subgroups: Sequence[str] | None = None, regions: Sequence[str] | None = None) -> None:
         if action not in ("abstain", "suppress"):
             raise ValueError(f"action must be 'abstain' or 'suppress', got {action!r}")
         self.action, self.floor = action, floor
-        self.pairs = frozenset(pairs) if pairs else None
-        self.subgroups = frozenset(subgroups) if subgroups else None
+        self.pairs = _names(pairs)
+        self.subgroups, self.regions = _names(subgroups), _names(regions)
 
     def __call__(self, request: Request, answer: Answer) -> Answer:
-        if answer.label is None or not _in(self.subgroups, request):
+        if answer.label is None or not request.within(self.subgroups, self.regions):
             return answer
         fired = [p for p in map(flag_pair, answer.flags) if p is not None]
         fired = [p for p in fired if self.pairs is None or p in self.pairs]

@@ -31,10 +31,10 @@ class Chain:
         return {g.target for g in self._routes} | {g.model for g in self._shadows}
 
     def route(self, request: Request, flags: Sequence[str] | None = None) -> Decision | None:
-        """Before the model runs (flags None): routes without flag conditions. After the
-        primary answered: routes with flag conditions, judged on its flags."""
+        """Before the model runs (flags None): routes without flag or region conditions. After
+        the primary answered: routes with them, judged on its flags and the request's region."""
         for guardrail in self._routes:
-            if guardrail.needs_flags == (flags is not None):
+            if guardrail.after_primary == (flags is not None):
                 decision = guardrail(request, flags or ())
                 if decision is not None:
                     return decision

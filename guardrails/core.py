@@ -5,7 +5,8 @@ A guardrail is a callable; a chain is a list of them; every decision is a `Decis
 Three kinds, told apart by `kind`:
 
 - "route":  __call__(request, flags) -> Decision | None. Which model answers. Called before the
-            model runs (flags empty) and again after, with the serving model's flags.
+            model runs (flags empty) and again after the primary answered, with its flags and
+            the image's region.
 - "answer": __call__(request, answer) -> Answer. Changes the answer (suppress, abstain).
 - "shadow": __call__(request) -> Decision | None. Which model to compare against, off the
             response path.
@@ -40,16 +41,26 @@ class Decision:
 
 @dataclass(frozen=True)
 class Request:
-    """What guardrails may know about a request before any model runs."""
+    """What guardrails may know about a request: before any model runs, and (`region`) once
+    the primary has placed the image in its embedding's codebook."""
 
     request_id: str
     subgroup: Mapping[str, str]
     subgroup_key: str
     alerts: frozenset[str] = frozenset()  # monitors alarming for this subgroup, e.g. "representation"
+    # the primary's region of the image (`r07`, `novel`); None before the primary ran, when
+    # another model answered without it, or when regions are off
+    region: str | None = None
 
     def bucket(self, salt: str) -> float:
         """A stable number in [0, 1) from the request id: the same id always lands the same."""
         return bucket(salt, self.request_id)
+
+    def within(self, subgroups: frozenset[str] | None, regions: frozenset[str] | None = None) -> bool:
+        """Whether the request is in the named subgroups and regions (None: any). A region
+        condition never matches a request with no region."""
+        return ((subgroups is None or self.subgroup_key in subgroups)
+                and (regions is None or self.region in regions))
 
 
 @dataclass(frozen=True)

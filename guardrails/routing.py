@@ -9,7 +9,8 @@ from guardrails.core import Decision, Request
 
 class Route:
     """Answer matching requests with `target`. A request matches when every given condition
-    holds: its subgroup is in `subgroups`; one of `flags` fired on the primary's prediction;
+    holds: its subgroup is in `subgroups`; the primary placed it in one of `regions`; one of
+    `flags` fired on the primary's prediction;
     one of `alerts` (monitor names) is alarming for its subgroup; it falls in the `canary`
     share (deterministic by request id). If the target fails or times out, the primary
     answers and the fallback is recorded."""
@@ -18,7 +19,8 @@ class Route:
     name = "route"
 
     def __init__(self, target: str, subgroups: Sequence[str] | None = None, flags: Sequence[str] | None = None,
-                 alerts: Sequence[str] | None = None, canary: float | None = None, timeout_ms: float = 1000.0) -> None:
+                 alerts: Sequence[str] | None = None, canary: float | None = None, timeout_ms: float = 1000.0,
+                 regions: Sequence[str] | None = None) -> None:
         if canary is not None and not 0.0 <= canary <= 1.0:
             raise ValueError(f"canary must be a share within [0, 1], got {canary}")
         if timeout_ms <= 0:
@@ -26,13 +28,14 @@ class Route:
         self.target, self.timeout_s = target, timeout_ms / 1000.0
         self.subgroups = frozenset(subgroups) if subgroups else None
         self.flags = frozenset(flags) if flags else None
+        self.regions = frozenset(regions) if regions else None
         self.alerts = frozenset(alerts) if alerts else None
         self.canary = canary
 
     @property
-    def needs_flags(self) -> bool:
-        """Flag conditions can only be judged after the primary has answered."""
-        return self.flags is not None
+    def after_primary(self) -> bool:
+        """Flag and region conditions can only be judged after the primary has answered."""
+        return self.flags is not None or self.regions is not None
 
     def __call__(self, request: Request, flags: Sequence[str] = ()) -> Decision | None:
         reasons = []
@@ -40,6 +43,10 @@ class Route:
             if request.subgroup_key not in self.subgroups:
                 return None
             reasons.append(f"subgroup {request.subgroup_key}")
+        if self.regions is not None:
+            if request.region not in self.regions:
+                return None
+            reasons.append(f"region {request.region}")
         if self.flags is not None:
             hit = sorted(self.flags.intersection(flags))
             if not hit:
@@ -64,14 +71,16 @@ class Shadow:
     kind = "shadow"
     name = "shadow"
 
-    def __init__(self, model: str, share: float = 1.0, subgroups: Sequence[str] | None = None) -> None:
+    def __init__(self, model: str, share: float = 1.0, subgroups: Sequence[str] | None = None,
+                 regions: Sequence[str] | None = None) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be within [0, 1], got {share}")
         self.model, self.share = model, share
         self.subgroups = frozenset(subgroups) if subgroups else None
+        self.regions = frozenset(regions) if regions else None
 
     def __call__(self, request: Request) -> Decision | None:
-        if self.subgroups is not None and request.subgroup_key not in self.subgroups:
+        if not request.within(self.subgroups, self.regions):
             return None
         if request.bucket("shadow") >= self.share:
             return None

@@ -8,7 +8,10 @@ from the service's /metrics (accuracy and wrong answers against the known test l
 1. baseline only: phone accuracy collapses, the monitors fire;
 2. suppress the labels the baseline confuses on phone: harmful answers stop, abstentions rise;
 3. shadow the retrained model: agreement and flips show what it would change, per subgroup;
-4. route phone to the retrained model: phone accuracy recovers, scanner unchanged.
+4. route phone to the retrained model: phone accuracy recovers, scanner unchanged;
+5. a new scanner sensor arrives that no attribute describes (`capture` still says scanner):
+   the region monitors name its region of the embedding, `classguard regions` ranks it first,
+   and a route on that region sends it to a model trained with that sensor's images.
 
 Then the true labels arrive (POST /feedback) and an on-call walkthrough runs the real CLI on
 the prediction log: the requests behind the alert, one trace, the replay of a fix over the
@@ -18,6 +21,7 @@ incident's traffic, and the feedback-based confusion matrix after the real fix.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import sys
 import time
@@ -27,7 +31,7 @@ from pathlib import Path
 from harness import promtext
 from harness.prometheus import Prometheus, available
 from harness.server import Server
-from harness.traffic import run, stream, holdout_samples
+from harness.traffic import NEW_SENSOR, holdout_samples, new_sensor_samples, run, stream, with_new_sensor
 
 STREAM_SIZE = 1_000
 PHONE_SHARE = 0.3
@@ -40,6 +44,11 @@ STEPS = [
     ("route_phone_to_retrained", "4. route phone to the retrained model (the real fix)"),
 ]
 SUBGROUPS = ("capture=phone", "capture=scanner")
+NEW_SENSOR_SHARE = 0.4  # of the scanner images in step 5
+SENSOR_MODEL = "classguard-sensor"
+SENSOR_CHAIN = Path("artifacts/demo-route-new-sensor.yaml")
+ROUTED_REGIONS = 3  # step 5 routes the ranking's first three regions
+REGIONS_REPORT = Path("artifacts/demo-regions.json")  # GET /admin/regions as step 5 read it
 SUPPRESSED = {"0", "7", "4"}  # the labels suppress_phone_confusions withholds on phone
 
 
@@ -50,6 +59,14 @@ def swap(url: str, token: str, profile: str) -> str:
                    headers={"Authorization": f"Bearer {token}"}, timeout=30)
     r.raise_for_status()
     return r.json()["hash"]
+
+
+def admin_get(url: str, token: str, path: str) -> dict:
+    import httpx
+
+    r = httpx.get(f"{url}/admin/{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    r.raise_for_status()
+    return r.json()
 
 
 def delta(after: promtext.Samples, before: promtext.Samples, name: str, **match: str) -> float:
@@ -78,13 +95,27 @@ def step_table(results, before, after) -> list[str]:
         lines.append(f"  {key:<16} {n:>8.0f} {right[key] / max(n, 1):>15.1%} {wrong[key]:>6} {harmful[key]:>15} "
                      f"{abstained / max(n, 1):>10.1%} "
                      f"{'/'.join(sorted(models[key])):>10} {shadow:>14} {confusions:>17.0f}")
+    hidden = [(sample, body) for sample, _, body in results if sample.capture == NEW_SENSOR]
+    if hidden:  # from the responses and the known labels: no attribute names this group
+        n = len(hidden)
+        answered = [(s, b) for s, b in hidden if b["label"] is not None]
+        right_n = sum(b["label"] == str(s.label) for s, b in answered)
+        served = sorted({b["model"].split(":")[0].removeprefix("classguard-") for _, b in hidden})
+        lines.append(f"  {'  new sensor*':<16} {n:>8} {right_n / n:>15.1%} {len(answered) - right_n:>6} "
+                     f"{sum(b['label'] != str(s.label) and b['label'] in SUPPRESSED for s, b in answered):>15} "
+                     f"{(n - len(answered)) / n:>10.1%} {'/'.join(served):>10} {'-':>14} {'-':>17}")
     return lines
 
 
 def alarms(samples: promtext.Samples) -> list[str]:
-    raised = sorted({(dict(k)["monitor"], dict(k)["statistic"], dict(k)["subgroup"] or "whole mix", dict(k)["pair"])
-                     for (name, k), v in samples.items() if name == "classguard_monitor_alarm" and v})
-    return [f"{m} ({s}) {g} {p}".rstrip() for m, s, g, p in raised]
+    """Alarming monitors, one entry per monitor and statistic listing where (regions by name)."""
+    where = defaultdict(list)
+    for (name, k), v in samples.items():
+        if name == "classguard_monitor_alarm" and v:
+            labels = dict(k)
+            place = f"{labels['subgroup'] or 'whole mix'} {labels['pair']}".rstrip()
+            where[(labels["monitor"], labels["statistic"])].append(place.removeprefix("region="))
+    return [f"{m} ({s}) {', '.join(sorted(set(places)))}" for (m, s), places in sorted(where.items())]
 
 
 class AlertWatch:
@@ -124,6 +155,8 @@ def main() -> int:
         stale.unlink()  # the walkthrough is about this run's traffic
     env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_FEEDBACK_TOKEN": token,
            "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_LOG__PATH": str(DB),
+           "CLASSGUARD_MONITORS__REGIONS": "true",
+           "CLASSGUARD_MODELS__OTHERS": f'["classguard-retrained:latest", "{SENSOR_MODEL}:latest"]',
            "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl"}
     started_at: dict[str, float] = {}
     answered = []
@@ -140,20 +173,15 @@ def main() -> int:
         for profile, title in STEPS:
             config_hash = swap(server.url, token, profile)
             time.sleep(1.0)  # every worker picks up the chain within guardrails.sync_seconds
-            before = promtext.scrape(server.url)
             started_at[profile] = time.time()
-            results, seconds = run(server.url, samples, concurrency=16, send_context=False)
-            answered += results
-            time.sleep(2.0)  # shadows finish, monitors publish
-            after = promtext.scrape(server.url)
-            failed = [r for r in results if r[1] != 200]
-            if failed:
-                print(f"{len(failed)} requests failed, first: {failed[0][1]} {failed[0][2]}", file=sys.stderr)
+            results = play(server.url, samples, f"{title}   [profile {profile}, config {config_hash}")
+            if results is None:
                 return 1
-            print(f"{title}   [profile {profile}, config {config_hash}, {len(results) / seconds:.0f} req/s]")
-            print("\n".join(step_table(results, before, after)))
-            raised = alarms(after)
-            print(f"  monitor alarms: {'; '.join(raised) if raised else 'none'}\n")
+            answered += results
+        results = new_sensor_step(server.url, token, samples, started_at)
+        if results is None:
+            return 1
+        answered += results
         first_alert = None
         if watch is not None:
             first_alert = next(iter(sorted(watch.seen.items(), key=lambda kv: kv[1])), None)
@@ -165,9 +193,79 @@ def main() -> int:
             print("(Prometheus is not installed: apt-get install prometheus, and the demo shows its alerts too)\n")
         recorded = send_feedback(server.url, token, answered)
         time.sleep(1.0)
-    print("answered right / wrong: responses vs the test labels; every other column: the live /metrics.\n")
-    walkthrough(first_alert, started_at, recorded)
+        print("answered right / wrong: responses vs the test labels; every other column: the live /metrics.\n")
+        print(f"{recorded} true labels recorded through POST /feedback; the regions of step 5, before the route, "
+              "with the accuracy the labels show:")
+        print(f"$ classguard regions --since <step 5> --until <route> --top {ROUTED_REGIONS} --exemplars 0")
+        print(cli("regions", "--url", server.url, "--since", str(started_at["new_sensor"]), "--until",
+                  str(started_at["route_new_sensor"]), "--top", str(ROUTED_REGIONS), "--exemplars", "0",
+                  token=token) + "\n")
+    walkthrough(first_alert, started_at)
     return 0
+
+
+def play(url: str, samples, title: str):
+    """Send one step's traffic and print its table; the results, or None when requests failed."""
+    before = promtext.scrape(url)
+    results, seconds = run(url, samples, concurrency=16, send_context=False)
+    time.sleep(2.0)  # shadows finish, monitors publish
+    after = promtext.scrape(url)
+    failed = [r for r in results if r[1] != 200]
+    if failed:
+        print(f"{len(failed)} requests failed, first: {failed[0][1]} {failed[0][2]}", file=sys.stderr)
+        return None
+    print(f"{title}, {len(results) / seconds:.0f} req/s]")
+    print("\n".join(step_table(results, before, after)))
+    raised = alarms(after)
+    print(f"  monitor alarms: {'; '.join(raised) if raised else 'none'}\n")
+    return results
+
+
+def new_sensor_step(url: str, token: str, samples, started_at: dict[str, float]):
+    """Step 5: a share of the scanner images now come from a new sensor. The chain of step 4 stays;
+    the region the ranking puts first is routed to the model trained with that sensor's images."""
+    shifted = with_new_sensor(samples, new_sensor_samples(), NEW_SENSOR_SHARE, seed=8)
+    n_new = sum(s.capture == NEW_SENSOR for s in shifted)
+    started_at["new_sensor"] = time.time()
+    results = play(url, shifted, f"5. a new scanner sensor arrives ({n_new} of {len(shifted)} images; capture still "
+                                 f"says scanner)   [profile route_phone_to_retrained")
+    if results is None:
+        return None
+    print(f"$ classguard regions --since <step 5> --top {ROUTED_REGIONS}")
+    print(cli("regions", "--url", url, "--since", str(started_at["new_sensor"]), "--top", str(ROUTED_REGIONS),
+              token=token) + "\n")
+    report = admin_get(url, token, f"regions?since={started_at['new_sensor']}&top={ROUTED_REGIONS}")
+    REGIONS_REPORT.write_text(json.dumps(report, indent=1) + "\n")
+    ranked = report["regions"]
+    names = [r["region"] for r in ranked]
+    hidden_ids = {body["request_id"] for s, _, body in results if s.capture == NEW_SENSOR}
+    placed = {body["request_id"]: region for body, region in zip((b for _, _, b in results), regions_of(results))}
+    inside = {rid for rid, region in placed.items() if region in names}
+    print(f"the top {len(names)} regions ({', '.join(names)}) hold {len(inside & hidden_ids)} of the "
+          f"{len(hidden_ids)} new-sensor images (recall {len(inside & hidden_ids) / max(len(hidden_ids), 1):.0%}) "
+          f"and {len(inside - hidden_ids)} others (precision {len(inside & hidden_ids) / max(len(inside), 1):.0%}); "
+          "the demo knows which images are new, the service does not\n")
+    SENSOR_CHAIN.write_text(
+        "# step 4's route, and the regions the ranking put first to the model trained with the new sensor\n"
+        "- {type: route, target: classguard-retrained, subgroups: [capture=phone]}\n"
+        f"- {{type: route, target: {SENSOR_MODEL}, regions: [{', '.join(names)}]}}\n")
+    print(f"$ classguard guardrails apply route_new_sensor --file {SENSOR_CHAIN}")
+    print(cli("guardrails", "apply", "route_new_sensor", "--file", str(SENSOR_CHAIN), "--url", url, token=token) + "\n")
+    time.sleep(1.0)
+    started_at["route_new_sensor"] = time.time()
+    again = play(url, shifted, f"5. route regions {', '.join(names)} to {SENSOR_MODEL}   [profile route_new_sensor")
+    return None if again is None else results + again
+
+
+def regions_of(results) -> list[str | None]:
+    """The region the service logged for each answer (the log is written within a second)."""
+    from store.prediction_log import connect, get
+
+    conn = connect(DB)
+    try:
+        return [(get(conn, body["request_id"]) or {}).get("region") for _, _, body in results]
+    finally:
+        conn.close()
 
 
 def send_feedback(url: str, token: str, answered) -> int:
@@ -183,16 +281,16 @@ def send_feedback(url: str, token: str, answered) -> int:
     return recorded
 
 
-def cli(*args: str) -> str:
+def cli(*args: str, token: str | None = None) -> str:
     import os
     import subprocess
 
-    env = {**os.environ, "CLASSGUARD_LOG__PATH": str(DB)}
+    env = {**os.environ, "CLASSGUARD_LOG__PATH": str(DB), **({"CLASSGUARD_ADMIN_TOKEN": token} if token else {})}
     done = subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, env=env)
     return (done.stdout + done.stderr).rstrip()
 
 
-def walkthrough(first_alert, started_at: dict[str, float], recorded: int) -> None:
+def walkthrough(first_alert, started_at: dict[str, float]) -> None:
     """On call, from the real CLI, on this run's prediction log."""
     print("=== on-call walkthrough (the real CLI on the prediction log) ===\n")
     if first_alert:
@@ -208,11 +306,11 @@ def walkthrough(first_alert, started_at: dict[str, float], recorded: int) -> Non
     if request_id:
         print(f"$ classguard log show {request_id}")
         print(cli("log", "show", request_id) + "\n")
-    print(f"{recorded} true labels recorded through POST /feedback.\n")
     print("$ classguard replay suppress_phone_confusions   (over the incident's traffic)")
     print(cli("replay", "suppress_phone_confusions", "--since", incident, "--until", incident_end) + "\n")
     print("$ classguard log confusion --subgroup capture=phone   (after routing phone to the retrained model)")
-    print(cli("log", "confusion", "--subgroup", "capture=phone", "--since", str(started_at["route_phone_to_retrained"])))
+    print(cli("log", "confusion", "--subgroup", "capture=phone", "--since", str(started_at["route_phone_to_retrained"]),
+              "--until", str(started_at["new_sensor"])))
     print()
     return 0
 

@@ -27,6 +27,28 @@ def holdout_samples() -> list[Sample]:
     return [Sample(encode_png(img), int(y), str(c)) for img, y, c in zip(test.images, test.labels, test.captures)]
 
 
+NEW_SENSOR = "new-sensor"  # a Sample's capture when a new scanner sensor took it (no attribute says so)
+
+
+def new_sensor_samples(seed: int = 11) -> list[Sample]:
+    """Every test-split scanner digit as a new, blurry, low-contrast scanner sensor delivers it
+    (training.shifts.blurry_sensor). Its border stays dark: the service derives `scanner`."""
+    from runtime.preprocess import encode_png
+    from training.digits import build_incident
+    from training.shifts import blurry_sensor
+
+    scanner = build_incident().test.where("scanner")
+    images = blurry_sensor(scanner.images, np.random.default_rng(seed))
+    return [Sample(encode_png(img), int(y), NEW_SENSOR) for img, y in zip(images, scanner.labels)]
+
+
+def with_new_sensor(samples: list[Sample], sensor: list[Sample], share: float, seed: int = 0) -> list[Sample]:
+    """`samples` with a `share` of its scanner images, drawn at random, taken by the new sensor instead."""
+    rng = np.random.default_rng(seed)
+    return [sensor[int(rng.integers(len(sensor)))] if s.capture == "scanner" and rng.random() < share else s
+            for s in samples]
+
+
 def stream(samples: list[Sample], n: int, phone_share: float, seed: int = 0) -> list[Sample]:
     """`n` samples drawn with the given share of `phone` captures, seeded."""
     rng = np.random.default_rng(seed)

@@ -8,6 +8,7 @@
     classguard guardrails apply PROFILE [--file CHAIN.yaml]   swap the chain on every worker
     classguard log list|show ID|summary|confusion   look up the prediction log (reads the SQLite file)
     classguard replay PROFILE [--file CHAIN.yaml] [--since 1h]   what a chain would have answered
+    classguard regions [--since 15m] [--url URL]   the embedding's regions, ranked by excess share x error
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("--since", help="15m, 2h, 1d or Unix seconds")
     logs.add_argument("--until")
     logs.add_argument("--subgroup")
+    logs.add_argument("--region", help="the primary's region of the image: r07, novel")
     logs.add_argument("--flag", help="e.g. low_confidence or known_confusion:6->0")
     logs.add_argument("--action-taken", dest="guardrail_action", help="a guardrail action, e.g. abstain")
     logs.add_argument("--model")
@@ -72,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--since", default="1h", help="15m, 2h, 1d or Unix seconds")
     rep.add_argument("--until")
     rep.add_argument("--subgroup")
+    rep.add_argument("--region", help="only rows the primary placed in this region (r07, novel)")
     rep.add_argument("--format", choices=("table", "json"), default="table")
+
+    reg = commands.add_parser("regions", help="the primary's embedding regions in recent traffic, worst first")
+    reg.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
+    reg.add_argument("--since", default="15m", help="15m, 2h, 1d or Unix seconds")
+    reg.add_argument("--until")
+    reg.add_argument("--top", type=int, default=10, help="the N highest-ranked regions")
+    reg.add_argument("--exemplars", type=int, default=5, help="newest request ids shown per region")
+    reg.add_argument("--format", choices=("table", "json"), default="table")
 
     args = parser.parse_args(argv)
     try:
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return log_lookup(args)
         if args.command == "replay":
             return replay(args)
+        if args.command == "regions":
+            return regions(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"classguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -185,7 +198,7 @@ def replay(args: argparse.Namespace) -> int:
     from service.config import load_settings
     from runtime.chain_config import compile_chain, load_profiles
     from runtime.active_chain import chain_context
-    from runtime.models import find_stored
+    from runtime.models import find_stored, stored_regions
     from store.model_store import PROFILE_KEY, split_tag
 
     settings = load_settings()
@@ -198,9 +211,11 @@ def replay(args: argparse.Namespace) -> int:
     labels_of = {split_tag(tag)[0]: find_stored(tag).info.metadata[PROFILE_KEY]["labels"]
                  for tag in settings.models.tags()}
     chain = compile_chain(specs, args.profile,
-                          chain_context(settings, {label for labels in labels_of.values() for label in labels}))
+                          chain_context(settings, {label for labels in labels_of.values() for label in labels},
+                                        stored_regions(find_stored(settings.models.tags()[0]))))
     report = replaying.replay(conn, chain, labels_of, since=prediction_log.parse_since(args.since),
-                              until=prediction_log.parse_since(args.until), subgroup=args.subgroup)
+                              until=prediction_log.parse_since(args.until), subgroup=args.subgroup,
+                              region=args.region)
     print(json.dumps(report, indent=2) if args.format == "json" else replaying.render(report))
     return 0
 
@@ -277,7 +292,8 @@ def log_lookup(args: argparse.Namespace) -> int:
         from store import feedback
 
         counts = feedback.confusion(conn, subgroup=args.subgroup, model=args.model,
-                                    since=prediction_log.parse_since(args.since))
+                                    since=prediction_log.parse_since(args.since),
+                                    until=prediction_log.parse_since(args.until), region=args.region)
         truths = sorted({t for t, _ in counts})
         emitted = sorted({e for _, e in counts})
         print("true \\ answered " + " ".join(f"{e:>9}" for e in emitted))
@@ -295,7 +311,7 @@ def log_lookup(args: argparse.Namespace) -> int:
     records = prediction_log.query(
         conn, since=prediction_log.parse_since(args.since), until=prediction_log.parse_since(args.until),
         subgroup=args.subgroup, flag=args.flag, action=args.guardrail_action, model=args.model,
-        correlation_id=args.correlation_id, flagged_only=args.flagged, limit=args.limit)
+        correlation_id=args.correlation_id, flagged_only=args.flagged, limit=args.limit, region=args.region)
     if args.format == "json":
         print(json.dumps(records, indent=2))
     elif args.format in ("jsonl", "csv"):
@@ -306,8 +322,21 @@ def log_lookup(args: argparse.Namespace) -> int:
         for r in records:
             when = _time.strftime("%H:%M:%S", _time.localtime(r["ts"]))
             actions = ",".join(d["action"] for d in r["guardrails"]) or "-"
-            print(f"{when} {r['request_id']:<36} {r['subgroup']:<18} {r['model']:<22} "
+            print(f"{when} {r['request_id']:<36} {r['subgroup']:<18} {r['region'] or '-':<6} {r['model']:<22} "
                   f"{str(r['label']):<5} {r['confidence']:.3f} {','.join(r['flags']) or '-':<28} {actions}")
+    return 0
+
+
+def regions(args: argparse.Namespace) -> int:
+    """GET /admin/regions, as a table or JSON."""
+    import urllib.parse
+
+    from store import region_report
+
+    query = {"since": args.since, "top": args.top, "exemplars": args.exemplars,
+             **({"until": args.until} if args.until else {})}
+    body = admin_call(args.url, f"regions?{urllib.parse.urlencode(query)}")
+    print(body.decode() if args.format == "json" else region_report.render(json.loads(body)))
     return 0
 
 

@@ -34,14 +34,16 @@ def active_profile(config: GuardrailsConfig, profiles: Profiles) -> str:
     return name
 
 
-def chain_context(settings, labels: Iterable[str]) -> ChainContext:
-    """What chains may name under these settings, given the loaded models' class names."""
+def chain_context(settings, labels: Iterable[str], regions: Iterable[str] = ()) -> ChainContext:
+    """What chains may name under these settings, given the loaded models' class names and the
+    primary's region names (its codebook's; ignored when monitors.regions is off)."""
     from runtime.subgroups import SubgroupResolver
 
     return ChainContext(models=frozenset(split_tag(tag)[0] for tag in settings.models.tags()),
                         subgroups=frozenset(SubgroupResolver(settings.subgroups.attributes).keys()),
                         labels=frozenset(labels),
-                        pairs=frozenset(p.name for p in settings.monitors.known_confusions))
+                        pairs=frozenset(p.name for p in settings.monitors.known_confusions),
+                        regions=frozenset(regions) if settings.monitors.regions else frozenset())
 
 
 def check_startup_chain(settings, context: ChainContext) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from guardrails.answers import AbstainBelow, AllowAll, ConfusionGuard, SuppressLabels
+from guardrails.answers import Abstain, AbstainBelow, AllowAll, ConfusionGuard, SuppressLabels
 from guardrails.chain import Chain
 from guardrails.routing import Route, Shadow
 from monitors.keys import LOW_CONFIDENCE_FLAG, confusion_flag
@@ -27,7 +27,7 @@ DEFAULT_PROFILES = Path("config/guardrails.yaml")
 # holding a lone surrogate had been applied, and then every /metrics scrape answered 500.
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CHAIN = 32    # guardrails in one chain
-MAX_NAMES = 256   # names in one list of a guardrail (labels, subgroups, pairs, flags)
+MAX_NAMES = 256   # names in one list of a guardrail (labels, subgroups, regions, pairs, flags)
 
 
 def check_profile_name(name: object) -> str:
@@ -45,12 +45,14 @@ def _shown(value: object) -> str:
 @dataclass(frozen=True)
 class ChainContext:
     """What a chain may name: the loaded models, the subgroup keys the resolver produces, the
-    class names of the loaded models and the configured known-confusion pairs."""
+    class names of the loaded models, the configured known-confusion pairs and the regions of
+    the primary's codebook (none when regions are off or the primary has no codebook)."""
 
     models: frozenset[str]
     subgroups: frozenset[str]
     labels: frozenset[str]
     pairs: frozenset[str]
+    regions: frozenset[str] = frozenset()
 
     @property
     def flags(self) -> frozenset[str]:
@@ -70,6 +72,19 @@ class SuppressLabelsSpec(_Spec):
     labels: list[str] = Field(min_length=1, max_length=MAX_NAMES)
     floor: float = Field(0.5, ge=0.0, le=1.0)
     subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
+
+
+class AbstainSpec(_Spec):
+    type: Literal["abstain"]
+    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
+
+    @model_validator(mode="after")
+    def _conditioned(self) -> "AbstainSpec":
+        if not self.subgroups and not self.regions:
+            raise ValueError("abstain needs subgroups or regions (abstaining on every request answers nothing)")
+        return self
 
 
 class AbstainBelowSpec(_Spec):
@@ -85,12 +100,14 @@ class ConfusionGuardSpec(_Spec):
     floor: float = Field(0.5, ge=0.0, le=1.0)
     pairs: list[str] | None = Field(None, max_length=MAX_NAMES)
     subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
 
 
 class RouteSpec(_Spec):
     type: Literal["route"]
     target: str
     subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
     flags: list[str] | None = Field(None, max_length=MAX_NAMES)
     alerts: list[Literal["representation", "class_drift", "confidence", "known_confusion"]] | None = None
     canary: float | None = Field(None, ge=0.0, le=1.0)
@@ -102,12 +119,13 @@ class ShadowSpec(_Spec):
     model: str
     share: float = Field(1.0, ge=0.0, le=1.0)
     subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
+    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
 
 
-GuardrailSpec = Annotated[Union[AllowAllSpec, SuppressLabelsSpec, AbstainBelowSpec, ConfusionGuardSpec, RouteSpec,
-                                ShadowSpec], Field(discriminator="type")]
+GuardrailSpec = Annotated[Union[AllowAllSpec, SuppressLabelsSpec, AbstainSpec, AbstainBelowSpec, ConfusionGuardSpec,
+                                RouteSpec, ShadowSpec], Field(discriminator="type")]
 CHAIN = TypeAdapter(Annotated[list[GuardrailSpec], Field(min_length=1, max_length=MAX_CHAIN)])
-BUILDERS = {"allow_all": AllowAll, "suppress_labels": SuppressLabels, "abstain_below": AbstainBelow,
+BUILDERS = {"allow_all": AllowAll, "suppress_labels": SuppressLabels, "abstain": Abstain, "abstain_below": AbstainBelow,
             "confusion_guard": ConfusionGuard, "route": Route, "shadow": Shadow}
 
 
@@ -164,14 +182,18 @@ def _check_names(spec, context: ChainContext) -> None:
     named = {
         "model": [m for m in (getattr(spec, "target", None), getattr(spec, "model", None)) if m],
         "subgroup": [*(getattr(spec, "subgroups", None) or []), *getattr(spec, "per_subgroup", {})],
+        "region": getattr(spec, "regions", None) or [],
         "label": getattr(spec, "labels", None) or [],
         "pair": getattr(spec, "pairs", None) or [],
         "flag": getattr(spec, "flags", None) or [],
     }
-    known = {"model": context.models, "subgroup": context.subgroups, "label": context.labels,
-             "pair": context.pairs, "flag": context.flags}
+    known = {"model": context.models, "subgroup": context.subgroups, "region": context.regions,
+             "label": context.labels, "pair": context.pairs, "flag": context.flags}
     for kind, names in named.items():
         unknown = sorted({_shown(n) for n in names if n not in known[kind]})
+        if unknown and kind == "region" and not context.regions:
+            raise ValueError(f"{spec.type} names region(s) {', '.join(unknown[:10])}, but no regions are assigned: "
+                             "set monitors.regions: true, with a primary model whose profile has a codebook")
         if unknown:
             what = "model(s) that are not loaded" if kind == "model" else f"unknown {kind}(s)"
             raise ValueError(f"{spec.type} names {what}: {', '.join(unknown[:10])}; valid: {sorted(known[kind])}")

@@ -60,12 +60,14 @@ class Engine:
         labels = {label for model in self.models.values() for label in model.profile.labels}
         store = (FleetChainStore(self.db, self.replica) if fleet.enabled
                  else ChainStore(runtime_dir("guardrails"), settings.guardrails.audit_log))
-        self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels), store)
         # the primary's batches also place each image in a region of its embedding (the region
-        # monitors watch the primary's codebook; other models answer routed traffic only)
+        # monitors and region conditions of guardrails use the primary's codebook)
+        self.regions = (self.primary.codebook.names()
+                        if settings.monitors.regions and self.primary.codebook is not None else [])
+        self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels, self.regions), store)
         self.batchers = {
-            name: MicroBatcher(model.predict_with_regions if name == self.primary.name and model.codebook is not None
-                               and settings.monitors.regions else model.predict,
+            name: MicroBatcher(model.predict_with_regions if name == self.primary.name and self.regions
+                               else model.predict,
                                max_batch_size=settings.batching.max_batch_size,
                                max_wait_s=settings.batching.max_wait_ms / 1000.0, name=name,
                                on_batch=self._batch_observer(name))
@@ -85,7 +87,8 @@ class Engine:
         if settings.log.enabled:
             labels_of, pairs = self.labels_of(), self.pairs()
             self.log.after_write = lambda conn: join_held(conn, labels_of, pairs, self.hold)
-        self.serving = Serving(models=self.models, primary=self.primary.name, batchers=self.batchers,
+        self.serving = Serving(models=self.models, primary=self.primary.name, regions=self.regions,
+                               batchers=self.batchers,
                                shadow_batchers=self.shadow_batchers, monitors=self.monitors, chain=self.guardrails,
                                log=self.log, top_k=settings.top_k,
                                shadow_limit=settings.guardrails.shadow_max_in_flight)

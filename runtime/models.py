@@ -31,6 +31,15 @@ def stored_labels(stored: Any) -> list[str]:
     return list(stored.info.metadata.get(PROFILE_KEY, {}).get("labels", []))
 
 
+def stored_regions(stored: Any) -> list[str]:
+    """A stored model's region names (`r00`.., `novel`), from its profile's codebook; none
+    when it was profiled without one."""
+    from monitors.regions import NOVEL
+
+    codebook = stored.info.metadata.get(PROFILE_KEY, {}).get("regions")
+    return [f"r{i:02d}" for i in range(len(codebook["prototypes"]))] + [NOVEL] if codebook else []
+
+
 def find_stored(tag: str) -> Any:
     """The stored model for `tag`, or a clear error (BentoML would otherwise try a cloud pull)."""
     import bentoml

@@ -1,8 +1,9 @@
 """From prepared images to answers: models, monitors and the guardrail chain together.
 
-For each image: routes without flag conditions pick the model; that model runs (a route
-target under its timeout, falling back to the primary); the monitors flag its output;
-routes with flag conditions may send a primary answer to its target; answer guardrails
+For each image: routes without flag or region conditions pick the model; that model runs (a
+route target under its timeout, falling back to the primary); the monitors flag its output;
+the primary's pass also places the image in a region of its codebook; routes with flag or
+region conditions may send a primary answer to its target; answer guardrails
 change what is emitted; shadows are scheduled off the response path. One chain reference
 is taken per request, so a swap never mixes two chains in one response.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -37,14 +39,15 @@ class Monitors(Protocol):
 
 class AnswerLog(Protocol):
     def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str, subgroup: str,
-               image: bytes | None = None) -> None: ...
+               image: bytes | None = None, region: str | None = None) -> None: ...
 
 
 class Serving:
     def __init__(self, *, models: Mapping[str, Any], primary: str, batchers: Mapping[str, Batcher],
                  shadow_batchers: Mapping[str, Batcher], monitors: Monitors, chain: ActiveChain, log: AnswerLog,
-                 top_k: int, shadow_limit: int) -> None:
+                 top_k: int, shadow_limit: int, regions: Sequence[str] = ()) -> None:
         self.models, self.primary, self.batchers = models, models[primary], batchers
+        self.regions = list(regions)  # the primary's region names, by index (novel last); empty: regions off
         self.shadow_batchers, self.monitors, self.guardrails = shadow_batchers, monitors, chain
         self.log, self.top_k, self.shadow_limit = log, top_k, shadow_limit
         self._shadow_tasks: set[asyncio.Task] = set()
@@ -67,6 +70,8 @@ class Serving:
         probs, regions = await self._run(pixels, served, trace, chain)
         flags = [self.monitors.observe(m, k, p, int(np.argmax(p)), r)
                  for m, k, p, r in zip(served, keys, probs, regions)]
+        if self.regions:
+            requests = [replace(q, region=self.regions[r]) if r >= 0 else q for q, r in zip(requests, regions)]
 
         rerun = {}
         for i, request in enumerate(requests):
@@ -97,7 +102,7 @@ class Serving:
             rendered = self._render(request, model, answer, decisions,
                                     correlation_ids[i] if correlation_ids is not None else None)
             self.log.record(rendered, answer.probs, chain.config_hash, model.tag, request.subgroup_key,
-                            images[i] if images is not None else None)
+                            images[i] if images is not None else None, request.region)
             results.append(rendered)
         return results
 

@@ -5,6 +5,7 @@
     GET  /admin/predictions                the prediction log, newest first, a page at a time
     GET  /admin/predictions/{id}           one answer by its request id (or the client's correlation id)
     GET  /admin/predictions-summary        flags per subgroup in the log
+    GET  /admin/regions?since=15m&until=&top=10&exemplars=5   regions of the embedding, ranked
 
 Off unless CLASSGUARD_ADMIN_TOKEN is set (they answer 404); with it, every request needs
 `Authorization: Bearer <token>`, compared in constant time.
@@ -51,6 +52,7 @@ ROUTES = [  # path under MOUNT, method, Admin method
     ("/predictions", "GET", "list_predictions"),
     ("/predictions/{request_id}", "GET", "show_prediction"),
     ("/predictions-summary", "GET", "prediction_summary"),
+    ("/regions", "GET", "regions"),
 ]
 
 
@@ -84,9 +86,10 @@ class Admin:
 
     def __init__(self, *, token: SecretStr | None, max_body_bytes: int, chain: GuardrailRuntime,
                  models: Mapping[str, ServedModel], primary: str, monitors: MonitorPipeline | NoMonitors,
-                 log: PredictionLog | NoLog) -> None:
+                 log: PredictionLog | NoLog, regions: list[str] | None = None, log_mode: str = "all") -> None:
         self.token, self.max_body_bytes, self.chain = token, max_body_bytes, chain
         self.models, self.primary, self.monitors, self.log = models, primary, monitors, log
+        self.region_names, self.log_mode = list(regions or []), log_mode
 
     def authorize(self, request: Request) -> None:
         require_bearer(request, self.token, off_reason="admin_disabled", variable="CLASSGUARD_ADMIN_TOKEN")
@@ -163,7 +166,7 @@ class Admin:
         return await self._guarded(request, work)
 
     async def list_predictions(self, request: Request) -> Response:
-        """Logged predictions, newest first, at most 1,000 a page: ?since=15m&until=&subgroup=&flag=
+        """Logged predictions, newest first, at most 1,000 a page: ?since=15m&until=&subgroup=&region=&flag=
         &action=&model=&correlation_id=&flagged=1&limit=100&before=&format=json|jsonl|csv.
         The next page: the same query with `before` set to `next_before` (also the
         X-Next-Before header), until it is null."""
@@ -178,7 +181,8 @@ class Admin:
             try:
                 filters = dict(since=prediction_log.parse_since(p.get("since")),
                                until=prediction_log.parse_since(p.get("until")),
-                               subgroup=_text(p, "subgroup"), flag=_text(p, "flag"), action=_text(p, "action"),
+                               subgroup=_text(p, "subgroup"), region=_text(p, "region"), flag=_text(p, "flag"),
+                               action=_text(p, "action"),
                                model=_text(p, "model"), correlation_id=_text(p, "correlation_id"),
                                flagged_only=p.get("flagged") in ("1", "true"), before=p.get("before"), limit=limit)
             except ValueError as exc:
@@ -230,6 +234,33 @@ class Admin:
             since = time.time() - _seconds(request.query_params.get("window_seconds", "3600"))
             rows = await off_loop(self._read, prediction_log.summary, since)
             return {"since": since, "rows": rows}
+
+        return await self._guarded(request, work)
+
+    async def regions(self, request: Request) -> Response:
+        """The primary's regions among the logged answers of a window, ranked by excess share x
+        estimated error (store.region_report): ?since=15m&until=&top=10&exemplars=5."""
+        from store import prediction_log, region_report
+
+        async def work():
+            if not self.region_names:
+                raise InputError("not_enough_data", "regions are off: set monitors.regions: true, with a primary "
+                                 "model whose profile has a codebook")
+            p = request.query_params
+            top = _count(p.get("top", "10"), "top", 1, len(self.region_names))
+            exemplars = _count(p.get("exemplars", str(region_report.EXEMPLARS)), "exemplars", 0, 50)
+            try:
+                since = prediction_log.parse_since(p.get("since", "15m"))
+                until = prediction_log.parse_since(p.get("until"))
+            except ValueError as exc:
+                raise InputError("bad_parameter", str(exc)) from None
+            rows = await off_loop(self._read, region_report.read_rows, since=since, until=until)
+            primary = self.models[self.primary]
+            temperatures = {name: float(m.profile.temperature) for name, m in self.models.items()}
+            ranked = await asyncio.to_thread(region_report.rank, rows, self.region_names, primary.codebook.regions,
+                                             temperatures, exemplars)
+            return {"since": since, "until": until, "answers": len(rows), "log_mode": self.log_mode,
+                    "model": primary.tag, "regions": ranked[:top]}
 
         return await self._guarded(request, work)
 

@@ -10,7 +10,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from runtime.active_chain import chain_context, check_startup_chain
-from runtime.models import find_stored, stored_labels
+from runtime.models import find_stored, stored_labels, stored_regions
 from service import admin, bentoml_patches, http_server
 from service.bentoml_patches import EndpointNames
 from service.config import load_settings
@@ -44,7 +44,8 @@ class Classguard:
             pairs=engine.pairs(), hold=engine.hold)
         self.admin = admin.Admin(token=settings.admin_token, max_body_bytes=settings.limits.max_admin_body_bytes,
                                  chain=engine.guardrails, models=engine.models, primary=engine.primary.name,
-                                 monitors=engine.monitors, log=engine.log)
+                                 monitors=engine.monitors, log=engine.log, regions=engine.regions,
+                                 log_mode=settings.log.mode)
         self._tasks: list = []
 
     @bentoml.on_startup
@@ -94,7 +95,8 @@ _labels: set[str] = set()
 for _i, _tag in enumerate(settings.models.tags()):
     _labels.update(stored_labels(find_stored(_tag)))  # a missing model is a clear error now, not a failed cloud pull later
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
-check_startup_chain(settings, chain_context(settings, _labels))  # a chain naming what does not exist fails here
+_regions = stored_regions(find_stored(settings.models.tags()[0]))
+check_startup_chain(settings, chain_context(settings, _labels, _regions))  # a chain naming what does not exist fails here
 
 # the worker's own Admin answers each admin request (no module-level engine to bind)
 Classguard = bentoml.asgi_app(admin.admin_app(lambda: bentoml.get_current_service().admin), path=admin.MOUNT)(Classguard)

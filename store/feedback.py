@@ -188,10 +188,11 @@ def _result(key: str | None, result: str, detail: str, request_id: str | None = 
     return out
 
 
-def confusion(conn: Any, *, subgroup: str | None = None, model: str | None = None,
-              since: float | None = None) -> dict[tuple[str, str], int]:
+def confusion(conn: Any, *, subgroup: str | None = None, model: str | None = None, since: float | None = None,
+              until: float | None = None, region: str | None = None) -> dict[tuple[str, str], int]:
     """(true label, emitted label or 'abstained') -> count, over predictions with feedback."""
-    clause, args = where([("p.subgroup = ?", subgroup), ("p.model = ?", model), ("p.ts >= ?", since)])
+    clause, args = where([("p.subgroup = ?", subgroup), ("p.model = ?", model), ("p.ts >= ?", since),
+                          ("p.ts <= ?", until), ("p.region = ?", region)])
     sql = (f"SELECT f.label, COALESCE(p.label, 'abstained'), COUNT(*) FROM predictions p JOIN feedback f "
            f"USING (request_id) {clause} GROUP BY 1, 2")
     return {(t, e): n for t, e, n in conn.execute(sql, args)}

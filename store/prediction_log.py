@@ -36,7 +36,8 @@ log = logging.getLogger("classguard.log")
 T = TypeVar("T")
 QUIET_ACTIONS = {"allow", "pass", "shadow"}  # guardrail actions that do not make a row "flagged"
 COLUMNS = ("request_id", "correlation_id", "ts", "subgroup", "model", "model_version", "label", "abstained",
-           "confidence", "flagged", "flags", "guardrails", "top_k", "probs", "config_hash", "image_sha256", "replica")
+           "confidence", "flagged", "flags", "guardrails", "top_k", "probs", "config_hash", "image_sha256", "replica",
+           "region")
 MAX_PAGE = 1_000  # rows in one lookup answer; more come page by page (`before`)
 JOIN_IDLE_SECONDS = 5.0  # with no new rows, how often held labels are looked at (to expire them)
 connect = sql_sqlite.connect  # a SQLite log file, opened (and its schema brought up to date)
@@ -93,8 +94,9 @@ class PredictionLog:
 
     # -- request path ------------------------------------------------------------------------
     def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str,
-               subgroup: str, image: bytes | None = None) -> None:
-        """Queue one answered prediction; `model` is name:version."""
+               subgroup: str, image: bytes | None = None, region: str | None = None) -> None:
+        """Queue one answered prediction; `model` is name:version, `region` the primary's region
+        of the image (None when it has none)."""
         flagged = is_flagged(response)
         if not flagged and not self._sampled(response["request_id"]):
             return
@@ -108,7 +110,7 @@ class PredictionLog:
             int(response["abstained"]),
             float(response["confidence"]), int(flagged), json.dumps(response["flags"]),
             json.dumps(response["guardrails"]), json.dumps(response["top_k"]),
-            np.asarray(probs, dtype=np.float32).tobytes(), config_hash, digest, self.replica,
+            np.asarray(probs, dtype=np.float32).tobytes(), config_hash, digest, self.replica, region,
         ))
 
     def _sampled(self, request_id: str) -> bool:
@@ -255,10 +257,11 @@ def where(conditions: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
 def query(conn: Any, *, since: float | None = None, until: float | None = None,
           subgroup: str | None = None, flag: str | None = None, action: str | None = None,
           model: str | None = None, correlation_id: str | None = None, flagged_only: bool = False,
-          before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+          before: str | None = None, limit: int = 100, region: str | None = None) -> list[dict[str, Any]]:
     """Newest first; `before` (a request id from the previous page) continues after that row."""
     clause, args = where([
         ("ts >= ?", since), ("ts <= ?", until), ("subgroup = ?", subgroup), ("model = ?", model),
+        ("region = ?", region),
         ("correlation_id = ?", correlation_id), ("flagged = ?", 1 if flagged_only else None),
         (dialect_of(conn).HAS_FLAG, flag or None), (dialect_of(conn).HAS_ACTION, action or None),
         ("(ts, request_id) < (SELECT ts, request_id FROM predictions WHERE request_id = ?)", before),

@@ -4,7 +4,8 @@ The log keeps every answer's full probability vector and flags, so answer guardr
 (suppress, abstain, confusion guard) replay exactly without re-running the model. A route to
 another model would need the image, which the log does not keep: those requests are
 counted as "would route" and left out of the comparison. Routes conditioned on monitor
-alerts are judged with no alert active (the log does not record alert state).
+alerts are judged with no alert active (the log does not record alert state). Region
+conditions read the row's region (the primary's; rows without one match no region).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ from store.prediction_log import where
 
 
 def replay(conn: Any, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
-           since: float | None = None, until: float | None = None, subgroup: str | None = None) -> dict[str, Any]:
-    clause, args = where([("p.ts >= ?", since), ("p.ts <= ?", until), ("p.subgroup = ?", subgroup)])
+           since: float | None = None, until: float | None = None, subgroup: str | None = None,
+           region: str | None = None) -> dict[str, Any]:
+    clause, args = where([("p.ts >= ?", since), ("p.ts <= ?", until), ("p.subgroup = ?", subgroup),
+                          ("p.region = ?", region)])
     rows = conn.execute(
-        "SELECT p.request_id, p.subgroup, p.model, p.label, p.flags, p.probs, f.label FROM predictions p "
+        "SELECT p.request_id, p.subgroup, p.model, p.label, p.flags, p.probs, p.region, f.label FROM predictions p "
         f"LEFT JOIN feedback f USING (request_id) {clause} ORDER BY p.ts", args).fetchall()
     per = defaultdict(Counter)
     changes: Counter = Counter()
     routed: Counter = Counter()
     primary = next(iter(labels_of))  # labels_of lists the configured models, the primary first
-    for request_id, key, model, before, flags_json, blob, truth in rows:
+    for request_id, key, model, before, flags_json, blob, region, truth in rows:
         flags = json.loads(flags_json)
-        request = Request(request_id, parse_subgroup_key(key), key)
+        request = Request(request_id, parse_subgroup_key(key), key, region=region)
         route = chain.route(request) or chain.route(request, flags)
         answering = route.model if route is not None else primary
         stats = per[key]

@@ -35,8 +35,12 @@ CREATE TABLE IF NOT EXISTS predictions (
     probs       bytea NOT NULL,
     config_hash text NOT NULL,
     image_sha256 text,
-    replica     text
+    replica     text,
+    region      text
 );
+-- added columns are nullable and added in place: replicas of the version before keep writing
+-- (their rows have none) and starting, so a rolling update never needs a schema version bump
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS region text;
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
 CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
@@ -100,7 +104,7 @@ HAS_ACTION = "EXISTS (SELECT 1 FROM jsonb_array_elements(guardrails::jsonb) AS g
 SUMMARY = """SELECT subgroup, COALESCE(f.v, '(none)') AS flag, COUNT(*)
              FROM predictions LEFT JOIN LATERAL jsonb_array_elements_text(flags::jsonb) AS f(v) ON true
              WHERE ts >= ? GROUP BY subgroup, flag ORDER BY subgroup, COUNT(*) DESC"""
-ROWS_PER_STATEMENT = 512  # 512 x 17 parameters, under PostgreSQL's 65,535 per statement
+ROWS_PER_STATEMENT = 512  # 512 x 18 parameters, under PostgreSQL's 65,535 per statement
 
 
 @functools.lru_cache(maxsize=16)

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     probs       BLOB NOT NULL,
     config_hash TEXT NOT NULL,
     image_sha256 TEXT,
-    replica     TEXT
+    replica     TEXT,
+    region      TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     request_id  TEXT PRIMARY KEY,
@@ -68,7 +69,7 @@ SUMMARY = """SELECT subgroup, COALESCE(json_each.value, '(none)') AS flag, COUNT
              GROUP BY subgroup, flag ORDER BY subgroup, COUNT(*) DESC"""
 # Many rows per INSERT: SQLite then runs once per chunk with the GIL released, where
 # executemany released and retook it for every row and so fought the request thread for it.
-ROWS_PER_STATEMENT = 512  # 512 x 17 parameters, under SQLite's 32,766-variable limit
+ROWS_PER_STATEMENT = 512  # 512 x 18 parameters, under SQLite's 32,766-variable limit
 
 
 @functools.lru_cache(maxsize=16)
@@ -127,6 +128,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "replica" not in columns:
         with conn:
             conn.execute("ALTER TABLE predictions ADD COLUMN replica TEXT")
+    if "region" not in columns:
+        with conn:
+            conn.execute("ALTER TABLE predictions ADD COLUMN region TEXT")
 
 
 def chunk_sizes(n: int, most: int = ROWS_PER_STATEMENT) -> Sequence[int]:

@@ -90,7 +90,7 @@ class TestRoute:
     def test_matches_on_flag_only_after_the_model_ran(self):
         """Flag conditions need the primary's flags; the chain asks them only then."""
         route = Route("fixed", flags=["low_confidence"])
-        assert route.needs_flags and route(PHONE, ["low_confidence"]).model == "fixed"
+        assert route.after_primary and route(PHONE, ["low_confidence"]).model == "fixed"
         assert route(PHONE, ["known_confusion:6->0"]) is None
 
     def test_matches_on_active_alert(self):

@@ -28,6 +28,9 @@ ROWS = [
 ]
 
 
+REGIONS = {"r1": "r03", "r2": None, "r3": "r03", "r4": "novel"}  # the primary's region of each image
+
+
 @pytest.fixture
 def db(tmp_path) -> str:
     path = tmp_path / "p.sqlite"
@@ -36,7 +39,8 @@ def db(tmp_path) -> str:
         log.record({"request_id": request_id, "correlation_id": correlation_id, "label": label, "confidence": 0.6,
                     "abstained": False, "flags": flags, "guardrails": guardrails,
                     "top_k": [{"label": label, "probability": 0.6}]},
-                   np.full(10, 0.04) + np.eye(10)[int(label)] * 0.56, "hash1", "base:v1", subgroup)
+                   np.full(10, 0.04) + np.eye(10)[int(label)] * 0.56, "hash1", "base:v1", subgroup,
+                   region=REGIONS[request_id])
     log.flush()
     items = [(request_id, truth) for request_id, *_, truth in ROWS if truth is not None]
     feedback.record(connect(path), items, LABELS_OF, [])
@@ -55,14 +59,18 @@ def one_line_error(err: str) -> str:
 
 
 def test_list_as_a_table_newest_first(db, capsys):
-    """`log list`: one line per answer, newest first, with id, subgroup, model, label, flags and actions."""
+    """`log list`: one line per answer, newest first, with id, subgroup, region, model, label, flags and
+    actions; --region keeps the answers the primary placed in that region."""
     code, out, err = run(capsys, "log", "list", "--db", db)
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert [line.split()[1] for line in lines] == ["r4", "r3", "r2", "r1"]
-    assert lines[1].split()[2:] == ["capture=phone", "base", "0", "0.600", "known_confusion:6->0",
+    assert lines[1].split()[2:] == ["capture=phone", "r03", "base", "0", "0.600", "known_confusion:6->0",
                                     "suppress,fallback_label"]
     assert lines[0].split()[-2:] == ["-", "allow"]  # no flags
+    assert lines[2].split()[3] == "-"  # no region
+    code, out, _ = run(capsys, "log", "list", "--db", db, "--region", "r03")
+    assert [line.split()[1] for line in out.splitlines()] == ["r3", "r1"]
 
 
 def test_list_as_json_jsonl_and_csv(db, capsys):
@@ -150,7 +158,8 @@ def test_summary_counts_answers_per_subgroup_and_flag(db, capsys):
 
 
 def test_confusion_matrix_counts_answers_with_feedback(db, capsys):
-    """`log confusion`: true label x answered label over the 3 answers with feedback, 1 right."""
+    """`log confusion`: true label x answered label over the 3 answers with feedback, 1 right; --subgroup,
+    --region and --until narrow it."""
     code, out, _ = run(capsys, "log", "confusion", "--db", db)
     lines = out.splitlines()
     assert code == 0 and lines[-1] == "3 answers with feedback, 1 right (33.3%)"
@@ -159,3 +168,7 @@ def test_confusion_matrix_counts_answers_with_feedback(db, capsys):
     assert matrix == {"3": {"0": 0, "3": 1, "5": 0}, "6": {"0": 1, "3": 0, "5": 1}}
     _, out, _ = run(capsys, "log", "confusion", "--db", db, "--subgroup", "capture=scanner")
     assert out.splitlines()[-1] == "1 answers with feedback, 0 right (0.0%)"
+    _, out, _ = run(capsys, "log", "confusion", "--db", db, "--region", "r03")  # r1 (right) and r3 (wrong)
+    assert out.splitlines()[-1] == "2 answers with feedback, 1 right (50.0%)"
+    _, out, _ = run(capsys, "log", "confusion", "--db", db, "--until", "0")
+    assert out.splitlines()[-1] == "0 answers with feedback, 0 right (0.0%)"

@@ -111,7 +111,7 @@ def test_a_declared_profiles_own_chain_under_its_name_is_accepted(worker):
     declared = load_profiles(PROFILES).profiles["suppress_phone_confusions"]
     spelled = [spec.model_dump() for spec in declared]
     assert spelled[1] == {"type": "confusion_guard", "action": "abstain", "floor": 0.5, "pairs": None,
-                          "subgroups": ["capture=phone"]}
+                          "subgroups": ["capture=phone"], "regions": None}
     assert one.swap(profile="suppress_phone_confusions", chain=spelled).profile == "suppress_phone_confusions"
 
 

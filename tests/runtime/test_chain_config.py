@@ -69,3 +69,33 @@ def test_hash_ignores_spelling_but_not_meaning():
     spelled = CHAIN.validate_python([{"type": "suppress_labels", "labels": ["0"], "floor": 0.5}])
     other = CHAIN.validate_python([{"type": "suppress_labels", "labels": ["0"], "floor": 0.6}])
     assert config_hash(short) == config_hash(spelled) != config_hash(other)
+
+
+REGIONS = ChainContext(models=CONTEXT.models, subgroups=CONTEXT.subgroups, labels=CONTEXT.labels, pairs=CONTEXT.pairs,
+                       regions=frozenset({"r00", "r01", "novel"}))
+
+
+@pytest.mark.parametrize("chain, context, message", [
+    ([{"type": "route", "target": "classguard-retrained", "regions": ["r00"]}], CONTEXT,
+     "no regions are assigned: set monitors.regions: true"),
+    ([{"type": "abstain", "regions": ["r7"]}], REGIONS, r"unknown region.*'r7'.*valid: \['novel', 'r00', 'r01'\]"),
+    ([{"type": "abstain"}], REGIONS, "abstain needs subgroups or regions"),
+])
+def test_region_conditions_name_only_the_primarys_regions(chain, context, message):
+    """A region condition compiles only against the primary's codebook, and `abstain` needs a condition."""
+    with pytest.raises((ValueError, ValidationError), match=message):
+        compile_chain(chain, "p", context)
+
+
+def test_region_conditions_compile_into_every_guardrail_that_takes_them():
+    """Route, shadow, abstain, suppress_labels and confusion_guard accept `regions`; a route on a region is
+    judged after the primary answered, and the chain's hash ignores absent conditions."""
+    chain = compile_chain([{"type": "route", "target": "classguard-retrained", "regions": ["r01"]},
+                           {"type": "shadow", "model": "classguard-retrained", "regions": ["r00"]},
+                           {"type": "abstain", "regions": ["novel"]},
+                           {"type": "suppress_labels", "labels": ["0"], "regions": ["r00"]},
+                           {"type": "confusion_guard", "regions": ["r01"]}], "p", REGIONS)
+    assert chain.guardrails[0].after_primary and chain.guardrails[2].regions == {"novel"}
+    plain = [{"type": "route", "target": "classguard-retrained"}]
+    assert (compile_chain(plain, "p", REGIONS).config_hash
+            == compile_chain([{**plain[0], "regions": None}], "p", REGIONS).config_hash)

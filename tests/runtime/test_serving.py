@@ -119,3 +119,30 @@ def test_the_primarys_regions_reach_the_monitors_and_a_routed_answer_has_none():
     failing.monitors = Recording()
     serve(failing, n=1, subgroup="phone")
     assert seen == [("base", "capture=phone", 5)]
+
+
+def test_region_conditions_route_and_abstain_on_the_primarys_region_and_the_log_row_carries_it():
+    """A route on region r06 sends that image to the target after the primary placed it (the trace
+    names the region), `abstain` on novel withholds the other's label, and each log row holds the
+    primary's region, the routed one included."""
+    from guardrails.answers import Abstain
+
+    rows = []
+
+    class RecordingLog(NoLog):
+        def record(self, response, probs, config_hash, model, subgroup, image=None, region=None):
+            rows.append((response["request_id"], model, region))
+
+    async def primary(x):
+        return np.stack([probs_for(1)] * len(x)), np.array([6, 7, 2][:len(x)], dtype=np.int64)
+
+    serving = make_serving(Chain([Route("fixed", regions=["r06"]), Abstain(regions=["novel"])]))
+    serving.batchers["base"], serving.log = primary, RecordingLog()
+    serving.regions = [f"r{i:02d}" for i in range(7)] + ["novel"]
+    routed, novel, plain = serve(serving, n=3, subgroup="scanner")
+    assert routed["model"] == "fixed:v1" and routed["label"] == "7"
+    assert routed["guardrails"][0] == {"guardrail": "route", "action": "route", "reason": "region r06"}
+    assert novel["label"] is None and novel["guardrails"] == [
+        {"guardrail": "abstain", "action": "abstain", "reason": "region novel"}]
+    assert plain["model"] == "base:v1" and plain["label"] == "1" and plain["guardrails"] == []
+    assert rows == [("r0", "fixed:v1", "r06"), ("r1", "base:v1", "novel"), ("r2", "base:v1", "r02")]

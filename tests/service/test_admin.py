@@ -77,3 +77,13 @@ def test_cli_writes_the_html_report(admin_server, tmp_path):
     html = out.read_text()
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000].lower()
     assert "predicted_class[capture=phone]" in html
+
+
+def test_regions_answer_why_not_when_off_and_refuse_bad_parameters(admin_server):
+    """/admin/regions on a service with region monitors off is a 409 saying how to turn them on; the CLI
+    prints it in one line."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = httpx.get(f"{admin_server.url}/admin/regions", headers=auth)
+    assert r.status_code == 409 and "monitors.regions: true" in r.json()["detail"], r.text
+    done = run_module("ops.cli", "regions", "--url", admin_server.url, env={"CLASSGUARD_ADMIN_TOKEN": TOKEN})
+    assert done.returncode == 2 and "monitors.regions: true" in done.stderr and done.stderr.count("\n") == 1

@@ -22,6 +22,7 @@ from tests.conftest import run_module
 pytestmark = pytest.mark.integration
 FAST = {"CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
 BASE = "classguard-baseline"
+TOKEN = "test-admin-token-0123"
 
 
 def scores(samples, **match):
@@ -115,8 +116,12 @@ def test_scanner_only_traffic_stays_quiet(model_home, tmp_path):
 def test_region_monitors_on_two_workers_count_every_answer_once(model_home, tmp_path):
     """With `monitors.regions` on and two workers, every answer lands in exactly one region of
     the baseline's codebook and both workers publish the merged counts (the regions' window
-    samples sum to the answers sent); traffic at the training mix raises no region alarm."""
-    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_WORKERS": "2", "CLASSGUARD_MONITORS__REGIONS": "true", **FAST}
+    samples sum to the answers sent); traffic at the training mix raises no region alarm. The
+    ranking (/admin/regions, `classguard regions`) counts the same answers from the log, and a
+    chain routing its first region to the retrained model and abstaining on novel acts on
+    exactly the answers the log places there."""
+    env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_WORKERS": "2", "CLASSGUARD_MONITORS__REGIONS": "true",
+           "CLASSGUARD_ADMIN_TOKEN": TOKEN, **FAST}
     with Server(env=env, log_path=tmp_path / "serve.log") as server:
         results, _ = run(server.url, stream(holdout_samples(), 400, phone_share=0.03, seed=5), concurrency=8)
         assert {status for _, status, _ in results} == {200}
@@ -135,3 +140,41 @@ def test_region_monitors_on_two_workers_count_every_answer_once(model_home, tmp_
         assert math.isclose(sum(v for k, v in shares.items() if k), 1.0, rel_tol=1e-9)
         region_alarms = {k: v for k, v in alarms(samples).items() if ("monitor", "regions") in k}
         assert region_alarms == {}, region_alarms
+        check_ranking_and_region_routes(server.url)
+
+
+def check_ranking_and_region_routes(url):
+    import httpx
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    deadline = time.monotonic() + 30
+    while True:  # the log is written off the request path, within a flush interval
+        ranking = httpx.get(f"{url}/admin/regions", params={"since": "0", "top": "33"}, headers=auth, timeout=30).json()
+        if ranking["answers"] == 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert ranking["answers"] == 400 and sum(r["answers"] for r in ranking["regions"]) == 400
+    assert [r["score"] for r in ranking["regions"]] == sorted((r["score"] for r in ranking["regions"]), reverse=True)
+    done = run_module("ops.cli", "regions", "--url", url, "--since", "0", "--top", "3", env={"CLASSGUARD_ADMIN_TOKEN": TOKEN})
+    assert done.returncode == 0 and done.stdout.splitlines()[2].split()[0] == ranking["regions"][0]["region"], done
+
+    top = max(ranking["regions"], key=lambda r: r["answers"])["region"]
+    chain = [{"type": "route", "target": "classguard-retrained", "regions": [top]}, {"type": "abstain", "regions": ["novel"]}]
+    r = httpx.post(f"{url}/admin/guardrails", json={"profile": "by_region", "chain": chain}, headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    time.sleep(1.5)  # both workers pick the chain up
+    since = time.time()
+    results, _ = run(url, stream(holdout_samples(), 200, phone_share=0.03, seed=6), concurrency=8)
+    routed = {b["request_id"] for _, _, b in results if b["model"].startswith("classguard-retrained")}
+    abstained = {b["request_id"] for _, _, b in results if b["abstained"]}
+    assert routed and all(b["guardrails"][0]["reason"] == f"region {top}" for _, _, b in results
+                          if b["request_id"] in routed)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = httpx.get(f"{url}/admin/predictions", params={"since": str(since), "limit": "1000"}, headers=auth,
+                         timeout=30).json()["predictions"]
+        if len(rows) == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {r["request_id"] for r in rows if r["region"] == top} == routed
+    assert {r["request_id"] for r in rows if r["region"] == "novel"} == abstained

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from service.config import LogConfig
 from store import feedback
-from store.database import PostgresDatabase, SqliteDatabase, StoreUnavailable
+from store.database import PostgresDatabase, StoreUnavailable
 from store.prediction_log import PredictionLog, find, get, query, summary
 from tests.waiting import together
 
@@ -21,13 +21,6 @@ def response(i, *, flags=(), actions=("allow",), correlation=None):
     return {"request_id": f"r{i}", "correlation_id": correlation, "label": "3", "confidence": 0.5,
             "abstained": False, "flags": list(flags), "top_k": [{"label": "3", "probability": 0.5}],
             "guardrails": [{"guardrail": "g", "action": a, "reason": "x"} for a in actions]}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        return SqliteDatabase(tmp_path / "p.sqlite")
-    return PostgresDatabase(request.getfixturevalue("pg_url"), replica="r1")
 
 
 def held(outcome):

@@ -163,7 +163,8 @@ def test_a_log_file_deleted_while_serving_is_recreated_and_written(tmp_path):
 
 
 def test_an_older_log_is_migrated_in_place(tmp_path):
-    """A log written before correlation ids gains the column and loses feedback orphaned by old retention."""
+    """A log written before correlation ids and regions gains the columns and loses feedback orphaned by
+    old retention."""
     import sqlite3
 
     path = tmp_path / "old.sqlite"
@@ -181,8 +182,8 @@ def test_an_older_log_is_migrated_in_place(tmp_path):
     old.close()
     conn = connect(path)
     assert [r[0] for r in conn.execute("SELECT request_id FROM feedback")] == ["a"]
-    assert get(conn, "a")["correlation_id"] is None
-    assert query(conn, correlation_id="x") == []
+    assert get(conn, "a")["correlation_id"] is None and get(conn, "a")["region"] is None
+    assert query(conn, correlation_id="x") == [] and query(conn, region="r01") == []
 
 
 def test_pages_continue_after_the_last_row_seen(tmp_path):

@@ -99,3 +99,22 @@ def test_the_stored_models_carry_a_codebook_and_answer_with_regions(model_home):
     for name, found in json.loads(done.stdout).items():
         assert 8 <= found["k"] <= 32 and found["width"] == 64 and found["one_pass"], (name, found)
         assert found["same_probs"] and found["same_regions"] and found["distinct"] >= 5, (name, found)
+
+
+def test_the_sensor_models_data_adds_the_new_sensors_images_that_capture_cannot_tell_apart():
+    """classguard-sensor trains on the retrained model's data plus each scanner digit as the new
+    sensor delivers it (blurry_sensor, same label); the service derives `scanner` for every one."""
+    from runtime.derived import captures_from_border
+    from training.digits import build_incident
+    from training.shifts import blurry_sensor
+    from training.train import with_new_sensor
+
+    base = build_incident().retrained_train
+    scanner = base.where("scanner")
+    data = with_new_sensor(base)
+    added = slice(len(base), None)
+    assert len(data) == len(base) + len(scanner)
+    assert np.array_equal(data.images[:len(base)], base.images) and np.array_equal(data.labels[added], scanner.labels)
+    assert np.array_equal(data.images[added], blurry_sensor(scanner.images, np.random.default_rng([3, 20151])))
+    assert set(captures_from_border(data.images[added][:, None].astype(np.float64) / 255.0)) == {"scanner"}
+    assert set(data.captures[added]) == {"scanner"}
