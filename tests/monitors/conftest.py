@@ -10,14 +10,18 @@ SUBGROUPS = ["capture=scanner", "capture=phone", "capture=other"]
 MODELS = ["base", "fixed"]
 
 
-def make_profile(seed: int):
+def make_profile(seed: int, regions: int = 0):
+    """A 4-class profile on 800 validation rows; `regions` > 0 adds a codebook of that many
+    regions fitted on random 16-wide embeddings."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, 800)
     logits = rng.normal(0, 1, (800, 4))
     logits[np.arange(800), labels] += 3.0
     groups = np.where(np.arange(800) % 10 == 0, SUBGROUPS[1], SUBGROUPS[0])
+    embeddings = rng.normal(0, 1, (800, 16)).astype(np.float32) if regions else None
     return build_profile(logits=logits, labels=labels, subgroups=groups, class_names="abcd", input_spec=InputSpec(),
-                         training_subgroup_shares={SUBGROUPS[0]: 0.97, SUBGROUPS[1]: 0.03})
+                         training_subgroup_shares={SUBGROUPS[0]: 0.97, SUBGROUPS[1]: 0.03},
+                         embeddings=embeddings, regions=regions or 32)
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,14 @@ from tests.runtime.test_chain_config import CONTEXT
 PAIRS = [{"source": "a", "target": "b", "margin": 0.3}]
 
 
-def events(n: int, seed: int, t0: float) -> EventBatch:
+def events(n: int, seed: int, t0: float, regions: int = 0) -> EventBatch:
+    """`regions` > 0: the first model's events fall in one of that many regions (novel included)."""
     rng = np.random.default_rng(seed)
-    return EventBatch(t=t0 + rng.uniform(0, 60, n), model=rng.integers(0, 2, n),
+    model = rng.integers(0, 2, n)
+    return EventBatch(t=t0 + rng.uniform(0, 60, n), model=model,
                       subgroup=np.where(rng.random(n) < 0.2, 1, 0), predicted=rng.integers(0, 4, n),
-                      confidence=rng.uniform(0.2, 1.0, n), confusions=rng.integers(0, 2, n))
+                      confidence=rng.uniform(0.2, 1.0, n), confusions=rng.integers(0, 2, n),
+                      region=np.where(model == 0, rng.integers(0, regions, n), -1) if regions else None)
 
 
 def scores(results):
@@ -35,16 +38,19 @@ def scores(results):
                    None if np.isnan(s.value) else round(s.value, 9), s.samples) for s in results)
 
 
-@pytest.fixture
-def pipelines(tmp_path):
-    profiles = [make_profile(1), make_profile(2)]
-    config = MonitorsConfig(min_samples=20, known_confusions=PAIRS)
+@pytest.fixture(params=[False, True], ids=["regions off", "regions on"])
+def pipelines(request, tmp_path):
+    """Replicas' monitor pipelines; with region monitors (8 regions and novel) on the second run."""
+    regions = request.param
+    profiles = [make_profile(1, regions=8 if regions else 0), make_profile(2)]
+    config = MonitorsConfig(min_samples=20, known_confusions=PAIRS, regions=regions)
 
     def make(name: str, fleet=None) -> MonitorPipeline:
         state = tmp_path / name
         state.mkdir()
         return MonitorPipeline(config.model_copy(update={"state_dir": state}), MODELS, profiles, SUBGROUPS, fleet=fleet)
 
+    make.regions = 9 if regions else 0  # regions an event may fall in
     return make
 
 
@@ -56,9 +62,10 @@ def fleet_windows(url: str, worker: str, layout: str = "L1", connect_timeout: fl
 
 def test_every_replica_publishes_what_one_process_fed_all_traffic_would(pg_url, pipelines):
     """Three replicas each see a third of 3,000 events; after a round of publishes every replica
-    publishes exactly the scores and sample counts of one process fed all 3,000."""
+    publishes exactly the scores and sample counts of one process fed all 3,000 (region monitors
+    on or off)."""
     now = time.time()
-    batches = [events(1000, seed, now - 70) for seed in range(3)]
+    batches = [events(1000, seed, now - 70, pipelines.regions) for seed in range(3)]
     alone = pipelines("alone")
     for batch in batches:
         alone.suite.update_many(batch)
@@ -70,6 +77,7 @@ def test_every_replica_publishes_what_one_process_fed_all_traffic_would(pg_url, 
     for replica in replicas:
         assert scores(replica.publish(now)) == expected
     assert max(s[-1] for s in expected) >= 1000
+    assert any(s[0] == "regions" for s in expected) == bool(pipelines.regions)
 
 
 def test_a_retried_write_counts_once_and_layouts_never_mix(pg_url, pipelines):
