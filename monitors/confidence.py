@@ -47,6 +47,15 @@ class ConfidenceDrift(WindowedMonitor):
     def flag(self, model: int, subgroup: int, confidence: float) -> bool:
         return confidence < self._flag[model, subgroup]
 
+    def flag_many(self, model: int, subgroups: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """`flag` for N predictions of one model."""
+        return confidence < self._flag[model, subgroups]
+
+    def calibrated_many(self, model: int, probs: np.ndarray) -> np.ndarray:
+        """`calibrated` for N rows (N x classes) of one model."""
+        q = np.power(probs, 1.0 / self.temperatures[model])
+        return q.max(axis=1) / q.sum(axis=1)
+
     def calibrated(self, model: int, probs: np.ndarray) -> float:
         """Top-class probability of softmax(log(probs) / T), T the model's validation temperature:
         probs ** (1 / T), normalised, is the same thing in one numpy call."""

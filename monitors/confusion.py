@@ -83,6 +83,18 @@ class KnownConfusions(WindowedMonitor):
                 mask |= 1 << p
         return mask
 
+    def fired_many(self, model: int, subgroups: np.ndarray, probs: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """`fired` for N predictions (N x classes) of one model: their bit masks."""
+        mask = np.zeros(len(predicted), dtype=np.int64)
+        rows = np.arange(len(predicted))
+        for p in range(len(self.pairs)):
+            src, tgt = self._index[model, p]
+            if src < 0:
+                continue
+            hit = (predicted == tgt) & self._applies[subgroups, p] & (probs[rows, tgt] - probs[rows, src] < self._margins[p])
+            mask |= hit.astype(np.int64) << p
+        return mask
+
     def update_many(self, events: EventBatch) -> None:
         n_p = len(self.pairs)
         self._counts.add(events.t, (events.model, events.subgroup, np.full(len(events), n_p)))

@@ -60,6 +60,18 @@ class MonitorSuite:
             flags += [f for p, f in enumerate(self._pair_flags) if mask >> p & 1]
         return flags, mask
 
+    def flags_many(self, model: int, subgroups: np.ndarray, probs: np.ndarray,
+                   predicted: np.ndarray) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+        """`flags` for N predictions of one model (N x classes), in numpy: each one's flags, the
+        masks, and which are low-confidence."""
+        confidence = probs[np.arange(len(predicted)), predicted]
+        low = self.confidence.flag_many(model, subgroups, confidence)
+        masks = self.confusions.fired_many(model, subgroups, probs, predicted)
+        flags = [([LOW_CONFIDENCE_FLAG] if is_low else []) + ([f for p, f in enumerate(self._pair_flags) if mask >> p & 1]
+                                                                if mask else [])
+                 for is_low, mask in zip(low.tolist(), masks.tolist())]
+        return flags, masks, low
+
     def update_many(self, events: EventBatch) -> dict[str, str]:
         errors = {}
         for monitor in self.monitors:

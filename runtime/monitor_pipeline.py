@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -75,6 +75,10 @@ class NoMonitors:
 
     def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]:
         return []
+
+    def observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
+                     regions: Sequence[int]) -> list[list[str]]:
+        return [self.observe(m, k, p, int(np.argmax(p)), r) for m, k, p, r in zip(models, subgroups, probs, regions)]
 
     async def run(self) -> None:
         return None
@@ -142,6 +146,53 @@ class MonitorPipeline:
             self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask,
                                 self.suite.confidence.calibrated(m, probs), region))
         return flags
+
+    def observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
+                     regions: Sequence[int]) -> list[list[str]]:
+        """`observe` for a batch of answers, each predicting its top class: the same flags, events
+        and counters (tests/runtime/test_monitor_pipeline.py), computed in numpy per model."""
+        try:
+            return self._observe_many(models, subgroups, probs, regions)
+        except Exception:  # as in observe: the batch loses its flags, never its answers
+            metrics.MONITOR_ERRORS.labels("observe").inc()
+            log.warning("monitor observe failed; the predictions are answered without flags", exc_info=True)
+            return [[] for _ in models]
+
+    def _observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
+                      regions: Sequence[int]) -> list[list[str]]:
+        suite, now = self.suite, time.time()
+        out: list[list[str]] = [[] for _ in models]
+        by_model: dict[str, list[int]] = {}
+        for i, model in enumerate(models):
+            by_model.setdefault(model, []).append(i)  # models may differ in classes: one matrix each
+        anomalies: Counter = Counter()
+        for model, idx in by_model.items():
+            m = suite.model_index[model]
+            keys = [subgroups[i] for i in idx]
+            s = np.array([suite.subgroup_index[k] for k in keys], dtype=np.int64)
+            matrix = np.stack([probs[i] for i in idx])
+            predicted = matrix.argmax(axis=1)
+            flags, masks, low = suite.flags_many(m, s, matrix, predicted)
+            confidence = matrix[np.arange(len(idx)), predicted].tolist()
+            calibrated = suite.confidence.calibrated_many(m, matrix).tolist()
+            for j, i in enumerate(idx):
+                out[i] = flags[j]
+                mask = int(masks[j])
+                if low[j]:
+                    anomalies[LOW_CONFIDENCE_FLAG, "", model, keys[j]] += 1
+                for p, name in enumerate(self._pair_names):
+                    if mask >> p & 1:
+                        anomalies["known_confusion", name, model, keys[j]] += 1
+                if len(self._queue) >= self.config.queue_size:
+                    metrics.MONITOR_DROPPED.inc()
+                else:
+                    self._queue.append((now, m, int(s[j]), int(predicted[j]), confidence[j], mask, calibrated[j],
+                                        int(regions[i])))
+        for (kind, pair, model, key), n in anomalies.items():
+            metrics.ANOMALIES.labels(kind, model, key).inc(n)
+            if pair:
+                metrics.KNOWN_CONFUSIONS.labels(pair, model, key).inc(n)
+        return out
 
     # -- background ----------------------------------------------------------------------------
     async def run(self) -> None:

@@ -36,6 +36,9 @@ class Monitors(Protocol):
 
     def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]: ...
 
+    def observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
+                     regions: Sequence[int]) -> list[list[str]]: ...
+
 
 class AnswerLog(Protocol):
     def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str, subgroup: str,
@@ -68,8 +71,7 @@ class Serving:
                 served[i] = decision.model
                 trace[i].append(decision)
         probs, regions = await self._run(pixels, served, trace, chain)
-        flags = [self.monitors.observe(m, k, p, int(np.argmax(p)), r)
-                 for m, k, p, r in zip(served, keys, probs, regions)]
+        flags = self.monitors.observe_many(served, keys, probs, regions)
         if self.regions:
             requests = [replace(q, region=self.regions[r]) if r >= 0 else q for q, r in zip(requests, regions)]
 
@@ -86,11 +88,16 @@ class Serving:
             new, new_regions = await self._run(pixels[idx], targets, sub_trace, chain)
             for j, i in enumerate(idx):
                 served[i], trace[i], probs[i] = targets[j], sub_trace[j], new[j]
-                if targets[j] != self.primary.name:
-                    flags[i] = self.monitors.observe(targets[j], keys[i], new[j], int(np.argmax(new[j])),
-                                                     new_regions[j])
+            answered = [j for j, i in enumerate(idx) if targets[j] != self.primary.name]  # not fallen back
+            if answered:
+                observed = self.monitors.observe_many([targets[j] for j in answered], [keys[idx[j]] for j in answered],
+                                                      [new[j] for j in answered], [new_regions[j] for j in answered])
+                for j, found in zip(answered, observed):
+                    flags[idx[j]] = found
 
         results = []
+        counts = metrics.AnswerCounts()  # written once per label set, after the batch
+        order = falling(probs)
         for i, request in enumerate(requests):
             model = self.models[served[i]]
             answer = Answer.of(model.name, model.profile.labels, probs[i], flags[i])
@@ -100,10 +107,11 @@ class Serving:
                 decisions.append(decision)
                 self._shadow(decision.model, pixels[i], answer, keys[i])
             rendered = self._render(request, model, answer, decisions,
-                                    correlation_ids[i] if correlation_ids is not None else None)
+                                    correlation_ids[i] if correlation_ids is not None else None, order[i], counts)
             self.log.record(rendered, answer.probs, chain.config_hash, model.tag, request.subgroup_key,
                             images[i] if images is not None else None, request.region)
             results.append(rendered)
+        counts.flush()
         return results
 
     async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]],
@@ -162,27 +170,37 @@ class Serving:
         if outcome == "flip":
             metrics.SHADOW_FLIPS.labels(name, key, ours, theirs).inc()
 
-    def _render(self, request: Request, model, answer: Answer, decisions: list[Decision],
-                correlation: str | None) -> dict[str, Any]:
+    def _render(self, request: Request, model, answer: Answer, decisions: list[Decision], correlation: str | None,
+                order: np.ndarray, counts: metrics.AnswerCounts) -> dict[str, Any]:
+        """The answer as the client gets it, counted in `counts`; `order`: its classes by falling
+        probability."""
         key = request.subgroup_key
         emitted = answer.labels[answer.label] if answer.label is not None else None
-        best = answer.label if answer.label is not None else answer.best_allowed()
+        hidden = answer.suppressed
+        shown = [int(c) for c in order if int(c) not in hidden]
+        best = answer.label if answer.label is not None else (shown[0] if shown else None)
         confidence = float(answer.probs[best]) if best is not None else 0.0
-        metrics.PREDICTIONS.labels(model.name, key, metrics.class_label(answer.labels, answer.label)).inc()
-        metrics.CONFIDENCE.labels(model.name, key).observe(confidence)
-        if model.name != self.primary.name:
-            metrics.ROUTED.labels(model.name, key).inc()
-        for d in decisions:
-            metrics.GUARDRAIL_ACTIONS.labels(d.guardrail, d.action, key).inc()
+        counts.answer(model.name, key, metrics.class_label(answer.labels, answer.label), confidence,
+                      model.name != self.primary.name, ((d.guardrail, d.action) for d in decisions))
         return {
             "request_id": request.request_id,
             "correlation_id": correlation,
             "label": emitted,
             "confidence": round(confidence, 6),
-            "top_k": [{"label": name, "probability": round(p, 6)} for name, p in answer.top_k(self.top_k)],
+            "top_k": [{"label": answer.labels[c], "probability": round(float(answer.probs[c]), 6)}
+                      for c in shown[:self.top_k]],
             "abstained": answer.abstained,
             "model": model.tag,
             "subgroup": dict(request.subgroup),
             "guardrails": [d.as_dict() for d in decisions],
             "flags": list(answer.flags),
         }
+
+
+def falling(probs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """Each image's classes by falling probability: one argsort for the batch when every answer
+    has as many classes (rows are sorted independently, so each gets the order its own argsort
+    gives), else one per image (routed models may have other classes)."""
+    if len({len(p) for p in probs}) == 1:
+        return np.argsort(np.stack(probs), axis=1)[:, ::-1]
+    return [np.argsort(p)[::-1] for p in probs]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -30,6 +31,14 @@ from service.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id
 _DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads decode off the event loop
 CLASSIFY_FIELDS = frozenset({"image", "context"})
 BATCH_FIELDS = frozenset({"images", "array", "contexts"})
+
+
+class FastJSONResponse(JSONResponse):
+    """Starlette's JSONResponse, rendered by orjson: the same compact UTF-8 JSON, several times
+    faster for a batch of answers (numpy numbers, should one reach a body, as numbers)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @dataclass
@@ -79,7 +88,7 @@ class ClassifyEndpoints:
         headers = {REQUEST_ID_HEADER: request_id}
         if correlation is not None:
             headers[CORRELATION_ID_HEADER] = correlation
-        return JSONResponse(body, status_code=status, headers=headers)
+        return FastJSONResponse(body, status_code=status, headers=headers)
 
     async def _classify(self, request: Request, request_id: str, correlation: str | None) -> dict[str, Any]:
         fields = await read_form(request, self.limits, max_files=1, allowed=CLASSIFY_FIELDS)

@@ -97,3 +97,32 @@ def test_corrupt_state_file_is_counted_and_skipped(make_pipeline):
     before = value("classguard_monitor_errors_total", monitor="state")
     assert pipeline.publish()
     assert value("classguard_monitor_errors_total", monitor="state") == before + 1
+
+
+def test_observe_many_equals_observe_one_by_one(make_pipeline):
+    """Over random batches (both models mixed, every subgroup, near-ties between a pair's classes, rows
+    at low confidence, regions), observe_many returns each answer's flags, queues the same events (but
+    their time and order) and moves the anomaly and known-confusion counters as observe one by one does."""
+    rng = np.random.default_rng(12)
+    one, many = make_pipeline(queue_size=10**6), make_pipeline(queue_size=10**6)
+    counters = [("classguard_anomalies_total", dict(kind=k, model=m, subgroup=s))
+                for k in ("low_confidence", "known_confusion") for m in MODELS for s in SUBGROUPS]
+    counters += [("classguard_known_confusion_detections_total", dict(pair="a->b", model=m, subgroup=s))
+                 for m in MODELS for s in SUBGROUPS]
+    for _ in range(30):
+        n = int(rng.integers(1, 40))
+        probs = rng.dirichlet(np.full(4, 0.7), n).astype(np.float32)
+        probs[: n // 3, 1] += 0.2  # `b` ahead of `a` by less than the margin on some rows
+        probs /= probs.sum(axis=1, keepdims=True)
+        models = [MODELS[i] for i in rng.integers(0, 2, n)]
+        keys = [SUBGROUPS[i] for i in rng.integers(0, len(SUBGROUPS), n)]
+        regions = rng.integers(-1, 5, n).tolist()
+        before = [value(name, **labels) for name, labels in counters]
+        expected = [one.observe(m, k, p, int(np.argmax(p)), r) for m, k, p, r in zip(models, keys, probs, regions)]
+        moved = [value(name, **labels) - b for (name, labels), b in zip(counters, before)]
+        before = [value(name, **labels) for name, labels in counters]
+        assert many.observe_many(models, keys, list(probs), regions) == expected
+        assert [value(name, **labels) - b for (name, labels), b in zip(counters, before)] == moved
+    events_one = sorted(e[1:] for e in one._queue)  # a batch's events queue model by model: order is free
+    events_many = sorted(e[1:] for e in many._queue)
+    assert events_many == events_one and any(e[4] for e in events_one) and len(events_one) > 300

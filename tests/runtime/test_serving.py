@@ -146,3 +146,25 @@ def test_region_conditions_route_and_abstain_on_the_primarys_region_and_the_log_
         {"guardrail": "abstain", "action": "abstain", "reason": "region novel"}]
     assert plain["model"] == "base:v1" and plain["label"] == "1" and plain["guardrails"] == []
     assert rows == [("r0", "fixed:v1", "r06"), ("r1", "base:v1", "novel"), ("r2", "base:v1", "r02")]
+
+
+def test_batch_ordering_renders_what_each_answers_own_methods_give():
+    """Over random batches with ties, some rows of another length (a routed model's classes) and random
+    suppressed labels, the order `falling` gives makes the same top_k and best allowed label as
+    Answer.top_k and Answer.best_allowed."""
+    from guardrails.core import Answer
+    from runtime.serving import falling
+
+    rng = np.random.default_rng(9)
+    for trial in range(200):
+        n, classes = int(rng.integers(1, 20)), int(rng.integers(2, 12))
+        rows = [np.round(rng.dirichlet(np.ones(classes)), 1).astype(np.float32) for _ in range(n)]
+        if trial % 3 == 0:
+            rows[0] = np.round(rng.dirichlet(np.ones(classes + 1)), 1).astype(np.float32)
+        for probs, order in zip(rows, falling(rows)):
+            labels = tuple(str(c) for c in range(len(probs)))
+            hidden = frozenset(int(c) for c in np.flatnonzero(rng.random(len(probs)) < 0.3))
+            answer = Answer("m", labels, probs, None, suppressed=hidden)
+            shown = [int(c) for c in order if int(c) not in hidden]
+            assert [(labels[c], float(probs[c])) for c in shown[:3]] == answer.top_k(3)
+            assert (shown[0] if shown else None) == answer.best_allowed()
