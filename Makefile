@@ -7,7 +7,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
+.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -22,6 +22,7 @@ help:
 	@echo "make deploy-dry-run - a rolling update from the rendered Deployment, played on this machine"
 	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
+	@echo "make bench-gpu - the GPU benchmark (an NVIDIA GPU and CUDA torch; not part of bench-all)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,10 @@ test: venv
 
 bench: train
 	$(BIN)/python -m benchmarks.throughput
+
+# a ResNet-50 layout in float16 on CUDA: raw forward vs /classify_batch and /classify (no trained models needed)
+bench-gpu: venv
+	$(BIN)/python -m benchmarks.gpu
 
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
