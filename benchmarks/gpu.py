@@ -284,15 +284,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{'JPEG img/s':>11} {'p99 ms':>8} {'ratio':>6} {'GPU % (npy/jpeg)':>17}")
     for b in map(str, batches):
         raw, arr, jpg = report["raw"][b], report["array"][b], report["jpeg_parts"][b]
-        util = f"{report['gpu_utilisation'][f'array_{b}']}/{report['gpu_utilisation'][f'jpeg_{b}']}"
+        util = "/".join(shown(report["gpu_utilisation"][f"{kind}_{b}"]) for kind in ("array", "jpeg"))
         print(f"{b:>6} {raw['images_per_s']:>10,.0f} {raw['p99_ms']:>8.2f} {arr['images_per_s']:>11,.0f} "
               f"{arr['p99_ms']:>8.2f} {report['ratios'][b]['array_over_raw']:>6.1%} {jpg['images_per_s']:>11,.0f} "
               f"{jpg['p99_ms']:>8.2f} {report['ratios'][b]['jpeg_over_raw']:>6.1%} {util:>17}")
     for c in map(str, concurrency):
         r = report["classify"][c]
         print(f"/classify at concurrency {c}: {r['images_per_s']:,.0f} images/s, p99 {r['p99_ms']:.2f} ms, "
-              f"GPU {report['gpu_utilisation'][f'classify_{c}']}%")
+              f"GPU {shown(report['gpu_utilisation'][f'classify_{c}'])}%")
     return 0
+
+
+def shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 if __name__ == "__main__":

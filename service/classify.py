@@ -8,9 +8,11 @@ becomes an InputError (a counted 4xx with a JSON reason); the model answers ever
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import orjson
@@ -28,7 +30,10 @@ from service.errors import InputError, internal_error
 from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
 from service.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id, slot_id, time_ordered_id
 
-_DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads decode off the event loop
+_DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) decode off the event loop
+# A large batch's images decode side by side in this pool (Pillow releases the interpreter lock
+# while decoding); bounded, so a batch of large images holds at most this many decoded at once.
+_DECODE_POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="classguard-decode")
 CLASSIFY_FIELDS = frozenset({"image", "context"})
 BATCH_FIELDS = frozenset({"images", "array", "contexts"})
 
@@ -109,12 +114,16 @@ class ClassifyEndpoints:
         raw_contexts = batch_contexts(fields, len(uploads))
         results: list[dict[str, Any] | None] = [None] * len(uploads)
         ready: list[tuple[int, Prepared]] = []
-        for i, (upload, raw) in enumerate(zip(uploads, raw_contexts)):
-            try:
-                ready.append((i, await self.prepare_async(upload, raw)))
-            except InputError as exc:  # one bad image fails only its own slot
-                metrics.REJECTED.labels("classify_batch", exc.reason).inc()
-                results[i] = {"index": i, **exc.body(slot_id(request_id, i))}
+        if len(uploads) > 1 and sum(len(u.data) for u in uploads) > _DECODE_IN_THREAD_BYTES:
+            prepared = await prepare_in_pool(self.prepare, uploads, raw_contexts, _DECODE_POOL)
+        else:
+            prepared = [await _outcome(self.prepare_async(u, raw)) for u, raw in zip(uploads, raw_contexts)]
+        for i, outcome in enumerate(prepared):
+            if isinstance(outcome, InputError):  # one bad image fails only its own slot
+                metrics.REJECTED.labels("classify_batch", outcome.reason).inc()
+                results[i] = {"index": i, **outcome.body(slot_id(request_id, i))}
+            else:
+                ready.append((i, outcome))
         if ready:
             await self._answer_slots(results, [i for i, _ in ready], np.stack([p.pixels for _, p in ready]),
                                      [p.subgroup for _, p in ready], request_id, correlation,
@@ -157,3 +166,23 @@ class ClassifyEndpoints:
                                                 [slot_id(correlation, i) for i in idx], images)
         for i, answer in zip(idx, answers):
             results[i] = {"index": i, **answer}
+
+
+async def _outcome(preparing) -> Prepared | InputError:
+    try:
+        return await preparing
+    except InputError as exc:
+        return exc
+
+
+async def prepare_in_pool(prepare: Callable[[Upload, Any], Prepared], uploads: Sequence[Upload],
+                          contexts: Sequence[Any], pool: ThreadPoolExecutor) -> list[Prepared | InputError]:
+    """Each image prepared in `pool`, all at once; in upload order, a client's mistake in its slot."""
+    def one(upload: Upload, raw: Any) -> Prepared | InputError:
+        try:
+            return prepare(upload, raw)
+        except InputError as exc:
+            return exc
+
+    loop = asyncio.get_running_loop()
+    return list(await asyncio.gather(*(loop.run_in_executor(pool, one, u, raw) for u, raw in zip(uploads, contexts))))

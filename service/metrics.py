@@ -97,9 +97,14 @@ def observe_many(child, values: Iterable[float]) -> None:
     prometheus_client (pinned < 0.27) has no batch observe: this writes the counts through the
     child's own bucket and sum values, as its `observe` does (tests/service/test_metrics.py
     holds the two equal)."""
+    values = list(values)
+    if len(values) < 8:  # numpy's fixed cost is more than a few observes
+        for value in values:
+            child.observe(value)
+        return
     import numpy as np
 
-    amounts = np.asarray(list(values), dtype=np.float64)
+    amounts = np.asarray(values, dtype=np.float64)
     child._raise_if_not_observable()
     child._sum.inc(float(amounts.sum()))
     # observe() counts an amount in the first bucket whose upper bound is >= it (NaN in none)

@@ -24,7 +24,8 @@ def test_observe_many_counts_every_value_in_the_bucket_observe_would():
     h2 = Histogram("h", "x", ["k"], buckets=bounds, registry=many).labels("a")
     for v in values:
         h1.observe(v)
-    metrics.observe_many(h2, values)
+    metrics.observe_many(h2, values[:5])  # a few: observed one by one
+    metrics.observe_many(h2, values[5:])  # many: through numpy
     a, b = samples(one), samples(many)
     assert {k: v for k, v in a.items() if k[0] != "h_sum"} == {k: v for k, v in b.items() if k[0] != "h_sum"}
     assert b[("h_sum", (("k", "a"),))] == pytest.approx(a[("h_sum", (("k", "a"),))], rel=1e-12)
