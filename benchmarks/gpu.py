@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.imported_model import SIZE, head, import_torchscript, stem
+
 OUT = Path("artifacts/bench_gpu.json")
-SIZE = 224
 BATCHES = (1, 8, 64, 256)
 CONCURRENCY = (1, 8, 32)
 
@@ -66,33 +67,21 @@ def resnet50(n_classes: int = 10):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.relu(self.body(x) + self.skip(x))
 
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
+    layers, cin = stem(), 64
     for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for b in range(blocks):
             layers.append(Bottleneck(cin, width, stride if b == 0 else 1))
             cin = width * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_classes)]
+    layers += head(cin, n_classes)
     torch.manual_seed(0)
     return nn.Sequential(*layers).eval()
 
 
 def import_model(tmp: Path, n_val: int) -> dict[str, str]:
     """The model, scripted and imported with the CLI into a fresh store; the serving environment."""
-    import torch
-
     rng = np.random.default_rng(0)
-    torch.jit.script(resnet50()).save(str(tmp / "resnet50.ts"))
-    np.savez(tmp / "val.npz", images=rng.integers(0, 256, (n_val, SIZE, SIZE, 3), dtype=np.uint8),
-             labels=rng.integers(0, 10, n_val))
-    env = {**os.environ, "BENTOML_HOME": str(tmp / "home")}
-    done = subprocess.run([sys.executable, "-m", "ops.cli", "import-model", "resnet50", "--torchscript",
-                           str(tmp / "resnet50.ts"), "--val-npz", str(tmp / "val.npz"), "--input-size",
-                           f"{SIZE}x{SIZE}", "--channels", "3", "--mean", "0.485,0.456,0.406",
-                           "--std", "0.229,0.224,0.225"], env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(done.stderr)
-    return env
+    return import_torchscript(tmp, "resnet50", resnet50(),
+                              rng.integers(0, 256, (n_val, SIZE, SIZE, 3), dtype=np.uint8), rng.integers(0, 10, n_val))
 
 
 def raw_forward(path: Path, device: str, half: bool, batches, seconds: float) -> dict[str, dict[str, float]]:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.imported_model import SIZE, head, import_torchscript, stem
+
 OUT = Path("artifacts/bench_resnet.json")
-SIZE = 224
 SINGLE, BATCHES = 30, 8  # timed repetitions
 
 
@@ -47,12 +45,11 @@ def resnet18(n_classes: int = 10):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.relu(self.body(x) + self.skip(x))
 
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
+    layers, cin = stem(), 64
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
         cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_classes)]
+    layers += head(512, n_classes)
     torch.manual_seed(0)
     return nn.Sequential(*layers).eval()
 
@@ -91,15 +88,7 @@ def main() -> int:
     images = rng.integers(0, 256, (24, SIZE, SIZE, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.jit.script(resnet18()).save(str(tmp / "resnet18.ts"))
-        np.savez(tmp / "val.npz", images=images, labels=rng.integers(0, 10, len(images)))
-        env = {**os.environ, "BENTOML_HOME": str(tmp / "home")}
-        done = subprocess.run([sys.executable, "-m", "ops.cli", "import-model", "resnet18", "--torchscript",
-                               str(tmp / "resnet18.ts"), "--val-npz", str(tmp / "val.npz"), "--input-size",
-                               f"{SIZE}x{SIZE}", "--channels", "3", "--mean", "0.485,0.456,0.406",
-                               "--std", "0.229,0.224,0.225"], env=env, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(done.stderr)
+        import_torchscript(tmp, "resnet18", resnet18(), images, rng.integers(0, 10, len(images)))
 
         module = torch.jit.load(str(tmp / "resnet18.ts"), map_location=device).eval()
         # on a thread of its own, as the service runs forward passes: on this CPU the same

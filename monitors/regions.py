@@ -33,6 +33,11 @@ DISTANCE_QUANTILES = {"q50": 0.50, "q90": 0.90, "q95": 0.95, "q99": 0.99, "q999"
 JS_SAMPLES_PER_REGION = 20  # the whole-mix distance alarms only on this many events per region
 
 
+def region_names(k: int) -> list[str]:
+    """The names of a codebook's K regions, then novel: `r00`, `r01`, ..., `novel`."""
+    return [f"r{i:02d}" for i in range(k)] + [NOVEL]
+
+
 def region_key(name: str) -> str:
     """The subgroup key a region is published under: `region=r03`, `region=novel`."""
     return subgroup_key({KEY_ATTRIBUTE: name})
@@ -94,7 +99,7 @@ class Codebook:
         return len(self.prototypes)
 
     def names(self) -> list[str]:
-        return [f"r{i:02d}" for i in range(self.k)] + [NOVEL]
+        return region_names(self.k)
 
     def assign(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, d) embeddings -> (N,) int64 region indices in [0, K]; K is novel.

@@ -34,10 +34,10 @@ def stored_labels(stored: Any) -> list[str]:
 def stored_regions(stored: Any) -> list[str]:
     """A stored model's region names (`r00`.., `novel`), from its profile's codebook; none
     when it was profiled without one."""
-    from monitors.regions import NOVEL
+    from monitors.regions import region_names
 
     codebook = stored.info.metadata.get(PROFILE_KEY, {}).get("regions")
-    return [f"r{i:02d}" for i in range(len(codebook["prototypes"]))] + [NOVEL] if codebook else []
+    return region_names(len(codebook["prototypes"])) if codebook else []
 
 
 def find_stored(tag: str) -> Any:

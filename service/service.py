@@ -92,10 +92,11 @@ def _passthrough(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
 # Every configured model becomes a class attribute before decoration, so BentoML sees it
 # and `bentoml build` packs it into the Bento.
 _labels: set[str] = set()
-for _i, _tag in enumerate(settings.models.tags()):
-    _labels.update(stored_labels(find_stored(_tag)))  # a missing model is a clear error now, not a failed cloud pull later
+_stored = [find_stored(_tag) for _tag in settings.models.tags()]  # a missing model is a clear error now, not a failed cloud pull later
+for _i, (_tag, _model) in enumerate(zip(settings.models.tags(), _stored)):
+    _labels.update(stored_labels(_model))
     setattr(Classguard, f"model_{_i}", bentoml.models.BentoModel(_tag))
-_regions = stored_regions(find_stored(settings.models.tags()[0]))
+_regions = stored_regions(_stored[0])  # the primary's
 check_startup_chain(settings, chain_context(settings, _labels, _regions))  # a chain naming what does not exist fails here
 
 # the worker's own Admin answers each admin request (no module-level engine to bind)
