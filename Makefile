@@ -111,6 +111,7 @@ soak: train
 
 bench-batch: train
 	$(BIN)/python -m benchmarks.batch_path
+	$(BIN)/python -m benchmarks.answer_path
 
 bench-resnet: venv
 	$(BIN)/python -m benchmarks.realistic_model

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
+
+from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
 from monitors.keys import flag_pair
 
@@ -28,8 +31,13 @@ class AllowAll:
     kind = "answer"
     name = "allow_all"
 
+    decision = Decision(name, "allow", "no guardrail configured")
+
     def __call__(self, request: Request, answer: Answer) -> Answer:
-        return answer.decided(Decision(self.name, "allow", "no guardrail configured"))
+        return answer.decided(self.decision)
+
+    def many(self, requests: RequestColumns, answers: AnswerColumns) -> None:
+        answers.add(np.arange(len(answers)), self.decision)
 
 
 class Abstain:
@@ -51,6 +59,10 @@ class Abstain:
         where += [f"region {request.region}"] if self.regions else []
         return answer.decided(Decision(self.name, "abstain", " and ".join(where)), label=None)
 
+    def many(self, requests: RequestColumns, answers: AnswerColumns) -> None:
+        inside = requests.within(self.subgroups, self.regions)[answers.rows] & (answers.label >= 0)
+        answers.each(self, requests, np.flatnonzero(inside))
+
 
 class SuppressLabels:
     """Never emit `labels` (for `subgroups` and `regions` only, if given). The best remaining label answers
@@ -68,16 +80,27 @@ class SuppressLabels:
             raise ValueError(f"floor must be within [0, 1], got {floor}")
         self.labels, self.floor = tuple(labels), floor
         self.subgroups, self.regions = _names(subgroups), _names(regions)
+        self.passed = Decision(self.name, "pass", "answer is not a suppressed label")
 
     def __call__(self, request: Request, answer: Answer) -> Answer:
         if not request.within(self.subgroups, self.regions):
             return answer
         hidden = frozenset(i for i, name in enumerate(answer.labels) if name in self.labels)
         if answer.label is None or answer.label not in hidden:
-            return answer.decided(Decision(self.name, "pass", "answer is not a suppressed label"),
-                                  suppressed=answer.suppressed | hidden)
+            return answer.decided(self.passed, suppressed=answer.suppressed | hidden)
         return _fallback(self.name, answer, answer.suppressed | hidden, self.floor,
                          f"label {answer.labels[answer.label]} is suppressed")
+
+    def many(self, requests: RequestColumns, answers: AnswerColumns) -> None:
+        """Rows whose answer is not a suppressed label pass here; the others fall back as one
+        image would."""
+        inside = requests.within(self.subgroups, self.regions)[answers.rows]
+        hidden = np.array([name in self.labels for name in answers.labels])
+        hit = inside & (answers.label >= 0) & hidden[np.maximum(answers.label, 0)]
+        passed = inside & ~hit
+        answers.suppressed[passed] |= hidden
+        answers.add(np.flatnonzero(passed), self.passed)
+        answers.each(self, requests, np.flatnonzero(hit))
 
 
 def _fallback(name: str, answer: Answer, suppressed: frozenset[int], floor: float, why: str) -> Answer:
@@ -111,6 +134,11 @@ class AbstainBelow:
                                                              f"< {threshold}"),
                               label=None)
 
+    def many(self, requests: RequestColumns, answers: AnswerColumns) -> None:
+        thresholds = requests.key_values(self.per_subgroup, self.threshold)[answers.rows]
+        confidence = answers.probs[np.arange(len(answers)), np.maximum(answers.label, 0)]
+        answers.each(self, requests, np.flatnonzero((answers.label >= 0) & (confidence < thresholds)))
+
 
 class ConfusionGuard:
     """When a known-confusion detector fired on this prediction: abstain, or suppress the
@@ -138,3 +166,9 @@ class ConfusionGuard:
         if self.action == "abstain":
             return answer.decided(Decision(self.name, "abstain", why), label=None)
         return _fallback(self.name, answer, answer.suppressed | {answer.label}, self.floor, why)
+
+    def many(self, requests: RequestColumns, answers: AnswerColumns) -> None:
+        """Only rows with a flag can have a fired pair."""
+        flagged = np.fromiter((bool(f) for f in answers.flags), dtype=bool, count=len(answers))
+        inside = requests.within(self.subgroups, self.regions)[answers.rows] & (answers.label >= 0)
+        answers.each(self, requests, np.flatnonzero(inside & flagged))

@@ -2,7 +2,9 @@
 
 Routes are tried in list order and the first that matches decides the model; answer
 guardrails then run in list order on that model's answer; shadow guardrails name models to
-compare off the response path. A chain is immutable: swapping chains is replacing one
+compare off the response path. Each has a batch form (`route_many`, `answer_many`,
+`shadows_many`) that decides what the per-image form decides for every row (guardrails.columns).
+A chain is immutable: swapping chains is replacing one
 reference, so no request ever sees half of a chain.
 """
 
@@ -10,6 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
+from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
 
 
@@ -50,3 +55,28 @@ class Chain:
 
     def shadows(self, request: Request) -> list[Decision]:
         return [d for d in (g(request) for g in self._shadows) if d is not None]
+
+    def route_many(self, requests: RequestColumns, rows: np.ndarray,
+                   flags: Sequence[Sequence[str]] | None = None) -> dict[int, Decision]:
+        """`route` for the given rows of a batch: the rows a route takes, each with its decision."""
+        taken: dict[int, Decision] = {}
+        for guardrail in self._routes:
+            if guardrail.after_primary == (flags is not None) and len(rows):
+                found = guardrail.many(requests, rows, flags)
+                if found:
+                    taken.update(found)
+                    rows = rows[~np.isin(rows, list(found))]
+        return taken
+
+    def answer_many(self, requests: RequestColumns, answers: AnswerColumns) -> None:
+        """`answer` for every row of one model's answers, in place."""
+        for guardrail in self._answers:
+            guardrail.many(requests, answers)
+
+    def shadows_many(self, requests: RequestColumns) -> list[list[Decision]]:
+        """`shadows` for every row."""
+        out: list[list[Decision]] = [[] for _ in range(len(requests))]
+        for guardrail in self._shadows:
+            for i in guardrail.many(requests):
+                out[i].append(guardrail.sampled)
+        return out

@@ -36,7 +36,13 @@ class Decision:
     model: str | None = None  # the model a route or shadow decision names
 
     def as_dict(self) -> dict[str, str]:
-        return {"guardrail": self.guardrail, "action": self.action, "reason": self.reason}
+        """As a response shows it; made once per decision and shared by every response that
+        carries it (a chain's constant decisions: allow, pass, shadow), so never to be changed."""
+        shown = self.__dict__.get("_shown")
+        if shown is None:
+            shown = self.__dict__["_shown"] = {"guardrail": self.guardrail, "action": self.action,
+                                               "reason": self.reason}
+        return shown
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from guardrails.core import Decision, Request
+import numpy as np
+
+from guardrails.columns import RequestColumns
+from guardrails.core import Decision, Request, bucket
 
 
 class Route:
@@ -63,6 +66,20 @@ class Route:
             reasons.append(f"canary {self.canary:.0%}")
         return Decision(self.name, "route", "; ".join(reasons) or "every request", model=self.target)
 
+    def many(self, requests: RequestColumns, rows: np.ndarray,
+             flags: Sequence[Sequence[str]] | None = None) -> dict[int, Decision]:
+        """The rows this route takes among `rows`, each with its decision: subgroup and region
+        conditions judged on the columns, the rest per image on the rows they leave."""
+        rows = rows[requests.within(self.subgroups, self.regions)[rows]]
+        if self.flags is not None and flags is not None:
+            rows = np.array([i for i in rows.tolist() if flags[i]], dtype=np.int64)
+        taken = {}
+        for i in rows.tolist():
+            decision = self(requests.request(i), flags[i] if flags is not None else ())
+            if decision is not None:
+                taken[i] = decision
+        return taken
+
 
 class Shadow:
     """Also run `model` on a `share` of requests (deterministic by request id), off the
@@ -78,10 +95,19 @@ class Shadow:
         self.model, self.share = model, share
         self.subgroups = frozenset(subgroups) if subgroups else None
         self.regions = frozenset(regions) if regions else None
+        self.sampled = Decision(self.name, "shadow", f"sampled into {self.share:.0%}", model=self.model)
 
     def __call__(self, request: Request) -> Decision | None:
         if not request.within(self.subgroups, self.regions):
             return None
         if request.bucket("shadow") >= self.share:
             return None
-        return Decision(self.name, "shadow", f"sampled into {self.share:.0%}", model=self.model)
+        return self.sampled
+
+    def many(self, requests: RequestColumns) -> list[int]:
+        """The rows sampled (each with the decision `sampled`)."""
+        rows = np.flatnonzero(requests.within(self.subgroups, self.regions)).tolist()
+        if self.share >= 1.0:  # every bucket is below 1
+            return rows
+        ids = requests.request_ids
+        return [i for i in rows if bucket("shadow", ids[i]) < self.share]

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -36,6 +37,7 @@ from monitors.events import COLUMN, EVENT_COLUMNS, EventBatch, Score, WindowConf
 from monitors.keys import LOW_CONFIDENCE_FLAG
 from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
+from runtime.probability_rows import rows_of
 from service import metrics
 from service.config import MonitorsConfig
 from store.database import StoreUnavailable
@@ -178,24 +180,26 @@ class MonitorPipeline:
             m = suite.model_index[model]
             keys = [subgroups[i] for i in idx]
             s = np.array([suite.subgroup_index[k] for k in keys], dtype=np.int64)
-            matrix = np.stack([probs[i] for i in idx])
+            matrix = rows_of(probs, idx)
             predicted = matrix.argmax(axis=1)
             flags, masks, low = suite.flags_many(m, s, matrix, predicted)
-            confidence = matrix[np.arange(len(idx)), predicted].tolist()
-            calibrated = suite.confidence.calibrated_many(m, matrix).tolist()
             for j, i in enumerate(idx):
                 out[i] = flags[j]
+            for j in np.flatnonzero(low | (masks != 0)).tolist():  # the few answers with an anomaly
                 mask = int(masks[j])
                 if low[j]:
                     anomalies[LOW_CONFIDENCE_FLAG, "", model, keys[j]] += 1
                 for p, name in enumerate(self._pair_names):
                     if mask >> p & 1:
                         anomalies["known_confusion", name, model, keys[j]] += 1
-                if len(self._queue) >= self.config.queue_size:
-                    metrics.MONITOR_DROPPED.inc()
-                else:
-                    self._queue.append((now, m, int(s[j]), int(predicted[j]), confidence[j], mask, calibrated[j],
-                                        int(regions[i])))
+            room = self.config.queue_size - len(self._queue)
+            if room < len(idx):
+                metrics.MONITOR_DROPPED.inc(len(idx) - max(room, 0))
+            if room > 0:
+                confidence = matrix[np.arange(len(idx)), predicted].tolist()
+                calibrated = suite.confidence.calibrated_many(m, matrix).tolist()
+                self._queue.extend(list(zip(repeat(now), repeat(m), s.tolist(), predicted.tolist(), confidence,
+                                            masks.tolist(), calibrated, [int(regions[i]) for i in idx]))[:room])
         for (kind, pair, model, key), n in anomalies.items():
             metrics.ANOMALIES.labels(kind, model, key).inc(n)
             if pair:

@@ -6,6 +6,11 @@ the primary's pass also places the image in a region of its codebook; routes wit
 region conditions may send a primary answer to its target; answer guardrails
 change what is emitted; shadows are scheduled off the response path. One chain reference
 is taken per request, so a swap never mixes two chains in one response.
+
+A request of COLUMNS_FROM images or more is decided on columns: each model's answers as one
+matrix, the chain's batch form (guardrails.columns), one pass of numpy for the order, top_k
+and rounding, then a dict per answer. Fewer images go image by image, the form the batch path
+is tested equal to. Either way the log and the metrics take the batch once.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import replace
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from guardrails.chain import Chain
+from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
 from monitors.keys import subgroup_key
+from runtime.probability_rows import falling, rounded, rows_of
 from service import metrics
 
 logger = logging.getLogger("classguard")
+COLUMNS_FROM = 8  # a request of fewer images is decided image by image (numpy's fixed cost is more)
 Batcher = Callable[[np.ndarray], Awaitable[np.ndarray]]  # a batch of inputs -> their probabilities
 
 
@@ -41,8 +48,9 @@ class Monitors(Protocol):
 
 
 class AnswerLog(Protocol):
-    def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str, subgroup: str,
-               image: bytes | None = None, region: str | None = None) -> None: ...
+    def record_many(self, responses: Sequence[dict[str, Any]], probs: Sequence[np.ndarray], config_hash: str,
+                    models: Sequence[str], subgroups: Sequence[str], images: Sequence[bytes] | None = None,
+                    regions: Sequence[str | None] | None = None) -> None: ...
 
 
 class Serving:
@@ -50,6 +58,7 @@ class Serving:
                  shadow_batchers: Mapping[str, Batcher], monitors: Monitors, chain: ActiveChain, log: AnswerLog,
                  top_k: int, shadow_limit: int, regions: Sequence[str] = ()) -> None:
         self.models, self.primary, self.batchers = models, models[primary], batchers
+        self.tags = {name: model.tag for name, model in models.items()}  # name:version, as responses show it
         self.regions = list(regions)  # the primary's region names, by index (novel last); empty: regions off
         self.shadow_batchers, self.monitors, self.guardrails = shadow_batchers, monitors, chain
         self.log, self.top_k, self.shadow_limit = log, top_k, shadow_limit
@@ -59,33 +68,29 @@ class Serving:
                          correlation_ids: Sequence[str | None] | None = None,
                          images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
         chain = self.guardrails.chain
-        alerts = self.monitors.alerts
         keys = [subgroup_key(s) for s in subgroups]
-        requests = [Request(rid, s, k, alerts.get(k, frozenset())) for rid, s, k in zip(request_ids, subgroups, keys)]
-        trace: list[list[Decision]] = [[] for _ in requests]
-
-        served = [self.primary.name] * len(requests)
-        for i, request in enumerate(requests):
-            decision = chain.route(request)
-            if decision is not None:
-                served[i] = decision.model
-                trace[i].append(decision)
+        requests = RequestColumns(request_ids, subgroups, keys, self.monitors.alerts)
+        n = len(keys)
+        trace: list[list[Decision]] = [[] for _ in range(n)]
+        served = [self.primary.name] * n
+        for i, decision in chain.route_many(requests, np.arange(n)).items():
+            served[i] = decision.model
+            trace[i].append(decision)
         probs, regions = await self._run(pixels, served, trace, chain)
         flags = self.monitors.observe_many(served, keys, probs, regions)
         if self.regions:
-            requests = [replace(q, region=self.regions[r]) if r >= 0 else q for q, r in zip(requests, regions)]
+            requests.place([self.regions[r] if r >= 0 else None for r in regions])
 
-        rerun = {}
-        for i, request in enumerate(requests):
-            if served[i] == self.primary.name:
-                decision = chain.route(request, flags[i])
-                if decision is not None:
-                    rerun[i] = decision
+        answered_by_primary = np.array([i for i, name in enumerate(served) if name == self.primary.name], dtype=np.int64)
+        rerun = chain.route_many(requests, answered_by_primary, flags)
         if rerun:
             idx = sorted(rerun)
             targets = [rerun[i].model for i in idx]
             sub_trace = [trace[i] + [rerun[i]] for i in idx]
             new, new_regions = await self._run(pixels[idx], targets, sub_trace, chain)
+            if isinstance(probs, np.ndarray) and (not isinstance(new, np.ndarray) or new.shape[1] != probs.shape[1]
+                                                  or new.dtype != probs.dtype):
+                probs = list(probs)  # a routed model with other classes: a row each
             for j, i in enumerate(idx):
                 served[i], trace[i], probs[i] = targets[j], sub_trace[j], new[j]
             answered = [j for j, i in enumerate(idx) if targets[j] != self.primary.name]  # not fallen back
@@ -95,37 +100,117 @@ class Serving:
                 for j, found in zip(answered, observed):
                     flags[idx[j]] = found
 
-        results = []
         counts = metrics.AnswerCounts()  # written once per label set, after the batch
+        decide = self._answer_each if n < COLUMNS_FROM else self._answer_columns
+        results, shadowed = decide(chain, requests, served, probs, flags, trace, correlation_ids, counts)
+        self.log.record_many(results, probs, chain.config_hash, [self.tags[name] for name in served], keys, images,
+                             requests.regions)
+        counts.flush()
+        for i, name, predicted in shadowed:
+            self._shadow(name, pixels[i], predicted, keys[i])
+        return results
+
+    def _answer_each(self, chain: Chain, requests: RequestColumns, served: list[str], probs: list[np.ndarray],
+                     flags: list[list[str]], trace: list[list[Decision]], correlation_ids: Sequence[str | None] | None,
+                     counts: metrics.AnswerCounts) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+        """The answers image by image (few images: numpy's fixed cost is more than the loop),
+        and the shadows to run: (row, model, the class answered)."""
+        results, shadowed = [], []
         order = falling(probs)
-        for i, request in enumerate(requests):
+        for i in range(len(requests)):
+            request = requests.request(i)
             model = self.models[served[i]]
-            answer = Answer.of(model.name, model.profile.labels, probs[i], flags[i])
-            answer = chain.answer(request, answer)
+            answer = chain.answer(request, Answer.of(model.name, model.profile.labels, probs[i], flags[i]))
             decisions = trace[i] + list(answer.decisions)
             for decision in chain.shadows(request):
                 decisions.append(decision)
-                self._shadow(decision.model, pixels[i], answer, keys[i])
-            rendered = self._render(request, model, answer, decisions,
-                                    correlation_ids[i] if correlation_ids is not None else None, order[i], counts)
-            self.log.record(rendered, answer.probs, chain.config_hash, model.tag, request.subgroup_key,
-                            images[i] if images is not None else None, request.region)
-            results.append(rendered)
-        counts.flush()
-        return results
+                shadowed.append((i, decision.model, metrics.class_label(answer.labels, answer.label)))
+            results.append(self._render(request, model, answer, decisions,
+                                        correlation_ids[i] if correlation_ids is not None else None, order[i], counts))
+        return results, shadowed
+
+    def _answer_columns(self, chain: Chain, requests: RequestColumns, served: list[str], probs: list[np.ndarray],
+                        flags: list[list[str]], trace: list[list[Decision]],
+                        correlation_ids: Sequence[str | None] | None,
+                        counts: metrics.AnswerCounts) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+        """The same answers as `_answer_each`, decided per model over the batch's columns
+        (tests/runtime/test_serving.py compares the two over random chains and batches)."""
+        n = len(requests)
+        shadows = chain.shadows_many(requests)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, name in enumerate(served):
+            groups[name].append(i)
+        shown: list[tuple] = [()] * n
+        for name, idx in groups.items():
+            model = self.models[name]
+            block = AnswerColumns(name, model.profile.labels, rows_of(probs, idx),
+                                  [tuple(flags[i]) for i in idx], np.array(idx, dtype=np.int64))
+            chain.answer_many(requests, block)
+            for j, row in enumerate(self._shown(block)):
+                shown[idx[j]] = (model, block.decisions[j], *row)
+        results, shadowed = [], []
+        ids, subgroups, keys, primary = requests.request_ids, requests.subgroups, requests.keys, self.primary.name
+        for i in range(n):
+            model, decided, label, confidence, shown_confidence, top_k = shown[i]
+            decisions = trace[i] + decided + shadows[i]
+            labels = model.profile.labels
+            predicted = metrics.class_label(labels, label)
+            for decision in shadows[i]:
+                shadowed.append((i, decision.model, predicted))
+            counts.answer(model.name, keys[i], predicted, confidence, model.name != primary,
+                          [(d.guardrail, d.action) for d in decisions])
+            results.append({
+                "request_id": ids[i],
+                "correlation_id": correlation_ids[i] if correlation_ids is not None else None,
+                "label": labels[label] if label is not None else None,
+                "confidence": shown_confidence,
+                "top_k": top_k,
+                "abstained": label is None,
+                "model": self.tags[model.name],
+                "subgroup": subgroups[i],
+                "guardrails": [d.as_dict() for d in decisions],
+                "flags": flags[i],
+            })
+        return results, shadowed
+
+    def _shown(self, block: AnswerColumns) -> list[tuple[int | None, float, float, list[dict[str, Any]]]]:
+        """Per row of a block: the emitted class (None: abstained), the confidence (exact, and
+        rounded as shown) and top_k, as `_render` gives them: classes by falling probability, suppressed ones left out."""
+        k, names, probs = self.top_k, block.labels, block.probs
+        order = np.argsort(probs, axis=1)[:, ::-1]  # as `falling` orders each row
+        kept = ~np.take_along_axis(block.suppressed, order, axis=1)
+        rank = np.cumsum(kept, axis=1) - 1  # each kept class's place among the shown ones
+        chosen = kept & (rank < k)
+        rows, cols = np.nonzero(chosen)
+        top = np.zeros((len(block), k), dtype=np.int64)
+        top[rows, rank[rows, cols]] = order[rows, cols]
+        count = chosen.sum(axis=1)
+        label = block.label
+        best = np.where(label >= 0, label, np.where(count > 0, top[:, 0], -1))
+        confidence = np.where(best >= 0, probs[np.arange(len(block)), np.maximum(best, 0)], 0).astype(probs.dtype)
+        out = []
+        for classes, values, shown, emitted, exact, shown_confidence in zip(
+                top.tolist(), rounded(np.take_along_axis(probs, top, axis=1)), count.tolist(), label.tolist(),
+                confidence.tolist(), rounded(confidence)):
+            if shown < k:
+                classes, values = classes[:shown], values[:shown]
+            out.append((emitted if emitted >= 0 else None, exact, shown_confidence,
+                        [{"label": names[c], "probability": p} for c, p in zip(classes, values)]))
+        return out
 
     async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]],
-                   chain) -> tuple[list[np.ndarray], list[int]]:
+                   chain) -> tuple[np.ndarray | list[np.ndarray], list[int]]:
         """Each image through its model, one batch per model; a failing target falls back.
-        Probabilities per image, and its region where the primary answered (else -1)."""
-        out: list[np.ndarray | None] = [None] * len(served)
+        Probabilities per image (one matrix when every model answering has as many classes,
+        else a list of rows), and its region where the primary answered (else -1)."""
         regions = [-1] * len(served)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, name in enumerate(served):
             groups[name].append(i)
+        answered: list[tuple[list[int], np.ndarray]] = []
 
         async def run_group(name: str, idx: list[int]) -> None:
-            batch = pixels[idx]
+            batch = pixels[idx] if len(idx) < len(served) else pixels
             if name == self.primary.name:
                 result = await self.batchers[name](batch)
             else:
@@ -141,30 +226,46 @@ class Serving:
                                                  model=self.primary.name))
                     result = await self.batchers[self.primary.name](batch)
             probs, placed = result if isinstance(result, tuple) else (result, None)
+            answered.append((idx, probs))
+            if placed is not None:
+                for i, region in zip(idx, placed.tolist()):
+                    regions[i] = region
+
+        if len(groups) == 1:  # one model answers the batch: no task to gather
+            [(name, idx)] = groups.items()
+            await run_group(name, idx)
+        else:
+            await asyncio.gather(*(run_group(name, idx) for name, idx in groups.items()))
+        if len(answered) == 1 and len(answered[0][0]) == len(served):
+            return answered[0][1], regions
+        widths = {probs.shape[1] for _, probs in answered}
+        if len(widths) == 1:
+            out = np.empty((len(served), widths.pop()), dtype=np.result_type(*(p for _, p in answered)))
+            for idx, probs in answered:
+                out[idx] = probs
+            return out, regions
+        rows: list[np.ndarray] = [None] * len(served)  # type: ignore[list-item]
+        for idx, probs in answered:
             for j, i in enumerate(idx):
-                out[i] = probs[j]
-                if placed is not None:
-                    regions[i] = int(placed[j])
+                rows[i] = probs[j]
+        return rows, regions
 
-        await asyncio.gather(*(run_group(name, idx) for name, idx in groups.items()))
-        return out, regions  # type: ignore[return-value]
-
-    def _shadow(self, name: str, pixels: np.ndarray, answer: Answer, key: str) -> None:
+    def _shadow(self, name: str, pixels: np.ndarray, ours: str, key: str) -> None:
+        """Compare model `name` on these pixels with the class answered (`ours`), off the response path."""
         if len(self._shadow_tasks) >= self.shadow_limit:
             metrics.SHADOW_SKIPPED.labels(name, "busy").inc()
             return
-        task = asyncio.create_task(self._compare(name, pixels, answer, key))
+        task = asyncio.create_task(self._compare(name, pixels, ours, key))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _compare(self, name: str, pixels: np.ndarray, answer: Answer, key: str) -> None:
+    async def _compare(self, name: str, pixels: np.ndarray, ours: str, key: str) -> None:
         try:
             probs = (await self.shadow_batchers[name](pixels[None]))[0]
         except Exception:
             metrics.SHADOW_SKIPPED.labels(name, "error").inc()
             return
         theirs = metrics.class_label(self.models[name].profile.labels, int(np.argmax(probs)))
-        ours = metrics.class_label(answer.labels, answer.label)
         outcome = "agree" if theirs == ours else "flip"
         metrics.SHADOW_COMPARISONS.labels(name, key, outcome).inc()
         if outcome == "flip":
@@ -195,12 +296,3 @@ class Serving:
             "guardrails": [d.as_dict() for d in decisions],
             "flags": list(answer.flags),
         }
-
-
-def falling(probs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
-    """Each image's classes by falling probability: one argsort for the batch when every answer
-    has as many classes (rows are sorted independently, so each gets the order its own argsort
-    gives), else one per image (routed models may have other classes)."""
-    if len({len(p) for p in probs}) == 1:
-        return np.argsort(np.stack(probs), axis=1)[:, ::-1]
-    return [np.argsort(p)[::-1] for p in probs]

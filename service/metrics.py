@@ -12,7 +12,7 @@ import collections
 import os
 import threading
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -83,13 +83,27 @@ class AnswerCounts:
 
     def flush(self) -> None:
         for labels, n in self.predictions.items():
-            PREDICTIONS.labels(*labels).inc(n)
+            child(PREDICTIONS, labels).inc(n)
         for labels, values in self.confidence.items():
-            observe_many(CONFIDENCE.labels(*labels), values)
+            observe_many(child(CONFIDENCE, labels), values)
         for labels, n in self.routed.items():
-            ROUTED.labels(*labels).inc(n)
+            child(ROUTED, labels).inc(n)
         for labels, n in self.actions.items():
-            GUARDRAIL_ACTIONS.labels(*labels).inc(n)
+            child(GUARDRAIL_ACTIONS, labels).inc(n)
+
+
+_CHILDREN: dict[tuple, Any] = {}
+
+
+def child(metric, labels: tuple[str, ...]):
+    """`metric.labels(*labels)`, validated once per label set (prometheus_client checks and
+    locks on every call). Only for label values drawn from closed sets, so this holds no more
+    entries than the series it names."""
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
 
 
 def observe_many(child, values: Iterable[float]) -> None:

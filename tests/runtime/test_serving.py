@@ -130,8 +130,8 @@ def test_region_conditions_route_and_abstain_on_the_primarys_region_and_the_log_
     rows = []
 
     class RecordingLog(NoLog):
-        def record(self, response, probs, config_hash, model, subgroup, image=None, region=None):
-            rows.append((response["request_id"], model, region))
+        def record_many(self, responses, probs, config_hash, models, subgroups, images=None, regions=None):
+            rows.extend((r["request_id"], m, region) for r, m, region in zip(responses, models, regions))
 
     async def primary(x):
         return np.stack([probs_for(1)] * len(x)), np.array([6, 7, 2][:len(x)], dtype=np.int64)
@@ -153,7 +153,7 @@ def test_batch_ordering_renders_what_each_answers_own_methods_give():
     suppressed labels, the order `falling` gives makes the same top_k and best allowed label as
     Answer.top_k and Answer.best_allowed."""
     from guardrails.core import Answer
-    from runtime.serving import falling
+    from runtime.probability_rows import falling
 
     rng = np.random.default_rng(9)
     for trial in range(200):
@@ -168,3 +168,66 @@ def test_batch_ordering_renders_what_each_answers_own_methods_give():
             shown = [int(c) for c in order if int(c) not in hidden]
             assert [(labels[c], float(probs[c])) for c in shown[:3]] == answer.top_k(3)
             assert (shown[0] if shown else None) == answer.best_allowed()
+
+
+def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatch):
+    """Over 150 random chains and batches (routes before and after the primary, every answer
+    guardrail, shadows, random flags and regions, ties in the probabilities), deciding the batch
+    on columns gives the same responses, log rows, shadow comparisons and metric counts as
+    deciding it image by image."""
+    import runtime.serving as serving_module
+    from service import metrics
+    from tests.guardrails.test_columns import FLAGS, KEYS, random_guardrail
+
+    recorded = {}
+
+    class Counts(metrics.AnswerCounts):
+        def flush(self):
+            recorded["counts"] = (dict(self.predictions), dict(self.confidence), dict(self.routed),
+                                  dict(self.actions))
+
+    class Flags(NoMonitors):
+        alerts = {"capture=phone": frozenset({"representation"})}
+
+        def observe_many(self, models, subgroups, probs, regions):
+            # flags that depend on the answer only, so both paths see the same ones
+            return [[f for k, f in enumerate(FLAGS) if int(p.argmax() * 7 + k) % 3 == 0] for p in probs]
+
+    class Log(NoLog):
+        def record_many(self, responses, probs, config_hash, models, subgroups, images=None, regions=None):
+            recorded["log"].extend((r, p.tolist(), config_hash, m, k, region)
+                                   for r, p, m, k, region in zip(responses, probs, models, subgroups, regions))
+
+    def probs_of(x):  # each image's probabilities are in its pixels: both paths get the same
+        return np.ascontiguousarray(x[:, 0, 0, :10]).astype(np.float32)
+
+    async def primary(x):
+        return probs_of(x), (x[:, 0, 1, 0] * 10).astype(np.int64) % 4 - 1
+
+    async def other(x):
+        return probs_of(x)[:, ::-1].copy()
+
+    monkeypatch.setattr(metrics, "AnswerCounts", Counts)
+    rng = np.random.default_rng(6)
+    regions = ["r00", "r01", "novel"]
+    for _ in range(150):
+        chain = Chain([random_guardrail(rng) for _ in range(int(rng.integers(1, 6)))])
+        n = int(rng.integers(1, 30))
+        pixels = np.zeros((n, 1, 2, 10), np.float32)
+        pixels[:, 0, 0, :10] = np.round(rng.dirichlet(np.full(10, 0.3), size=n), 1)
+        pixels[:, 0, 1, 0] = rng.integers(0, 4, size=n) / 10
+        subgroups = [dict([k.split("=")]) for k in rng.choice(KEYS, size=n)]
+        ids = [f"id-{rng.integers(1 << 30)}" for _ in range(n)]
+        outcomes = []
+        for columns_from in (1, 10 ** 6):
+            monkeypatch.setattr(serving_module, "COLUMNS_FROM", columns_from)
+            serving = Serving(models={"base": model("base"), "other": model("other")}, primary="base",
+                              batchers={"base": primary, "other": other}, shadow_batchers={}, monitors=Flags(),
+                              chain=SimpleNamespace(chain=chain), log=Log(), top_k=3, shadow_limit=8,
+                              regions=regions)
+            shadows = []
+            serving._shadow = lambda name, px, ours, key: shadows.append((name, px.tolist(), ours, key))
+            recorded["log"] = []
+            answers = asyncio.run(serving.answer_all(pixels, subgroups, ids, [f"c{i}" for i in range(n)]))
+            outcomes.append((answers, recorded["log"], shadows, recorded["counts"]))
+        assert outcomes[0] == outcomes[1]
