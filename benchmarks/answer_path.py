@@ -1,13 +1,16 @@
-"""Where a batch's time goes after the forward pass: `Serving.answer_all` in-process, everything
-on (monitors, the demo's chain with a 10% shadow, the prediction log), with the models' outputs
-computed beforehand, so the figure is the Python around the model and nothing else.
+"""Where a batch's time goes besides the forward pass, in-process, everything on (monitors, the
+demo's chain with a 10% shadow, the prediction log), with the models' outputs computed
+beforehand, so the figures are the Python around the model and nothing else.
 
     python -m benchmarks.answer_path          (part of make bench-batch)
 
-Per batch size: microseconds per image on the request path (median of 5 rounds of about 1 s),
-plus rendering the batch's JSON body; the log's writer and the monitors' drain, which run off
-the request path (a thread, a background task), are timed apart per image. Then one profiled
-round at batch 64, its time split by component. Results: stdout and artifacts/bench_answer.json.
+Per batch size, microseconds per image (medians of 5 rounds of about 1 s), at three depths:
+`answer`: `Serving.answer_all` and the JSON body (after the forward pass: monitors,
+guardrails, rendering, log row, metrics); `npy`: the whole /classify_batch handler on one
+uint8 .npy upload (multipart parsing, decoding, normalising, subgroups, then the same);
+`png`: the handler on N PNG parts. The log's writer and the monitors' drain, which run off the
+request path (a thread, a background task), are timed apart. Then one profiled round of each
+depth at batch 64, its time split by component. Results: stdout and artifacts/bench_answer.json.
 """
 
 from __future__ import annotations
@@ -24,29 +27,45 @@ from pathlib import Path
 
 OUT = Path("artifacts/bench_answer.json")
 BATCHES = tuple(int(b) for b in os.environ.get("BATCHES", "1,8,64,256").split(","))
+DEPTHS = ("answer", "npy", "png")
 COMPONENTS = (  # (component, path fragments of the functions it owns), first match wins
+    ("multipart parsing", ("multipart", "starlette/formparsers", "http_input")),
+    ("decoding (PNG, .npy)", ("PIL/", "array_input", "preprocess", "subgroups", "derived")),
     ("guardrails", ("guardrails/",)),
     ("monitors", ("monitors/", "monitor_pipeline")),
     ("prediction log", ("prediction_log",)),
     ("metrics", ("service/metrics", "prometheus_client")),
-    ("render + trace", ("runtime/serving",)),
+    ("render + trace", ("runtime/serving", "probability_rows", "service/classify")),
     ("event loop", ("asyncio", "selectors", "select.epoll")),
     ("numpy", ("numpy",)),
 )
 
 
-def engine_with_precomputed_outputs(tmp: str):
-    """The service's wiring with everything on, its batchers answering from outputs computed once."""
-    os.environ.update({"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on", "PROMETHEUS_MULTIPROC_DIR": tmp,
-                       "CLASSGUARD_LOG__PATH": f"{tmp}/log.sqlite", "CLASSGUARD_RUNTIME_DIR": tmp})
+EVERYTHING_ON = {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}
+EVERYTHING_OFF = {"CLASSGUARD_GUARDRAILS__ACTIVE": "allow_all", "CLASSGUARD_MONITORS__ENABLED": "false",
+                  "CLASSGUARD_LOG__ENABLED": "false"}
+
+
+def engine_with_precomputed_outputs(tmp: str, env: dict[str, str] = EVERYTHING_ON):
+    """The service's wiring (everything on unless `env` says otherwise), its batchers answering
+    from outputs computed once; the classify endpoints on it; the test digits (normalised, their
+    subgroups, as PNGs)."""
+    os.environ.update({"PROMETHEUS_MULTIPROC_DIR": tmp, "CLASSGUARD_LOG__PATH": f"{tmp}/log.sqlite",
+                       "CLASSGUARD_RUNTIME_DIR": tmp, **env})
     import numpy as np
 
     from runtime.engine import Engine
-    from runtime.preprocess import normalise
+    from runtime.preprocess import encode_png, normalise
+    from service.classify import ClassifyEndpoints
     from service.config import load_settings
     from training.digits import build_incident
 
-    engine = Engine(load_settings())
+    load_settings.cache_clear()  # settings are read once per process; each engine here reads its own
+    settings = load_settings()
+    engine = Engine(settings)
+    endpoints = ClassifyEndpoints(serving=engine.serving, resolver=engine.resolver, spec=engine.spec,
+                                  limits=settings.limits, model_tag=engine.primary.tag,
+                                  hash_images=settings.log.store_image_hash)
     test = build_incident().test
     n = max(BATCHES)
     unit = (test.images[:n].astype(np.float32) / 255.0)[:, None]
@@ -56,43 +75,94 @@ def engine_with_precomputed_outputs(tmp: str):
     outputs = primary.predict_with_regions(pixels) if engine.regions else primary.predict(pixels)
     others = {name: model.predict(pixels) for name, model in engine.models.items()}
 
-    def answering(name: str, output):
+    def answering(output):
         async def batcher(x):
             m = len(x)
             return tuple(part[:m] for part in output) if isinstance(output, tuple) else output[:m]
         return batcher
 
     serving = engine.serving
-    serving.batchers = {name: answering(name, outputs if name == primary.name else others[name])
-                        for name in engine.models}
-    serving.shadow_batchers = {name: answering(name, others[name]) for name in engine.models}
+    serving.batchers = {name: answering(outputs if name == primary.name else others[name]) for name in engine.models}
+    serving.shadow_batchers = {name: answering(others[name]) for name in engine.models}
+    for name in env:
+        del os.environ[name]
     import gc
 
     gc.freeze()  # as the service does once loaded (service/service.py)
-    return engine, pixels, subgroups
+    images = test.images[:n]
+    return engine, endpoints, pixels, subgroups, images, [encode_png(img) for img in images]
+
+
+BOUNDARY = "classguardanswerpath"
+
+
+def multipart(parts: list[tuple[str, str, bytes, str]]) -> bytes:
+    """A multipart/form-data body of (field, filename, bytes, content type) parts."""
+    out = b""
+    for field, filename, data, kind in parts:
+        out += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+                f"Content-Type: {kind}\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def starlette_request(body: bytes):
+    """A starlette Request for POST /classify_batch carrying `body`, as the server builds it."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+             "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+                         (b"content-length", str(len(body)).encode())]}
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
 
 
 def main() -> int:
+    import io
+
     import numpy as np
     import orjson
 
     tmp = tempfile.mkdtemp(prefix="classguard-answer-")
-    engine, pixels, subgroups = engine_with_precomputed_outputs(tmp)
+    engine, endpoints, pixels, subgroups, images, pngs = engine_with_precomputed_outputs(tmp)
     serving, counter = engine.serving, [0]
 
-    async def answer(batch: int) -> list:
+    def npy_body(batch: int) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, images[:batch])
+        return multipart([("array", "batch.npy", buffer.getvalue(), "application/octet-stream")])
+
+    bodies = {("npy", b): npy_body(b) for b in BATCHES}
+    bodies.update({("png", b): multipart([("images", f"{i}.png", pngs[i], "image/png") for i in range(b)])
+                   for b in BATCHES})
+
+    async def answer(batch: int) -> None:
         counter[0] += 1
         ids = [f"{counter[0]:012d}.{i}" for i in range(batch)]
-        return await serving.answer_all(pixels[:batch], subgroups[:batch], ids, [None] * batch, None)
+        orjson.dumps({"results": await serving.answer_all(pixels[:batch], subgroups[:batch], ids, [None] * batch,
+                                                         None)})
 
-    async def rounds(batch: int, seconds: float) -> list[float]:
+    async def handler(kind: str, batch: int) -> None:
+        response = await endpoints.classify_batch(starlette_request(bodies[kind, batch]))
+        assert response.status_code == 200, response.body[:300]
+
+    def depth(name: str):
+        return (lambda b: answer(b)) if name == "answer" else (lambda b: handler(name, b))
+
+    async def rounds(work, batch: int, seconds: float) -> list[float]:
         per_image = []
         for _ in range(5):
             n, spent, started = 0, 0.0, time.perf_counter()
             while time.perf_counter() - started < seconds:
                 t = time.perf_counter()
-                body = await answer(batch)
-                orjson.dumps({"results": body})
+                await work(batch)
                 spent += time.perf_counter() - t
                 n += batch
                 await asyncio.sleep(0)  # shadow comparisons run, as they would between requests
@@ -115,39 +185,41 @@ def main() -> int:
         return log_us, (time.perf_counter() - t) / (20 * batch) * 1e6
 
     async def run() -> dict:
-        await rounds(16, 0.3)  # warm-up
-        results = {}
+        await rounds(depth("npy"), BATCHES[-1], 0.2)  # warm-up
+        results: dict = {}
+        print(f"{'batch':>5} {'answer':>8} {'npy':>8} {'png':>8}   us an image besides the forward pass "
+              f"(medians of 5 rounds); off the request path: log write, monitor drain", flush=True)
         for batch in BATCHES:
-            per_image = await rounds(batch, 1.0)
+            row = results[str(batch)] = {}
+            for name in DEPTHS:
+                per_image = await rounds(depth(name), batch, 1.0)
+                row[name] = {"us": round(statistics.median(per_image), 2), "rounds": [round(v, 2) for v in per_image]}
             log_us, drain_us = await off_path(batch)
-            results[str(batch)] = {"request_path_us": round(statistics.median(per_image), 2),
-                                   "rounds_us": [round(v, 2) for v in per_image],
-                                   "log_write_us": round(log_us, 2), "monitor_drain_us": round(drain_us, 2)}
-            print(f"batch {batch:>4}: {statistics.median(per_image):7.2f} us an image on the request path "
-                  f"(rounds {', '.join(f'{v:.1f}' for v in per_image)}); off it: log write {log_us:.2f}, "
-                  f"monitor drain {drain_us:.2f}", flush=True)
+            row["log_write_us"], row["monitor_drain_us"] = round(log_us, 2), round(drain_us, 2)
+            print(f"{batch:>5} " + " ".join(f"{row[name]['us']:>8.2f}" for name in DEPTHS)
+                  + f"   {log_us:.2f}, {drain_us:.2f}", flush=True)
         return results
 
     results = asyncio.run(run())
-    profile = profiled(answer, engine, 64)
-    total = sum(profile.values())
-    request_us = results["64"]["request_path_us"]
-    print(f"\nbatch 64, {request_us:.1f} us an image, by component (shares of one profiled round):")
-    for name, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<16} {seconds / total:6.1%}  ~{seconds / total * request_us:5.1f} us")
+    profiles = {}
+    for name in DEPTHS:
+        profile = profiled(depth(name), engine, 64)
+        total, measured = sum(profile.values()), results["64"][name]["us"]
+        profiles[name] = {k: round(v / total, 4) for k, v in profile.items()}
+        print(f"\n{name} at batch 64, {measured:.1f} us an image, by component (shares of one profiled round):")
+        for component, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
+            print(f"  {component:<24} {seconds / total:6.1%}  ~{seconds / total * measured:5.1f} us")
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"batches": results, "profile_64": {k: round(v / total, 4) for k, v in profile.items()}},
-                              indent=2) + "\n")
+    OUT.write_text(json.dumps({"batches": results, "profile_64": profiles}, indent=2) + "\n")
     return 0
 
 
-def profiled(answer, engine, batch: int) -> dict[str, float]:
+def profiled(work, engine, batch: int) -> dict[str, float]:
     """Own time of every function in one round at `batch`, summed by component."""
-    import orjson
 
     async def round_() -> None:
-        for _ in range(100):
-            orjson.dumps({"results": await answer(batch)})
+        for _ in range(60):
+            await work(batch)
             await asyncio.sleep(0)
 
     profile = cProfile.Profile()
@@ -155,6 +227,7 @@ def profiled(answer, engine, batch: int) -> dict[str, float]:
     asyncio.run(round_())
     profile.disable()
     engine.log.flush()
+    engine.monitors.drain()
     by_component: dict[str, float] = {}
     for (path, _, function), (_, _, own, _, _) in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
         where = f"{path}:{function}"

@@ -30,6 +30,7 @@ class Chain:
         self._routes = [g for g in self.guardrails if g.kind == "route"]
         self._answers = [g for g in self.guardrails if g.kind == "answer"]
         self._shadows = [g for g in self.guardrails if g.kind == "shadow"]
+        self.routes_after_primary = any(g.after_primary for g in self._routes)
 
     def models(self) -> set[str]:
         """Every model the chain may call: route targets and shadow models."""
@@ -56,10 +57,13 @@ class Chain:
     def shadows(self, request: Request) -> list[Decision]:
         return [d for d in (g(request) for g in self._shadows) if d is not None]
 
-    def route_many(self, requests: RequestColumns, rows: np.ndarray,
+    def route_many(self, requests: RequestColumns, rows: Sequence[int],
                    flags: Sequence[Sequence[str]] | None = None) -> dict[int, Decision]:
         """`route` for the given rows of a batch: the rows a route takes, each with its decision."""
         taken: dict[int, Decision] = {}
+        if not self._routes:
+            return taken
+        rows = np.asarray(rows, dtype=np.int64)
         for guardrail in self._routes:
             if guardrail.after_primary == (flags is not None) and len(rows):
                 found = guardrail.many(requests, rows, flags)

@@ -32,17 +32,26 @@ class RequestColumns:
     def __init__(self, request_ids: Sequence[str], subgroups: Sequence[Mapping[str, str]], keys: Sequence[str],
                  alerts: Mapping[str, frozenset[str]]) -> None:
         self.request_ids, self.subgroups, self.keys, self.alerts = request_ids, subgroups, keys, alerts
-        self.key_codes, self.key_names = _codes(keys)
         self.regions: Sequence[str | None] = [None] * len(keys)
-        self.region_codes, self.region_names = np.zeros(len(keys), dtype=np.int64), [None]
+        self._keys_coded: tuple[np.ndarray, list] | None = None  # made when a condition first needs them
+        self._regions_coded: tuple[np.ndarray, list] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def place(self, regions: Sequence[str | None]) -> None:
         """Each request's region, once the primary has answered."""
-        self.regions = regions
-        self.region_codes, self.region_names = _codes(regions)
+        self.regions, self._regions_coded = regions, None
+
+    def _keys(self) -> tuple[np.ndarray, list]:
+        if self._keys_coded is None:
+            self._keys_coded = _codes(self.keys)
+        return self._keys_coded
+
+    def _regions(self) -> tuple[np.ndarray, list]:
+        if self._regions_coded is None:
+            self._regions_coded = _codes(self.regions)
+        return self._regions_coded
 
     def request(self, i: int) -> Request:
         """Row `i` as the per-image path sees it."""
@@ -54,14 +63,17 @@ class RequestColumns:
         """Per row, `Request.within`."""
         inside = np.ones(len(self.keys), dtype=bool)
         if subgroups is not None:
-            inside &= np.array([k in subgroups for k in self.key_names])[self.key_codes]
+            codes, names = self._keys()
+            inside &= np.array([k in subgroups for k in names])[codes]
         if regions is not None:
-            inside &= np.array([r in regions for r in self.region_names])[self.region_codes]
+            codes, names = self._regions()
+            inside &= np.array([r in regions for r in names])[codes]
         return inside
 
     def key_values(self, value_of: Mapping[str, float], default: float) -> np.ndarray:
         """Per row, `value_of[key]` or `default`."""
-        return np.array([value_of.get(k, default) for k in self.key_names], dtype=np.float64)[self.key_codes]
+        codes, names = self._keys()
+        return np.array([value_of.get(k, default) for k in names], dtype=np.float64)[codes]
 
 
 class AnswerColumns:

@@ -34,7 +34,11 @@ class BucketedCounts:
     def _claim(self, ids: np.ndarray) -> np.ndarray:
         """Slots for bucket ids, clearing slots that still hold an older bucket."""
         slots = ids % self.n_buckets
-        for slot, bucket in zip(*np.unique(np.stack([slots, ids]), axis=1)):
+        low, high = int(ids.min()), int(ids.max())
+        # a drain's events mostly share one bucket; the slot follows from the bucket, and older
+        # buckets come first, so a slot ends holding the newest (as the window needs)
+        for bucket in [low] if low == high else np.unique(ids).tolist():
+            slot = bucket % self.n_buckets
             if self._ids[slot] < bucket:
                 self._ids[slot] = bucket
                 self._counts[slot] = 0.0

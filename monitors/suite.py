@@ -53,7 +53,7 @@ class MonitorSuite:
 
     def flags(self, model: int, subgroup: int, probs: np.ndarray, predicted: int) -> tuple[list[str], int]:
         """Per-prediction flags and the known-confusion bit mask that goes into the event
-        (the event also takes `self.confidence.calibrated(model, probs)`)."""
+        (the event also takes its calibrated confidence, `self.confidence.calibrated_many`)."""
         flags = [LOW_CONFIDENCE_FLAG] if self.confidence.flag(model, subgroup, float(probs[predicted])) else []
         mask = self.confusions.fired(model, subgroup, probs, predicted)
         if mask:

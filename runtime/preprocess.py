@@ -54,6 +54,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def to_unit_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """channels x height x width float32 in [0, 1]; alpha is composited onto black."""
+    return to_pixels(image, spec).astype(np.float32) / np.float32(255.0)
+
+
+def to_pixels(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """channels x height x width uint8 at the model's size; alpha is composited onto black. A
+    batch's images stack as uint8 and scale to [0, 1] in one pass (as `decode_array` does)."""
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -61,12 +67,13 @@ def to_unit_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     try:
-        image = image.convert("L" if spec.channels == 1 else "RGB")
+        mode = "L" if spec.channels == 1 else "RGB"
+        image = image if image.mode == mode else image.convert(mode)
     except (OSError, ValueError) as exc:
         raise InputError("unsupported_image", f"cannot convert image mode {image.mode}: {exc}") from None
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.BOX)
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = np.asarray(image, dtype=np.uint8)
     return array[None] if spec.channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -73,7 +73,7 @@ class Serving:
         n = len(keys)
         trace: list[list[Decision]] = [[] for _ in range(n)]
         served = [self.primary.name] * n
-        for i, decision in chain.route_many(requests, np.arange(n)).items():
+        for i, decision in chain.route_many(requests, range(n)).items():
             served[i] = decision.model
             trace[i].append(decision)
         probs, regions = await self._run(pixels, served, trace, chain)
@@ -81,8 +81,8 @@ class Serving:
         if self.regions:
             requests.place([self.regions[r] if r >= 0 else None for r in regions])
 
-        answered_by_primary = np.array([i for i, name in enumerate(served) if name == self.primary.name], dtype=np.int64)
-        rerun = chain.route_many(requests, answered_by_primary, flags)
+        rerun = (chain.route_many(requests, [i for i, name in enumerate(served) if name == self.primary.name], flags)
+                 if chain.routes_after_primary else {})
         if rerun:
             idx = sorted(rerun)
             targets = [rerun[i].model for i in idx]

@@ -12,7 +12,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import orjson
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
-from runtime.preprocess import decode_image, normalise, to_unit_array
+from runtime.preprocess import decode_image, normalise, to_pixels
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
 from service import metrics
@@ -34,6 +34,7 @@ _DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) decod
 # A large batch's images decode side by side in this pool (Pillow releases the interpreter lock
 # while decoding); bounded, so a batch of large images holds at most this many decoded at once.
 _DECODE_POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="classguard-decode")
+T = TypeVar("T")
 CLASSIFY_FIELDS = frozenset({"image", "context"})
 BATCH_FIELDS = frozenset({"images", "array", "contexts"})
 
@@ -54,18 +55,58 @@ class Prepared:
     subgroup: dict[str, str]
 
 
+@dataclass
+class Decoded:
+    """One upload decoded: its pixels (channels x height x width uint8) and its context."""
+
+    pixels: np.ndarray
+    context: dict[str, Any] | None
+
+
+@dataclass
+class PreparedBatch:
+    """A batch's images that passed preparation, ready for the model, and each refusal."""
+
+    slots: list[int]  # the upload index of each ready image
+    pixels: np.ndarray  # N x C x H x W, normalised
+    subgroups: list[dict[str, str]]
+    refused: dict[int, InputError]
+
+
 class ClassifyEndpoints:
     def __init__(self, *, serving: Serving, resolver: SubgroupResolver, spec: InputSpec, limits: LimitsConfig,
                  model_tag: str, hash_images: bool) -> None:
         self.serving, self.resolver, self.spec, self.limits, self.model_tag = serving, resolver, spec, limits, model_tag
         self.hash_images = hash_images  # the log hashes each image: hand it the bytes
 
-    def prepare(self, upload: Upload, raw_context: Any) -> Prepared:
+    def decode(self, upload: Upload, raw_context: Any) -> Decoded:
         limits = self.limits
         context = parse_context(raw_context, limits.max_context_bytes)
         image = decode_image(upload.data, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
-        unit = to_unit_array(image, self.spec)
-        return Prepared(normalise(unit, self.spec), self.resolver.resolve(context, unit))
+        return Decoded(to_pixels(image, self.spec), context)
+
+    def prepare(self, upload: Upload, raw_context: Any) -> Prepared:
+        decoded = self.decode(upload, raw_context)
+        unit = decoded.pixels.astype(np.float32) / np.float32(255.0)
+        return Prepared(normalise(unit, self.spec), self.resolver.resolve(decoded.context, unit))
+
+    async def prepare_many(self, uploads: Sequence[Upload], raw_contexts: Sequence[Any],
+                           pool: ThreadPoolExecutor | None) -> PreparedBatch:
+        """`prepare` for a batch: each upload decoded (side by side in `pool` if given, else one
+        after another), then scaling, normalisation and subgroups once for the whole batch
+        (tests/service/test_decode_pool.py holds it equal to `prepare` image by image)."""
+        if pool is not None:
+            outcomes = await decode_in_pool(self.decode, uploads, raw_contexts, pool)
+        else:
+            outcomes = [attempt(self.decode, upload, raw) for upload, raw in zip(uploads, raw_contexts)]
+        refused = {i: o for i, o in enumerate(outcomes) if isinstance(o, InputError)}
+        ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Decoded)]
+        if not ready:
+            return PreparedBatch([], np.zeros((0, self.spec.channels, self.spec.height, self.spec.width), np.float32),
+                                 [], refused)
+        unit = np.stack([d.pixels for _, d in ready]).astype(np.float32) / np.float32(255.0)
+        subgroups = self.resolver.resolve_many([d.context for _, d in ready], unit)
+        return PreparedBatch([i for i, _ in ready], normalise(unit, self.spec), subgroups, refused)
 
     async def prepare_async(self, upload: Upload, raw_context: Any) -> Prepared:
         if len(upload.data) > _DECODE_IN_THREAD_BYTES:
@@ -113,21 +154,14 @@ class ClassifyEndpoints:
         uploads = image_uploads(fields, "images")
         raw_contexts = batch_contexts(fields, len(uploads))
         results: list[dict[str, Any] | None] = [None] * len(uploads)
-        ready: list[tuple[int, Prepared]] = []
-        if len(uploads) > 1 and sum(len(u.data) for u in uploads) > _DECODE_IN_THREAD_BYTES:
-            prepared = await prepare_in_pool(self.prepare, uploads, raw_contexts, _DECODE_POOL)
-        else:
-            prepared = [await _outcome(self.prepare_async(u, raw)) for u, raw in zip(uploads, raw_contexts)]
-        for i, outcome in enumerate(prepared):
-            if isinstance(outcome, InputError):  # one bad image fails only its own slot
-                metrics.REJECTED.labels("classify_batch", outcome.reason).inc()
-                results[i] = {"index": i, **outcome.body(slot_id(request_id, i))}
-            else:
-                ready.append((i, outcome))
-        if ready:
-            await self._answer_slots(results, [i for i, _ in ready], np.stack([p.pixels for _, p in ready]),
-                                     [p.subgroup for _, p in ready], request_id, correlation,
-                                     [uploads[i].data for i, _ in ready])
+        large = sum(len(u.data) for u in uploads) > _DECODE_IN_THREAD_BYTES
+        batch = await self.prepare_many(uploads, raw_contexts, _DECODE_POOL if large else None)
+        for i, error in batch.refused.items():  # one bad image fails only its own slot
+            metrics.REJECTED.labels("classify_batch", error.reason).inc()
+            results[i] = {"index": i, **error.body(slot_id(request_id, i))}
+        if batch.slots:
+            await self._answer_slots(results, batch.slots, batch.pixels, batch.subgroups, request_id, correlation,
+                                     [uploads[i].data for i in batch.slots])
         return {"request_id": request_id, "correlation_id": correlation, "model": self.model_tag, "results": results}
 
     async def _classify_array(self, fields: dict[str, list[Any]], request_id: str,
@@ -168,21 +202,17 @@ class ClassifyEndpoints:
             results[i] = {"index": i, **answer}
 
 
-async def _outcome(preparing) -> Prepared | InputError:
+async def decode_in_pool(decode: Callable[[Upload, Any], Decoded], uploads: Sequence[Upload],
+                         contexts: Sequence[Any], pool: ThreadPoolExecutor) -> list[Decoded | InputError]:
+    """Each upload decoded in `pool`, all at once; in upload order, a client's mistake in its slot."""
+    loop = asyncio.get_running_loop()
+    return list(await asyncio.gather(*(loop.run_in_executor(pool, attempt, decode, u, raw)
+                                       for u, raw in zip(uploads, contexts))))
+
+
+def attempt(work: Callable[..., T], *args: Any) -> T | InputError:
+    """`work(*args)`, or the client's mistake it raised."""
     try:
-        return await preparing
+        return work(*args)
     except InputError as exc:
         return exc
-
-
-async def prepare_in_pool(prepare: Callable[[Upload, Any], Prepared], uploads: Sequence[Upload],
-                          contexts: Sequence[Any], pool: ThreadPoolExecutor) -> list[Prepared | InputError]:
-    """Each image prepared in `pool`, all at once; in upload order, a client's mistake in its slot."""
-    def one(upload: Upload, raw: Any) -> Prepared | InputError:
-        try:
-            return prepare(upload, raw)
-        except InputError as exc:
-            return exc
-
-    loop = asyncio.get_running_loop()
-    return list(await asyncio.gather(*(loop.run_in_executor(pool, one, u, raw) for u, raw in zip(uploads, contexts))))

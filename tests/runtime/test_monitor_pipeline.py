@@ -123,6 +123,7 @@ def test_observe_many_equals_observe_one_by_one(make_pipeline):
         before = [value(name, **labels) for name, labels in counters]
         assert many._observe_many(models, keys, list(probs), regions) == expected  # numpy, whatever the size
         assert [value(name, **labels) - b for (name, labels), b in zip(counters, before)] == moved
-    events_one = sorted(e[1:] for e in one._queue)  # a batch's events queue model by model: order is free
-    events_many = sorted(e[1:] for e in many._queue)
+    # a batch's events queue model by model: order is free; one by one, they are calibrated when drained
+    events_one = sorted(e[1:] for e in one._calibrated(list(one._queue)))
+    events_many = sorted(e[1:] for e in many._calibrated(list(many._queue)))
     assert events_many == events_one and any(e[4] for e in events_one) and len(events_one) > 300

@@ -1,5 +1,6 @@
-"""A large batch's images decode side by side in the bounded pool: the same prepared inputs and the same
-per-slot refusals, in upload order, as decoding them one after another."""
+"""A batch's images prepared together (decoded side by side in the bounded pool, or one after
+another, then scaled, normalised and given subgroups in one pass): the same inputs and the same
+per-slot refusals, in upload order, as preparing each image on its own."""
 
 import asyncio
 import io
@@ -10,7 +11,7 @@ from PIL import Image
 
 from monitors.reference import InputSpec
 from runtime.subgroups import SubgroupResolver
-from service.classify import ClassifyEndpoints, _outcome, prepare_in_pool
+from service.classify import ClassifyEndpoints, attempt
 from service.config import LimitsConfig, Settings
 from service.errors import InputError
 from service.http_input import Upload
@@ -22,9 +23,9 @@ def png(side: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_pooled_preparation_equals_one_after_another():
-    """Six uploads (large noise PNGs, a truncated one, text, a bad context): pixels, subgroups and refusal
-    reasons equal slot by slot."""
+def test_batch_preparation_equals_preparing_each_image():
+    """Six uploads (large noise PNGs, a truncated one, text, a bad context, a phone context): pixels,
+    subgroups and refusal reasons equal slot by slot, pooled or not."""
     endpoints = ClassifyEndpoints(serving=None, resolver=SubgroupResolver(Settings().subgroups.attributes),
                                   spec=InputSpec(), limits=LimitsConfig(), model_tag="m", hash_images=False)
     big = [png(300, seed) for seed in range(3)]
@@ -33,18 +34,16 @@ def test_pooled_preparation_equals_one_after_another():
     contexts = [None, None, '{"capture": "phone"}', None, "{not json", None]
     assert sum(len(u.data) for u in uploads) > 256 * 1024  # what sends a batch to the pool
 
-    async def both():
-        one_by_one = [await _outcome(endpoints.prepare_async(u, c)) for u, c in zip(uploads, contexts)]
+    async def prepared():
+        each = [attempt(endpoints.prepare, u, c) for u, c in zip(uploads, contexts)]
         with ThreadPoolExecutor(2) as pool:
-            pooled = await prepare_in_pool(endpoints.prepare, uploads, contexts, pool)
-        return one_by_one, pooled
+            pooled = await endpoints.prepare_many(uploads, contexts, pool)
+        return each, pooled, await endpoints.prepare_many(uploads, contexts, None)
 
-    one_by_one, pooled = asyncio.run(both())
-    assert len(pooled) == len(uploads)
-    for a, b in zip(one_by_one, pooled):
-        if isinstance(a, InputError):
-            assert isinstance(b, InputError) and (a.reason, a.detail) == (b.reason, b.detail)
-        else:
-            assert np.array_equal(a.pixels, b.pixels) and a.subgroup == b.subgroup
-    assert [type(x).__name__ for x in pooled] == ["Prepared", "InputError", "Prepared", "InputError", "InputError",
-                                                   "Prepared"]
+    each, pooled, inline = asyncio.run(prepared())
+    for batch in (pooled, inline):
+        assert batch.slots == [0, 2, 5] and sorted(batch.refused) == [1, 3, 4]
+        for j, i in enumerate(batch.slots):
+            assert np.array_equal(each[i].pixels, batch.pixels[j]) and each[i].subgroup == batch.subgroups[j]
+        for i, error in batch.refused.items():
+            assert isinstance(each[i], InputError) and (each[i].reason, each[i].detail) == (error.reason, error.detail)
