@@ -267,9 +267,9 @@ class Serving:
             return
         theirs = metrics.class_label(self.models[name].profile.labels, int(np.argmax(probs)))
         outcome = "agree" if theirs == ours else "flip"
-        metrics.SHADOW_COMPARISONS.labels(name, key, outcome).inc()
+        metrics.child(metrics.SHADOW_COMPARISONS, (name, key, outcome)).inc()
         if outcome == "flip":
-            metrics.SHADOW_FLIPS.labels(name, key, ours, theirs).inc()
+            metrics.child(metrics.SHADOW_FLIPS, (name, key, ours, theirs)).inc()
 
     def _render(self, request: Request, model, answer: Answer, decisions: list[Decision], correlation: str | None,
                 order: np.ndarray, counts: metrics.AnswerCounts) -> dict[str, Any]:
