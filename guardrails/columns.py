@@ -1,11 +1,11 @@
 """A batch's requests and answers as columns, so a chain decides a whole batch at once.
 
-The per-image callables (`guardrails.core`) stay the definition of what a guardrail does. A
-guardrail may add a `many` method that decides the batch with numpy: it settles the common
-rows with array operations (a pass, an allow, nothing in scope) and hands the rows where
-something happens (a suppressed top label, a low confidence, a fired pair) to its own
-per-image call, so those decisions are the per-image path's by construction. A guardrail
-without `many` is called row by row. tests/guardrails/test_columns.py compares the two paths
+The per-image callables (`guardrails.core`) stay the definition of what a guardrail does.
+Each guardrail also has a `many` method that decides a batch with numpy: it settles the
+common rows with array operations (a pass, an allow, nothing in scope) and hands the rows
+where something happens (a suppressed top label, a low confidence, a fired pair, a route's
+candidates) to its own per-image call (`AnswerColumns.each`), so those decisions are the
+per-image path's by construction. tests/guardrails/test_columns.py compares the two paths
 over random batches, chains, flags and regions, answer by answer.
 """
 

@@ -10,6 +10,10 @@ Three kinds, told apart by `kind`:
 - "answer": __call__(request, answer) -> Answer. Changes the answer (suppress, abstain).
 - "shadow": __call__(request) -> Decision | None. Which model to compare against, off the
             response path.
+
+Each kind also has a batch form, `many`, over a batch's columns (guardrails.columns): routes
+`many(requests, rows, flags) -> {row: Decision}`, answers `many(requests, answers)` in place,
+shadows `many(requests) -> rows sampled`.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ class Serving:
             self._shadow(name, pixels[i], predicted, keys[i])
         return results
 
-    def _answer_each(self, chain: Chain, requests: RequestColumns, served: list[str], probs: list[np.ndarray],
+    def _answer_each(self, chain: Chain, requests: RequestColumns, served: list[str],
+                     probs: np.ndarray | list[np.ndarray],
                      flags: list[list[str]], trace: list[list[Decision]], correlation_ids: Sequence[str | None] | None,
                      counts: metrics.AnswerCounts) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
         """The answers image by image (few images: numpy's fixed cost is more than the loop),
@@ -129,7 +130,8 @@ class Serving:
                                         correlation_ids[i] if correlation_ids is not None else None, order[i], counts))
         return results, shadowed
 
-    def _answer_columns(self, chain: Chain, requests: RequestColumns, served: list[str], probs: list[np.ndarray],
+    def _answer_columns(self, chain: Chain, requests: RequestColumns, served: list[str],
+                        probs: np.ndarray | list[np.ndarray],
                         flags: list[list[str]], trace: list[list[Decision]],
                         correlation_ids: Sequence[str | None] | None,
                         counts: metrics.AnswerCounts) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
@@ -175,7 +177,8 @@ class Serving:
 
     def _shown(self, block: AnswerColumns) -> list[tuple[int | None, float, float, list[dict[str, Any]]]]:
         """Per row of a block: the emitted class (None: abstained), the confidence (exact, and
-        rounded as shown) and top_k, as `_render` gives them: classes by falling probability, suppressed ones left out."""
+        rounded as shown) and top_k, as `_render` gives them: classes by falling probability,
+        suppressed ones left out."""
         k, names, probs = self.top_k, block.labels, block.probs
         order = np.argsort(probs, axis=1)[:, ::-1]  # as `falling` orders each row
         kept = ~np.take_along_axis(block.suppressed, order, axis=1)
@@ -189,11 +192,11 @@ class Serving:
         best = np.where(label >= 0, label, np.where(count > 0, top[:, 0], -1))
         confidence = np.where(best >= 0, probs[np.arange(len(block)), np.maximum(best, 0)], 0).astype(probs.dtype)
         out = []
-        for classes, values, shown, emitted, exact, shown_confidence in zip(
+        for classes, values, n_shown, emitted, exact, shown_confidence in zip(
                 top.tolist(), rounded(np.take_along_axis(probs, top, axis=1)), count.tolist(), label.tolist(),
                 confidence.tolist(), rounded(confidence)):
-            if shown < k:
-                classes, values = classes[:shown], values[:shown]
+            if n_shown < k:
+                classes, values = classes[:n_shown], values[:n_shown]
             out.append((emitted if emitted >= 0 else None, exact, shown_confidence,
                         [{"label": names[c], "probability": p} for c, p in zip(classes, values)]))
         return out
