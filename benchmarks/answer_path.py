@@ -10,11 +10,15 @@ guardrails, rendering, log row, metrics); `npy`: the whole /classify_batch handl
 uint8 .npy upload (multipart parsing, decoding, normalising, subgroups, then the same);
 `png`: the handler on N PNG parts. The log's writer and the monitors' drain, which run off the
 request path (a thread, a background task), are timed apart. Then one profiled round of each
-depth at batch 64, its time split by component. Results: stdout and artifacts/bench_answer.json.
+depth at batch 64, its time split by component. Last, a single image through the whole
+/classify handler, everything on against everything off (a second wiring in the same
+process), in 6 alternating rounds. `--batches 1,64` measures only those batch sizes.
+Results: stdout and artifacts/bench_answer.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import cProfile
 import json
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 
 OUT = Path("artifacts/bench_answer.json")
-BATCHES = tuple(int(b) for b in os.environ.get("BATCHES", "1,8,64,256").split(","))
+BATCHES = (1, 8, 64, 256)
 DEPTHS = ("answer", "npy", "png")
 COMPONENTS = (  # (component, path fragments of the functions it owns), first match wins
     ("multipart parsing", ("multipart", "starlette/formparsers", "http_input")),
@@ -67,7 +71,7 @@ def engine_with_precomputed_outputs(tmp: str, env: dict[str, str] = EVERYTHING_O
                                   limits=settings.limits, model_tag=engine.primary.tag,
                                   hash_images=settings.log.store_image_hash)
     test = build_incident().test
-    n = max(BATCHES)
+    n = max(BATCHES)  # every batch measured is a prefix of these
     unit = (test.images[:n].astype(np.float32) / 255.0)[:, None]
     pixels = normalise(unit, engine.spec)
     subgroups = engine.resolver.resolve_many([None] * n, unit)
@@ -105,11 +109,11 @@ def multipart(parts: list[tuple[str, str, bytes, str]]) -> bytes:
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 
-def starlette_request(body: bytes):
-    """A starlette Request for POST /classify_batch carrying `body`, as the server builds it."""
+def starlette_request(body: bytes, path: str = "/classify_batch"):
+    """A starlette Request for POST `path` carrying `body`, as the server builds it."""
     from starlette.requests import Request
 
-    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
              "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
                          (b"content-length", str(len(body)).encode())]}
     sent = False
@@ -124,12 +128,15 @@ def starlette_request(body: bytes):
     return Request(scope, receive)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import io
 
     import numpy as np
     import orjson
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=list(BATCHES))
+    batches = [b for b in parser.parse_args(argv).batches if 1 <= b <= max(BATCHES)]
     tmp = tempfile.mkdtemp(prefix="classguard-answer-")
     engine, endpoints, pixels, subgroups, images, pngs = engine_with_precomputed_outputs(tmp)
     serving, counter = engine.serving, [0]
@@ -139,9 +146,9 @@ def main() -> int:
         np.save(buffer, images[:batch])
         return multipart([("array", "batch.npy", buffer.getvalue(), "application/octet-stream")])
 
-    bodies = {("npy", b): npy_body(b) for b in BATCHES}
+    bodies = {("npy", b): npy_body(b) for b in batches}
     bodies.update({("png", b): multipart([("images", f"{i}.png", pngs[i], "image/png") for i in range(b)])
-                   for b in BATCHES})
+                   for b in batches})
 
     async def answer(batch: int) -> None:
         counter[0] += 1
@@ -185,11 +192,11 @@ def main() -> int:
         return log_us, (time.perf_counter() - t) / (20 * batch) * 1e6
 
     async def run() -> dict:
-        await rounds(depth("npy"), BATCHES[-1], 0.2)  # warm-up
+        await rounds(depth("npy"), batches[-1], 0.2)  # warm-up
         results: dict = {}
         print(f"{'batch':>5} {'answer':>8} {'npy':>8} {'png':>8}   us an image besides the forward pass "
               f"(medians of 5 rounds); off the request path: log write, monitor drain", flush=True)
-        for batch in BATCHES:
+        for batch in batches:
             row = results[str(batch)] = {}
             for name in DEPTHS:
                 per_image = await rounds(depth(name), batch, 1.0)
@@ -202,16 +209,51 @@ def main() -> int:
 
     results = asyncio.run(run())
     profiles = {}
+    profile_at = 64 if 64 in batches else batches[-1]
     for name in DEPTHS:
-        profile = profiled(depth(name), engine, 64)
-        total, measured = sum(profile.values()), results["64"][name]["us"]
+        profile = profiled(depth(name), engine, profile_at)
+        total, measured = sum(profile.values()), results[str(profile_at)][name]["us"]
         profiles[name] = {k: round(v / total, 4) for k, v in profile.items()}
-        print(f"\n{name} at batch 64, {measured:.1f} us an image, by component (shares of one profiled round):")
+        print(f"\n{name} at batch {profile_at}, {measured:.1f} us an image, by component "
+              f"(shares of one profiled round):")
         for component, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
             print(f"  {component:<24} {seconds / total:6.1%}  ~{seconds / total * measured:5.1f} us")
+    single = on_against_off(engine, endpoints, pngs[0])
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"batches": results, "profile_64": profiles}, indent=2) + "\n")
+    OUT.write_text(json.dumps({"batches": results, f"profile_{profile_at}": profiles, "single_on_off_us": single},
+                              indent=2) + "\n")
     return 0
+
+
+def on_against_off(engine, endpoints, png: bytes) -> dict[str, list[float]]:
+    """One PNG through /classify, microseconds a request, everything on and everything off taking
+    turns over 6 rounds of 1,000 requests."""
+    off = engine_with_precomputed_outputs(tempfile.mkdtemp(prefix="classguard-answer-off-"), EVERYTHING_OFF)
+    body = multipart([("image", "0.png", png, "image/png")])
+    sides = {"on": (engine, endpoints), "off": off[:2]}
+
+    async def one_round(endpoint) -> float:
+        started = time.perf_counter()
+        for _ in range(1000):
+            response = await endpoint.classify(starlette_request(body, "/classify"))
+            assert response.status_code == 200, response.body[:300]
+            await asyncio.sleep(0)
+        return (time.perf_counter() - started) / 1000 * 1e6
+
+    async def run() -> dict[str, list[float]]:
+        per_request: dict[str, list[float]] = {"on": [], "off": []}
+        for r in range(6):
+            for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                per_request[name].append(round(await one_round(sides[name][1]), 1))
+            engine.log.flush()
+            engine.monitors.drain()
+        return per_request
+
+    per_request = asyncio.run(run())
+    on, off_us = statistics.median(per_request["on"]), statistics.median(per_request["off"])
+    print(f"\none image through /classify, in-process: everything on {on:.1f} us, off {off_us:.1f} us, "
+          f"+{on - off_us:.1f} us (rounds on {per_request['on']}, off {per_request['off']})")
+    return per_request
 
 
 def profiled(work, engine, batch: int) -> dict[str, float]:
