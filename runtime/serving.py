@@ -88,9 +88,10 @@ class Serving:
             targets = [rerun[i].model for i in idx]
             sub_trace = [trace[i] + [rerun[i]] for i in idx]
             new, new_regions = await self._run(pixels[idx], targets, sub_trace, chain)
-            if isinstance(probs, np.ndarray) and (not isinstance(new, np.ndarray) or new.shape[1] != probs.shape[1]
-                                                  or new.dtype != probs.dtype):
-                probs = list(probs)  # a routed model with other classes: a row each
+            if isinstance(probs, np.ndarray):
+                # never written in place: the monitors may still hold the primary's rows (views)
+                same = isinstance(new, np.ndarray) and new.shape[1] == probs.shape[1] and new.dtype == probs.dtype
+                probs = probs.copy() if same else list(probs)  # other classes: a row each
             for j, i in enumerate(idx):
                 served[i], trace[i], probs[i] = targets[j], sub_trace[j], new[j]
             answered = [j for j, i in enumerate(idx) if targets[j] != self.primary.name]  # not fallen back

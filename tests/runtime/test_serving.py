@@ -231,3 +231,22 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
             answers = asyncio.run(serving.answer_all(pixels, subgroups, ids, [f"c{i}" for i in range(n)]))
             outcomes.append((answers, recorded["log"], shadows, recorded["counts"]))
         assert outcomes[0] == outcomes[1]
+
+
+def test_a_rerun_leaves_the_primarys_answers_the_monitors_hold_untouched():
+    """A flag route re-answers an image with the target: the probabilities the monitors were given
+    for the primary's answer (queued, calibrated later) still read the primary's, not the target's."""
+    held = []
+
+    class Holding(NoMonitors):
+        def observe_many(self, models, subgroups, probs, regions):
+            held.extend(zip(models, list(probs)))
+            return [["low_confidence"] for _ in models]
+
+    serving = make_serving(Chain([Route("fixed", flags=["low_confidence"])]))
+    serving.monitors = Holding()
+    for n in (1, 9):  # the per-image and the column paths
+        held.clear()
+        answers = serve(serving, n=n, subgroup="scanner")
+        assert all(a["model"] == "fixed:v1" for a in answers)
+        assert [int(np.argmax(p)) for m, p in held if m == "base"] == [1] * n
