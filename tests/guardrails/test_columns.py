@@ -24,13 +24,14 @@ def some(rng, values, none=0.3):
 
 
 def random_guardrail(rng):
+    """One of the seven guardrail types with random settings (suppress_labels twice as often)."""
     kind = int(rng.integers(0, 8))
     regions = some(rng, REGIONS[:3], none=0.6)
     subgroups = some(rng, KEYS, none=0.5)
     if kind == 0:
         return AllowAll()
     if kind == 1:
-        return SuppressLabels(some(rng, LABELS, none=0) [:3], floor=float(rng.choice([0.0, 0.3, 0.6, 1.0])),
+        return SuppressLabels(some(rng, LABELS, none=0)[:3], floor=float(rng.choice([0.0, 0.3, 0.6, 1.0])),
                               subgroups=subgroups, regions=regions)
     if kind == 2:
         return Abstain(subgroups=subgroups or KEYS[:1], regions=regions)
@@ -40,8 +41,9 @@ def random_guardrail(rng):
         return ConfusionGuard(str(rng.choice(["abstain", "suppress"])), floor=float(rng.choice([0.1, 0.5])),
                               pairs=some(rng, ["6->0", "4->9"]), subgroups=subgroups, regions=regions)
     if kind == 5:
+        canary = float(rng.choice([0.3, 1.0])) if rng.random() < 0.4 else None
         return Route("other", subgroups=subgroups, regions=regions, flags=some(rng, FLAGS, none=0.6),
-                     alerts=some(rng, ALERTS, none=0.7), canary=float(rng.choice([0.3, 1.0])) if rng.random() < 0.4 else None)
+                     alerts=some(rng, ALERTS, none=0.7), canary=canary)
     if kind == 6:
         return Shadow("other", share=float(rng.choice([0.0, 0.2, 1.0])), subgroups=subgroups, regions=regions)
     return SuppressLabels([str(rng.integers(0, 10))], subgroups=subgroups)
