@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             probs = softmax(module(torch.from_numpy(test.images.astype(np.float32) / 255.0)[:, None]).double().numpy())
         monitor = ConfidenceDrift([name], [profile], keys, WindowConfig(n_buckets=10**6))
-        calibrated = np.array([monitor.calibrated(0, p) for p in probs])
+        calibrated = monitor.calibrated_many(0, probs)
         correct = probs.argmax(axis=1) == test.labels
         for label, chosen in (("test split", np.arange(len(probs))), ("demo stream", demo)):
             for key in keys:

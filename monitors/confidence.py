@@ -52,15 +52,11 @@ class ConfidenceDrift(WindowedMonitor):
         return confidence < self._flag[model, subgroups]
 
     def calibrated_many(self, model: int, probs: np.ndarray) -> np.ndarray:
-        """`calibrated` for N rows (N x classes) of one model."""
+        """For N rows (N x classes) of one model, the top-class probability of softmax(log(probs)
+        / T), T the model's validation temperature: probs ** (1 / T), normalised, is the same
+        thing in one numpy pass."""
         q = np.power(probs, 1.0 / self.temperatures[model])
         return q.max(axis=1) / q.sum(axis=1)
-
-    def calibrated(self, model: int, probs: np.ndarray) -> float:
-        """Top-class probability of softmax(log(probs) / T), T the model's validation temperature:
-        probs ** (1 / T), normalised, is the same thing in one numpy call."""
-        q = np.power(probs, 1.0 / self.temperatures[model])
-        return float(q.max() / q.sum())
 
     def update_many(self, events: EventBatch) -> None:
         low = events.confidence < self._low[events.model, events.subgroup]

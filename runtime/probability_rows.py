@@ -19,9 +19,11 @@ def falling(probs: np.ndarray | Sequence[np.ndarray]) -> Sequence[np.ndarray]:
     """Each image's classes by falling probability: one argsort for the batch when every answer
     has as many classes (rows are sorted independently, so each gets the order its own argsort
     gives), else one per image (routed models may have other classes)."""
-    if isinstance(probs, np.ndarray) or len({len(p) for p in probs}) == 1:
-        return np.argsort(np.stack(probs) if not isinstance(probs, np.ndarray) else probs, axis=1)[:, ::-1]
-    return [np.argsort(p)[::-1] for p in probs]
+    if not isinstance(probs, np.ndarray):
+        if len({len(p) for p in probs}) > 1:
+            return [np.argsort(p)[::-1] for p in probs]
+        probs = np.stack(probs)
+    return np.argsort(probs, axis=1)[:, ::-1]
 
 
 def rounded(values: np.ndarray) -> list:
@@ -31,4 +33,4 @@ def rounded(values: np.ndarray) -> list:
     (tests/runtime/test_probability_rows.py checks millions of values, halves included)."""
     if values.dtype == np.float32:
         return np.round(values.astype(np.float64), 6).tolist()
-    return np.vectorize(lambda v: round(float(v), 6), otypes=[object])(values).tolist() if values.size else values.tolist()
+    return np.frompyfunc(lambda v: round(float(v), 6), 1, 1)(values).tolist()

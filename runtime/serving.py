@@ -162,18 +162,9 @@ class Serving:
                 shadowed.append((i, decision.model, predicted))
             counts.answer(model.name, keys[i], predicted, confidence, model.name != primary,
                           [(d.guardrail, d.action) for d in decisions])
-            results.append({
-                "request_id": ids[i],
-                "correlation_id": correlation_ids[i] if correlation_ids is not None else None,
-                "label": labels[label] if label is not None else None,
-                "confidence": shown_confidence,
-                "top_k": top_k,
-                "abstained": label is None,
-                "model": self.tags[model.name],
-                "subgroup": subgroups[i],
-                "guardrails": [d.as_dict() for d in decisions],
-                "flags": flags[i],
-            })
+            results.append(response(ids[i], correlation_ids[i] if correlation_ids is not None else None,
+                                    labels[label] if label is not None else None, shown_confidence, top_k,
+                                    self.tags[model.name], subgroups[i], decisions, flags[i]))
         return results, shadowed
 
     def _shown(self, block: AnswerColumns) -> list[tuple[int | None, float, float, list[dict[str, Any]]]]:
@@ -287,16 +278,25 @@ class Serving:
         confidence = float(answer.probs[best]) if best is not None else 0.0
         counts.answer(model.name, key, metrics.class_label(answer.labels, answer.label), confidence,
                       model.name != self.primary.name, ((d.guardrail, d.action) for d in decisions))
-        return {
-            "request_id": request.request_id,
-            "correlation_id": correlation,
-            "label": emitted,
-            "confidence": round(confidence, 6),
-            "top_k": [{"label": answer.labels[c], "probability": round(float(answer.probs[c]), 6)}
-                      for c in shown[:self.top_k]],
-            "abstained": answer.abstained,
-            "model": model.tag,
-            "subgroup": dict(request.subgroup),
-            "guardrails": [d.as_dict() for d in decisions],
-            "flags": list(answer.flags),
-        }
+        return response(request.request_id, correlation, emitted, round(confidence, 6),
+                        [{"label": answer.labels[c], "probability": round(float(answer.probs[c]), 6)}
+                         for c in shown[:self.top_k]],
+                        self.tags[model.name], request.subgroup, decisions, answer.flags)
+
+
+def response(request_id: str, correlation: str | None, label: str | None, confidence: float,
+             top_k: list[dict[str, Any]], model: str, subgroup: Mapping[str, str], decisions: Sequence[Decision],
+             flags: Sequence[str]) -> dict[str, Any]:
+    """One answer as the client gets it (service/schemas.Prediction); `label` None: abstained."""
+    return {
+        "request_id": request_id,
+        "correlation_id": correlation,
+        "label": label,
+        "confidence": confidence,
+        "top_k": top_k,
+        "abstained": label is None,
+        "model": model,
+        "subgroup": dict(subgroup),
+        "guardrails": [d.as_dict() for d in decisions],
+        "flags": list(flags),
+    }

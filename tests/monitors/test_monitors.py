@@ -202,11 +202,11 @@ def test_flags_name_what_fired(suite_factory, profiles):
 
 
 def test_calibrated_confidence_is_temperature_scaled_softmax(profiles, window):
-    """calibrated() equals the top class of scipy's softmax(log(p) / T), T from the profile."""
+    """calibrated_many() equals the top class of scipy's softmax(log(p) / T), T from the profile."""
     from scipy.special import softmax as scipy_softmax
 
     mon = ConfidenceDrift(MODELS, profiles, SUBGROUPS, window)
     probs = np.random.default_rng(4).dirichlet(np.ones(4), 20)
     for m in range(2):
         want = scipy_softmax(np.log(probs) / profiles[m].temperature, axis=1).max(axis=1)
-        assert np.allclose([mon.calibrated(m, p) for p in probs], want)
+        assert np.allclose(mon.calibrated_many(m, probs), want)
