@@ -10,7 +10,8 @@ import numpy as np
 
 # An event as one row (the request path queues rows, drift reports read arrays of them):
 # the layout is stated here once; COLUMN[name] is a field's position.
-EVENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions", "calibrated", "region")
+EVENT_COLUMNS = ("t", "model", "subgroup", "predicted", "confidence", "confusions", "calibrated", "region",
+                 "request")
 COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
 
 
@@ -27,22 +28,27 @@ class EventBatch:
     confusions: np.ndarray
     calibrated: np.ndarray | None = None  # temperature-scaled top-class probability; None: as confidence
     region: np.ndarray | None = None  # index into the codebook's regions (monitors/regions.py); -1 or None: none
+    # 1: the request's first answer; 0: a second model's answer to a request already counted (a
+    # route judged after the primary). Monitors of the traffic's mix count requests (request == 1);
+    # monitors of a model's answers count every answer. None: every event is a request.
+    request: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.t)
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple]) -> "EventBatch":
-        """From rows laid out as EVENT_COLUMNS (calibrated and region may be left off)."""
+        """From rows laid out as EVENT_COLUMNS (calibrated, region and request may be left off)."""
         if not rows:
             return cls.empty()
         columns = list(zip(*rows))
         t, model, subgroup, predicted, confidence, confusions = columns[:6]
         calibrated = np.asarray(columns[6], np.float64) if len(columns) > 6 else None
         region = np.asarray(columns[7], np.int64) if len(columns) > 7 else None
+        request = np.asarray(columns[8], np.int64) if len(columns) > 8 else None
         return cls(np.asarray(t, np.float64), np.asarray(model, np.int64), np.asarray(subgroup, np.int64),
                    np.asarray(predicted, np.int64), np.asarray(confidence, np.float64),
-                   np.asarray(confusions, np.int64), calibrated, region)
+                   np.asarray(confusions, np.int64), calibrated, region, request)
 
     @classmethod
     def empty(cls) -> "EventBatch":

@@ -31,7 +31,13 @@ class SubgroupRepresentation(WindowedMonitor):
         self.reset()
 
     def update_many(self, events: EventBatch) -> None:
-        self._counts.add(events.t, (events.subgroup,))
+        """Counts requests, once each: a second model's answer to a request (a route judged after
+        the primary) is not another member of the traffic."""
+        t, subgroup = events.t, events.subgroup
+        if events.request is not None:
+            first = np.asarray(events.request) != 0
+            t, subgroup = t[first], subgroup[first]
+        self._counts.add(t, (subgroup,))
 
     def results(self, now: float) -> list[Score]:
         series = self._counts.window_series(now)

@@ -81,12 +81,14 @@ class NoMonitors:
     def recent_events(self, window_seconds: float, now: float | None = None) -> np.ndarray:
         raise MonitorsDisabled("monitors are disabled (monitors.enabled: false)")
 
-    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]:
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1,
+                request: bool = True) -> list[str]:
         return []
 
     def observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
-                     regions: Sequence[int]) -> list[list[str]]:
-        return [self.observe(m, k, p, int(np.argmax(p)), r) for m, k, p, r in zip(models, subgroups, probs, regions)]
+                     regions: Sequence[int], request: bool = True) -> list[list[str]]:
+        return [self.observe(m, k, p, int(np.argmax(p)), r, request)
+                for m, k, p, r in zip(models, subgroups, probs, regions)]
 
     async def run(self) -> None:
         return None
@@ -130,15 +132,19 @@ class MonitorPipeline:
         self._pair_names = [p.name for p in self.pairs]
 
     # -- request path ------------------------------------------------------------------------
-    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]:
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1,
+                request: bool = True) -> list[str]:
+        """One answer's flags. `request`: False for a second model's answer to a request whose
+        first answer was observed already (events.EventBatch.request says who counts which)."""
         try:
-            return self._observe(model, subgroup, probs, predicted, region)
+            return self._observe(model, subgroup, probs, predicted, region, request)
         except Exception:  # a monitor bug costs this prediction its flags, never its answer
             metrics.MONITOR_ERRORS.labels("observe").inc()
             log.warning("monitor observe failed; the prediction is answered without flags", exc_info=True)
             return []
 
-    def _observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int) -> list[str]:
+    def _observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int,
+                 request: bool) -> list[str]:
         m, s = self.suite.model_index[model], self.suite.subgroup_index[subgroup]
         flags, mask = self.suite.flags(m, s, probs, predicted)
         if flags:
@@ -153,24 +159,26 @@ class MonitorPipeline:
         else:
             # the calibrated column holds the probabilities until `drain` calibrates them, per model in
             # one numpy pass, off the request path (one row alone cost several numpy calls here)
-            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask, probs, region))
+            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask, probs, region,
+                                int(request)))
         return flags
 
     def observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
-                     regions: Sequence[int]) -> list[list[str]]:
+                     regions: Sequence[int], request: bool = True) -> list[list[str]]:
         """`observe` for a batch of answers, each predicting its top class: the same flags, events
         and counters (tests/runtime/test_monitor_pipeline.py), computed in numpy per model."""
         if len(models) < NUMPY_FROM:
-            return [self.observe(m, k, p, int(np.argmax(p)), r) for m, k, p, r in zip(models, subgroups, probs, regions)]
+            return [self.observe(m, k, p, int(np.argmax(p)), r, request)
+                    for m, k, p, r in zip(models, subgroups, probs, regions)]
         try:
-            return self._observe_many(models, subgroups, probs, regions)
+            return self._observe_many(models, subgroups, probs, regions, request)
         except Exception:  # as in observe: the batch loses its flags, never its answers
             metrics.MONITOR_ERRORS.labels("observe").inc()
             log.warning("monitor observe failed; the predictions are answered without flags", exc_info=True)
             return [[] for _ in models]
 
     def _observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
-                      regions: Sequence[int]) -> list[list[str]]:
+                      regions: Sequence[int], request: bool = True) -> list[list[str]]:
         suite, now = self.suite, time.time()
         out: list[list[str]] = [[] for _ in models]
         by_model: dict[str, list[int]] = {}
@@ -200,7 +208,8 @@ class MonitorPipeline:
                 confidence = matrix[np.arange(len(idx)), predicted].tolist()
                 calibrated = suite.confidence.calibrated_many(m, matrix).tolist()
                 self._queue.extend(list(zip(repeat(now), repeat(m), s.tolist(), predicted.tolist(), confidence,
-                                            masks.tolist(), calibrated, [int(regions[i]) for i in idx]))[:room])
+                                            masks.tolist(), calibrated, [int(regions[i]) for i in idx],
+                                            repeat(int(request))))[:room])
         for (kind, pair, model, key), n in anomalies.items():
             metrics.ANOMALIES.labels(kind, model, key).inc(n)
             if pair:

@@ -41,10 +41,11 @@ class ActiveChain(Protocol):
 class Monitors(Protocol):
     alerts: Mapping[str, frozenset[str]]
 
-    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1) -> list[str]: ...
+    def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1,
+                request: bool = True) -> list[str]: ...
 
     def observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
-                     regions: Sequence[int]) -> list[list[str]]: ...
+                     regions: Sequence[int], request: bool = True) -> list[list[str]]: ...
 
 
 class AnswerLog(Protocol):
@@ -96,8 +97,11 @@ class Serving:
                 served[i], trace[i], probs[i] = targets[j], sub_trace[j], new[j]
             answered = [j for j, i in enumerate(idx) if targets[j] != self.primary.name]  # not fallen back
             if answered:
+                # a second answer to requests the mix has counted: the target's monitors count it,
+                # the subgroup mix does not (request=False)
                 observed = self.monitors.observe_many([targets[j] for j in answered], [keys[idx[j]] for j in answered],
-                                                      [new[j] for j in answered], [new_regions[j] for j in answered])
+                                                      [new[j] for j in answered], [new_regions[j] for j in answered],
+                                                      request=False)
                 for j, found in zip(answered, observed):
                     flags[idx[j]] = found
 

@@ -5,6 +5,7 @@ import asyncio
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from guardrails.answers import AllowAll
 from guardrails.chain import Chain
@@ -100,7 +101,7 @@ def test_the_primarys_regions_reach_the_monitors_and_a_routed_answer_has_none():
     seen = []
 
     class Recording(NoMonitors):
-        def observe(self, model, subgroup, probs, predicted, region=-1):
+        def observe(self, model, subgroup, probs, predicted, region=-1, request=True):
             seen.append((model, subgroup, region))
             return []
 
@@ -189,7 +190,7 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
     class Flags(NoMonitors):
         alerts = {"capture=phone": frozenset({"representation"})}
 
-        def observe_many(self, models, subgroups, probs, regions):
+        def observe_many(self, models, subgroups, probs, regions, request=True):
             # flags that depend on the answer only, so both paths see the same ones
             return [[f for k, f in enumerate(FLAGS) if int(p.argmax() * 7 + k) % 3 == 0] for p in probs]
 
@@ -239,7 +240,7 @@ def test_a_rerun_leaves_the_primarys_answers_the_monitors_hold_untouched():
     held = []
 
     class Holding(NoMonitors):
-        def observe_many(self, models, subgroups, probs, regions):
+        def observe_many(self, models, subgroups, probs, regions, request=True):
             held.extend(zip(models, list(probs)))
             return [["low_confidence"] for _ in models]
 
@@ -250,3 +251,55 @@ def test_a_rerun_leaves_the_primarys_answers_the_monitors_hold_untouched():
         answers = serve(serving, n=n, subgroup="scanner")
         assert all(a["model"] == "fixed:v1" for a in answers)
         assert [int(np.argmax(p)) for m, p in held if m == "base"] == [1] * n
+
+
+def test_the_subgroup_mix_counts_requests_and_the_model_monitors_count_each_models_answers(tmp_path):
+    """With a route judged after the primary, 300 requests (90 phone, some re-answered by the
+    target) are 300 samples of the subgroup mix at phone share 0.300, while the class and
+    confidence monitors count every answer of each model: the primary's 300 and the target's
+    re-answers."""
+    from runtime.monitor_pipeline import MonitorPipeline
+    from service.config import MonitorsConfig
+    from tests.monitors.conftest import MODELS, SUBGROUPS, make_profile
+
+    def four(name):
+        return SimpleNamespace(name=name, tag=f"{name}:v1", profile=SimpleNamespace(labels=tuple("abcd")))
+
+    unsure = np.array([0.26, 0.25, 0.25, 0.24], np.float32)  # low confidence for any profile: the flag route fires
+    sure = np.array([0.94, 0.02, 0.02, 0.02], np.float32)
+
+    async def primary(x):  # every fourth image unsure
+        return np.stack([unsure if i % 4 == 0 else sure for i in range(len(x))])
+
+    async def target(x):
+        return np.stack([np.array([0.02, 0.94, 0.02, 0.02], np.float32)] * len(x))
+
+    pipeline = MonitorPipeline(MonitorsConfig(state_dir=tmp_path, min_samples=20), MODELS,
+                               [make_profile(1), make_profile(2)], SUBGROUPS)
+    serving = Serving(models={"base": four("base"), "fixed": four("fixed")}, primary="base",
+                      batchers={"base": primary, "fixed": target}, shadow_batchers={},
+                      monitors=pipeline, chain=SimpleNamespace(chain=Chain([Route("fixed", flags=["low_confidence"])])),
+                      log=NoLog(), top_k=3, shadow_limit=8)
+    captures = ["phone"] * 90 + ["scanner"] * 210
+    answers = []
+    for start in range(0, 300, 30):  # batches of 30 (the column path) and ...
+        chunk = captures[start:start + 30]
+        answers += asyncio.run(serving.answer_all(np.zeros((len(chunk), 1, 8, 8), np.float32),
+                                                  [{"capture": c} for c in chunk], [f"r{start + i}" for i in range(len(chunk))]))
+    for i in range(3):  # ... single images (the per-image path)
+        answers += asyncio.run(serving.answer_all(np.zeros((1, 1, 8, 8), np.float32), [{"capture": "phone"}], [f"s{i}"]))
+    rerouted = sum(a["model"] == "fixed:v1" for a in answers)
+    assert 0 < rerouted < len(answers) == 303
+    pipeline.drain()
+    scores = pipeline.publish()
+
+    def score(monitor, statistic, **where):
+        [s] = [s for s in scores if s.monitor == monitor and s.statistic == statistic
+               and all(getattr(s, k) == v for k, v in where.items())]
+        return s
+
+    share = score("representation", "share", subgroup="capture=phone")
+    assert share.samples == 303 and share.value == pytest.approx(93 / 303)
+    for monitor, statistic in (("class_drift", "js_distance"), ("confidence", "mean_confidence")):
+        answered = {m: sum(score(monitor, statistic, model=m, subgroup=k).samples for k in SUBGROUPS[:2]) for m in MODELS}
+        assert answered == {"base": 303, "fixed": rerouted}
