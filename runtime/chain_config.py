@@ -62,6 +62,16 @@ class ChainContext:
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="after")
+    def _no_empty_lists(self) -> "_Spec":
+        # `subgroups: []` had been read as "no condition" and routed every request: a list that
+        # names nothing is refused, and a field left out is the way to say "every request"
+        empty = [name for name, value in self if isinstance(value, list) and not value]
+        if empty:
+            raise ValueError(f"{self.type}: {', '.join(empty)} must name at least one value; leave "
+                             f"{'them' if len(empty) > 1 else 'it'} out to not restrict by {'them' if len(empty) > 1 else 'it'}")
+        return self
+
 
 class AllowAllSpec(_Spec):
     type: Literal["allow_all"]

@@ -47,6 +47,43 @@ def test_invalid_chains_are_refused_with_a_reason(chain, message):
         compile_chain(chain, "x", CONTEXT)
 
 
+MINIMAL = {"allow_all": {}, "suppress_labels": {"labels": ["0"]}, "abstain": {"subgroups": ["capture=phone"]},
+           "abstain_below": {"threshold": 0.5}, "confusion_guard": {}, "route": {"target": "classguard-retrained"},
+           "shadow": {"model": "classguard-retrained"}}
+
+
+def _list_fields():
+    from runtime.chain_config import BUILDERS, GuardrailSpec  # noqa: F401
+    from typing import get_args
+
+    specs = get_args(get_args(GuardrailSpec)[0])
+    for spec in specs:
+        kind = get_args(spec.model_fields["type"].annotation)[0]
+        for name, field in spec.model_fields.items():
+            if "list[" in str(field.annotation):
+                yield kind, name
+
+
+@pytest.mark.parametrize("kind, field", list(_list_fields()))
+def test_an_empty_list_is_refused_in_every_guardrail(kind, field):
+    """Every list a guardrail takes (subgroups, regions, flags, alerts, labels, pairs) refuses
+    [] with a reason: an empty condition had meant "every request" (a route of every request)."""
+    compile_chain([{"type": kind, **MINIMAL[kind]}], "x", CONTEXT)  # the minimal spec itself is valid
+    with pytest.raises((ValueError, ValidationError), match=f"{field} must name at least one value|at least 1 item"):
+        compile_chain([{"type": kind, **MINIMAL[kind], field: []}], "x", CONTEXT)
+
+
+def test_every_guardrail_type_is_checked_for_empty_lists():
+    """The empty-list test above covers every guardrail type there is and the condition lists
+    the issue named (a new type or list field cannot slip past it)."""
+    from runtime.chain_config import BUILDERS
+
+    assert set(MINIMAL) == set(BUILDERS)
+    fields = set(_list_fields())
+    assert {("route", "regions"), ("route", "subgroups"), ("route", "flags"), ("route", "alerts"),
+            ("abstain", "regions"), ("shadow", "subgroups"), ("confusion_guard", "pairs")} <= fields
+
+
 @pytest.mark.parametrize("name", ["\ud800", "", "a" * 65, "has space", "x/../y", "caf\u00e9"])
 def test_profile_names_are_identifiers(name):
     """A profile name outside 1-64 of A-Z a-z 0-9 _ . - is refused, in a chain and in the profiles file."""
