@@ -118,6 +118,8 @@ class Engine:
                     metrics.SHADOW_COMPARISONS.labels(model, key, outcome)
                 for pair in self.settings.monitors.known_confusions:
                     metrics.KNOWN_CONFUSIONS.labels(pair.name, model, key)
+        for labels in self.resolver.claim_labels():
+            metrics.SUBGROUP_CLAIMS.labels(*labels)
         for outcome in metrics.SWAP_OUTCOMES:
             metrics.GUARDRAIL_SWAPS.labels(outcome)
         for stage in metrics.LOG_STAGES:

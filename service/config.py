@@ -42,7 +42,9 @@ class ModelsConfig(Strict):
 class AttributeConfig(Strict):
     values: list[str] = Field(min_length=1, description="allowed values; anything else becomes `other`")
     derive: str | None = Field(None, description="`module:function` inferring the value from the image")
-    prefer: Literal["client", "derived"] = Field("client", description="which wins when both exist")
+    prefer: Literal["client", "derived"] = Field(
+        "derived", description="which wins when the client sends a value and a deriver gives one: `derived` "
+        "(the service vouches for the value guardrails and monitors act on) or `client` (trust the client)")
 
     @field_validator("values")
     @classmethod

@@ -51,6 +51,13 @@ MODEL_INFO = Gauge(
 )
 
 
+SUBGROUP_CLAIMS = Counter(
+    "classguard_subgroup_claims", "Subgroup values sent by clients for attributes the service also derives from "
+    "the image, by what was claimed and derived (declared values or `other`) and whether they agree.",
+    ["attribute", "claimed", "derived", "outcome"],
+)
+
+
 ABSTAINED = "abstained"  # the predicted_class of an answer withheld by a guardrail
 # the closed label-value sets below are stated here once; start-up creates each series at zero
 ANOMALY_KINDS = ("low_confidence", "known_confusion")

@@ -15,17 +15,51 @@ DARK, BRIGHT = np.zeros((1, 8, 8), np.float32), np.full((1, 8, 8), 0.7, np.float
 
 def test_unknown_and_malformed_values_become_other():
     """Undeclared values, non-strings and missing attributes without a deriver map to `other`."""
-    resolver = SubgroupResolver(ATTRS)
+    trusting = {**ATTRS, "capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive,
+                                                     prefer="client")}
+    resolver = SubgroupResolver(trusting)
     assert resolver.resolve({"capture": "fax", "region": 7}, DARK) == {"capture": "other", "region": "other"}
     assert resolver.resolve({"capture": "phone"}, DARK) == {"capture": "phone", "region": "other"}
 
 
-def test_derived_attribute_fills_in_when_client_is_silent():
-    """Without a client value the deriver decides; with one, the client wins unless prefer=derived."""
+def test_the_derived_value_decides_unless_clients_are_trusted():
+    """Where a deriver exists the image decides by default, whatever the client claims; with
+    prefer=client the claim wins; without a claim the deriver fills in either way."""
     assert SubgroupResolver(ATTRS).resolve(None, BRIGHT)["capture"] == "phone"
-    assert SubgroupResolver(ATTRS).resolve({"capture": "scanner"}, BRIGHT)["capture"] == "scanner"
-    prefer = {"capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive, prefer="derived")}
-    assert SubgroupResolver(prefer).resolve({"capture": "scanner"}, BRIGHT)["capture"] == "phone"
+    assert SubgroupResolver(ATTRS).resolve({"capture": "scanner"}, BRIGHT)["capture"] == "phone"
+    assert SubgroupResolver(ATTRS).resolve({"capture": "fax"}, BRIGHT)["capture"] == "phone"
+    trusting = {"capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive, prefer="client")}
+    assert SubgroupResolver(trusting).resolve({"capture": "scanner"}, BRIGHT)["capture"] == "scanner"
+    assert SubgroupResolver(trusting).resolve(None, BRIGHT)["capture"] == "phone"
+
+
+def test_every_claim_a_deriver_can_check_is_counted_within_the_declared_values():
+    """Claims are counted per (attribute, claimed, derived, outcome), values outside the
+    declared set as `other`, attributes without a deriver not at all, for both preferences and
+    both the single and the batch form; every counted label set is one claim_labels() lists."""
+    from prometheus_client import REGISTRY
+
+    def claims(**labels):
+        return REGISTRY.get_sample_value("classguard_subgroup_claims_total", labels) or 0.0
+
+    pixels = np.stack([BRIGHT, DARK, BRIGHT, DARK])
+    contexts = [{"capture": "scanner", "region": "eu"}, {"capture": "scanner"}, {"capture": "x" * 30}, None]
+    for prefer in ("derived", "client"):
+        attributes = {**ATTRS, "capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive,
+                                                          prefer=prefer)}
+        resolver = SubgroupResolver(attributes)
+        assert {labels[0] for labels in resolver.claim_labels()} == {"capture"}
+        for resolve in (lambda: resolver.resolve_many(contexts, pixels),
+                        lambda: [resolver.resolve(c, p) for c, p in zip(contexts, pixels)]):
+            expected = {("scanner", "phone", "disagree"): 1, ("scanner", "scanner", "agree"): 1,
+                        ("other", "phone", "disagree"): 1}
+            before = {k: claims(attribute="capture", claimed=k[0], derived=k[1], outcome=k[2])
+                      for k in expected}
+            resolve()
+            for (claimed, seen, outcome), n in expected.items():
+                assert ("capture", claimed, seen, outcome) in resolver.claim_labels()
+                assert claims(attribute="capture", claimed=claimed, derived=seen, outcome=outcome) - \
+                    before[claimed, seen, outcome] == n
 
 
 def test_keys_enumerate_every_possible_label_value():
@@ -52,7 +86,7 @@ def test_resolve_many_equals_resolve_image_by_image():
     pixels = build_incident().test.images[:, None].astype(np.float32) / 255.0
     contexts = [None, {"capture": "phone"}, {"capture": "bogus", "region": "eu"}, {}] * (len(pixels) // 4)
     prefer = {**ATTRS, "capture": AttributeConfig(values=["scanner", "phone"], derive=ATTRS["capture"].derive,
-                                                   prefer="derived")}
+                                                   prefer="client")}
     for attributes in (ATTRS, prefer):
         resolver = SubgroupResolver(attributes)
         assert resolver.resolve_many(contexts, pixels) == [resolver.resolve(c, p) for c, p in zip(contexts, pixels)]

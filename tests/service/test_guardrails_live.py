@@ -131,3 +131,26 @@ def test_cli_shows_and_applies_a_chain_from_a_file(live, tmp_path):
     assert shown["profile"] == "strict" and shown["hash"] == json.loads(applied.stdout)["hash"]
     bad = run_module("ops.cli", "guardrails", "apply", "x", "--url", live.url, env=env)
     assert bad.returncode == 2 and "422" in bad.stderr
+
+
+def test_a_misstated_subgroup_neither_steers_the_guardrails_nor_hides_from_the_monitors(live):
+    """Under suppress_phone_confusions, 150 phone images sent with {"capture": "scanner"} are
+    resolved as phone (the deriver decides by default): none answered a wrong 0/7/4, each
+    answer says phone, and each claim is counted as contradicted by the image."""
+    from harness.traffic import Sample
+
+    assert swap(live.url, "suppress_phone_confusions").status_code == 200
+    time.sleep(SYNC_BOUND_S)  # every worker on the new chain (the bound test_swaps... proves)
+    before = promtext.total(promtext.scrape(live.url), "classguard_subgroup_claims_total", attribute="capture",
+                            claimed="scanner", derived="phone", outcome="disagree")
+    phone = [s for s in holdout_samples() if s.capture == "phone"][:150]
+    results, _ = run(live.url, [Sample(s.png, s.label, "scanner") for s in phone], concurrency=8)
+    assert all(status == 200 for _, status, _ in results)
+    assert all(body["subgroup"] == {"capture": "phone"} for _, _, body in results)
+    wrong_suppressed = [body["label"] for s, _, body in results
+                        if body["label"] in ("0", "7", "4") and body["label"] != str(s.label)]
+    assert wrong_suppressed == []
+    after = promtext.total(promtext.scrape(live.url), "classguard_subgroup_claims_total", attribute="capture",
+                           claimed="scanner", derived="phone", outcome="disagree")
+    assert after - before == 150
+    assert swap(live.url, "allow_all").status_code == 200
