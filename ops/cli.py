@@ -18,6 +18,20 @@ import json
 import sys
 
 
+def count(low: int, high: int):
+    """An argparse type: a whole number in [low, high], else a usage error saying so (a
+    negative --limit had read every row on SQLite and crashed on PostgreSQL)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="classguard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train = commands.add_parser("train", help="train baseline and retrained models")
     train.add_argument("--force", action="store_true")
-    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--epochs", type=count(1, 10_000), default=40)
 
     from ops import import_model as byom
 
@@ -49,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     guard.add_argument("--file", help="YAML list of guardrails to apply under PROFILE's name")
     guard.add_argument("--url", default="http://127.0.0.1:3000")
     guard.add_argument("--db", help="history: a postgresql:// URL (default: the fleet's, else the audit log file)")
-    guard.add_argument("--limit", type=int, default=20, help="history: the newest N changes")
+    guard.add_argument("--limit", type=count(1, 100_000), default=20, help="history: the newest N changes")
 
     logs = commands.add_parser("log", help="look up logged predictions (the SQLite file, or the fleet's PostgreSQL)")
     logs.add_argument("action", choices=("list", "show", "summary", "confusion"))
@@ -64,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("--model")
     logs.add_argument("--correlation-id", help="the client's X-Request-ID")
     logs.add_argument("--flagged", action="store_true", help="only flagged predictions")
-    logs.add_argument("--limit", type=int, default=50)
+    logs.add_argument("--limit", type=count(1, 100_000), default=50, help="the newest N rows (list)")
     logs.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
 
     rep = commands.add_parser("replay", help="re-apply a guardrail profile to logged predictions")
@@ -81,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
     reg.add_argument("--since", default="15m", help="15m, 2h, 1d or Unix seconds")
     reg.add_argument("--until")
-    reg.add_argument("--top", type=int, default=10, help="the N highest-ranked regions")
-    reg.add_argument("--exemplars", type=int, default=5, help="newest request ids shown per region")
+    reg.add_argument("--top", type=count(1, 65), default=10, help="the N highest-ranked regions")
+    reg.add_argument("--exemplars", type=count(0, 50), default=5, help="newest request ids shown per region")
     reg.add_argument("--format", choices=("table", "json"), default="table")
 
     args = parser.parse_args(argv)

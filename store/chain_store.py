@@ -167,6 +167,10 @@ class FleetChainStore:
 
     def history(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` rows, newest first: the fleet's audit log."""
+        from store.prediction_log import check_limit
+
+        check_limit(limit)
+
         def read(conn) -> list[dict[str, Any]]:
             rows = conn.execute(f"SELECT {', '.join(CHAIN_COLUMNS)} FROM guardrail_chain ORDER BY id DESC LIMIT ?",
                                 (limit,)).fetchall()

@@ -285,6 +285,7 @@ def query(conn: Any, *, since: float | None = None, until: float | None = None,
           model: str | None = None, correlation_id: str | None = None, flagged_only: bool = False,
           before: str | None = None, limit: int = 100, region: str | None = None) -> list[dict[str, Any]]:
     """Newest first; `before` (a request id from the previous page) continues after that row."""
+    check_limit(limit)
     clause, args = where([
         ("ts >= ?", since), ("ts <= ?", until), ("subgroup = ?", subgroup), ("model = ?", model),
         ("region = ?", region),
@@ -294,6 +295,14 @@ def query(conn: Any, *, since: float | None = None, until: float | None = None,
     ])
     sql = f"SELECT {', '.join(COLUMNS)} FROM predictions {clause} ORDER BY ts DESC, request_id DESC LIMIT ?"
     return [_row(r) for r in conn.execute(sql, (*args, int(limit)))]
+
+
+def check_limit(limit: int) -> int:
+    """A row count a caller asked for: a whole number of at least 1 (SQLite reads every row for
+    LIMIT -1; PostgreSQL refuses it), else a ValueError saying so."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a whole number of at least 1, not {limit!r}")
+    return limit
 
 
 def get(conn: Any, request_id: str) -> dict[str, Any] | None:

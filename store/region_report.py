@@ -88,11 +88,14 @@ def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
 
 
 def _estimated_accuracy(rows: list[tuple], temperatures: Mapping[str, float]) -> float:
-    by_model: dict[str, list[bytes]] = defaultdict(list)
+    # grouped by model and row width: versions of one model may differ in their classes, and
+    # one reshape over mixed widths cut rows across answers
+    by_model: dict[tuple[str, int], list[bytes]] = defaultdict(list)
     for row in rows:
-        by_model[row[3]].append(bytes(row[5]))
+        blob = bytes(row[5])
+        by_model[row[3], len(blob)].append(blob)
     total = 0.0
-    for model, blobs in by_model.items():
+    for (model, _), blobs in by_model.items():
         probs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
         total += float(calibrated_confidence(probs, temperatures.get(model, 1.0)).sum())
     return total / len(rows)

@@ -3,9 +3,12 @@
 The log keeps every answer's full probability vector and flags, so answer guardrails
 (suppress, abstain, confusion guard) replay exactly without re-running the model. A route to
 another model would need the image, which the log does not keep: those requests are
-counted as "would route" and left out of the comparison. Routes conditioned on monitor
-alerts are judged with no alert active (the log does not record alert state). Region
-conditions read the row's region (the primary's; rows without one match no region).
+counted as "would route" and left out of the comparison. Rows logged by a version of the
+model with other classes than the loaded one (as many probabilities as it had classes) are
+counted as "other classes" and left out too: the loaded version's class names do not
+describe them. Routes conditioned on monitor alerts are judged with no alert active (the log
+does not record alert state). Region conditions read the row's region (the primary's; rows
+without one match no region).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def replay(conn: Any, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
     per = defaultdict(Counter)
     changes: Counter = Counter()
     routed: Counter = Counter()
+    other_classes: Counter = Counter()
     primary = next(iter(labels_of))  # labels_of lists the configured models, the primary first
     for request_id, key, model, before, flags_json, blob, region, truth in rows:
         flags = json.loads(flags_json)
@@ -48,7 +52,12 @@ def replay(conn: Any, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
             stats["would_route"] += 1
             continue
         labels = tuple(labels_of[model])
-        answer = chain.answer(request, Answer.of(model, labels, np.frombuffer(bytes(blob), dtype=np.float32), flags))
+        probs = np.frombuffer(bytes(blob), dtype=np.float32)
+        if len(probs) != len(labels):
+            other_classes[model] += 1
+            stats["other_classes"] += 1
+            continue
+        answer = chain.answer(request, Answer.of(model, labels, probs, flags))
         after = labels[answer.label] if answer.label is not None else None
         stats["replayed"] += 1
         stats["abstained_before"] += before is None
@@ -61,7 +70,7 @@ def replay(conn: Any, chain: Chain, labels_of: Mapping[str, Sequence[str]], *,
             stats["right_before"] += before == truth
             stats["right_after"] += after == truth
     return {"profile": chain.profile, "hash": chain.config_hash, "rows": len(rows),
-            "would_route": dict(routed), "subgroups": {k: dict(v) for k, v in sorted(per.items())},
+            "would_route": dict(routed), "other_classes": dict(other_classes), "subgroups": {k: dict(v) for k, v in sorted(per.items())},
             "changes": dict(changes.most_common())}
 
 
@@ -70,6 +79,9 @@ def render(report: Mapping[str, Any]) -> str:
     if report["would_route"]:
         lines.append("would be answered by another model (not replayable without the images): " +
                      ", ".join(f"{n} to {m}" for m, n in report["would_route"].items()))
+    if report.get("other_classes"):
+        lines.append("logged by a version with other classes than the loaded one (not replayed): " +
+                     ", ".join(f"{n} of {m}" for m, n in report["other_classes"].items()))
     lines.append(f"{'subgroup':<18} {'replayed':>9} {'changed':>8} {'abstained before':>17} {'after':>6} "
                  f"{'feedback':>9} {'right before':>13} {'after':>6}")
     for key, s in report["subgroups"].items():

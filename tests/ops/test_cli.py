@@ -172,3 +172,18 @@ def test_confusion_matrix_counts_answers_with_feedback(db, capsys):
     assert out.splitlines()[-1] == "2 answers with feedback, 1 right (50.0%)"
     _, out, _ = run(capsys, "log", "confusion", "--db", db, "--until", "0")
     assert out.splitlines()[-1] == "0 answers with feedback, 0 right (0.0%)"
+
+
+@pytest.mark.parametrize("args", [["log", "list", "--limit", "-1"], ["log", "list", "--limit", "0"],
+                                  ["log", "list", "--limit", "lots"], ["guardrails", "history", "--limit", "-1"],
+                                  ["regions", "--top", "0"], ["regions", "--exemplars", "-3"]])
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_count_that_is_not_a_positive_whole_number_is_a_usage_error(db, capsys, request, args, engine):
+    """A --limit (or --top, --exemplars) below its floor or not a number exits 2 with the
+    reason before any store is read, on either engine (PostgreSQL's had ended in a psycopg
+    traceback; SQLite's read every row)."""
+    target = db if engine == "sqlite" else request.getfixturevalue("pg_url")
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, *(["--db", target] if args[0] != "regions" else [])])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "must be a whole number from" in err and "Traceback" not in err

@@ -4,8 +4,10 @@ import multiprocessing
 import time
 
 import numpy as np
+import pytest
 
 from service.config import LogConfig
+from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog, connect, get, query, summary
 
 
@@ -211,3 +213,18 @@ def test_since_refuses_what_is_not_a_finite_time():
         with pytest.raises(ValueError, match="15m, 2h"):
             parse_since(text)
     assert parse_since("15m", now=1000.0) == 100.0
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 2.5, True])
+def test_a_lookup_limit_below_one_is_refused_on_either_engine(database, limit):
+    """query() and the chain history refuse a limit that is not a whole number >= 1 with a
+    ValueError, on SQLite (which reads every row for LIMIT -1) and PostgreSQL (which raises)."""
+    from store.chain_store import FleetChainStore
+    from store.prediction_log import query
+
+    PredictionLog(LogConfig(), database).flush()  # the store's tables
+    with pytest.raises(ValueError, match="limit must be a whole number of at least 1"):
+        database.read(query, limit=limit)
+    if isinstance(database, PostgresDatabase):
+        with pytest.raises(ValueError, match="limit must be a whole number of at least 1"):
+            FleetChainStore(database, "r1").history(limit)

@@ -101,3 +101,22 @@ def test_postgresql_adds_the_region_column_to_an_older_fleet_database(pg_url):
     database = PostgresDatabase(pg_url, replica="new")
     database.prepare(0.0)
     assert database.read(lambda c: c.execute("SELECT request_id, region FROM predictions").fetchall()) == [("a", None)]
+
+
+def test_rows_of_one_model_with_different_widths_are_estimated_row_by_row(tmp_path):
+    """A region holding answers of two versions of one model, 10 and 12 classes, gets the mean
+    of each row's own calibrated confidence (one reshape over both widths had cut rows across
+    answers and reported a wrong estimate)."""
+    log = PredictionLog(LogConfig(), SqliteDatabase(tmp_path / "p.sqlite"))
+    rng = np.random.default_rng(5)
+    rows = [rng.dirichlet(np.ones(width) * 0.3) for width in (10, 12, 10, 12, 12, 10, 12)]
+    for i, probs in enumerate(rows):
+        log.record({"request_id": f"q{i}", "correlation_id": None, "label": str(int(np.argmax(probs))),
+                    "confidence": float(probs.max()), "abstained": False, "flags": [], "guardrails": [], "top_k": []},
+                   probs, "h", f"base:v{len(probs)}", "capture=scanner", region="r00")
+    log.flush()
+    read = SqliteDatabase(tmp_path / "p.sqlite").read(region_report.read_rows, since=None, until=None)
+    [got] = region_report.rank(read, NAMES, REFERENCES, TEMPERATURES)
+    expected = np.mean([region_report.calibrated_confidence(p.astype(np.float32)[None], TEMPERATURES["base"])[0]
+                        for p in rows])
+    assert got["estimated_accuracy"] == pytest.approx(expected, abs=1e-6)

@@ -169,3 +169,22 @@ def test_render_shows_each_subgroup_accuracy_and_changes(conn):
     assert lines[-1] == "answers changed (before->after): 0->6 x1, 0->abstained x1"
     routed = render(replayed(conn, ROUTE_PHONE))
     assert "would be answered by another model (not replayable without the images): 3 to classguard-retrained" in routed
+
+
+def test_rows_of_a_version_with_other_classes_are_counted_not_replayed(tmp_path):
+    """Rows an earlier version of the same model logged with 12 classes (the loaded one has 10)
+    are reported as `other_classes` and left out, instead of ending the replay in an IndexError;
+    the 10-class rows beside them replay as usual."""
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(LogConfig(path=path))
+    twelve = np.full(12, 0.02)
+    twelve[11] = 0.78
+    log.record({"request_id": "old-version", "label": "11", "confidence": 0.78, "abstained": False, "flags": [],
+                "guardrails": [], "top_k": []}, twelve, "hash", "classguard-baseline:v0", PHONE)
+    record(log, "this-version", PHONE, BASE, probs(_0=0.9), [])
+    log.flush()
+    report = replay(connect(path), compile_chain(SUPPRESS_ZERO_ON_PHONE, "no_zero", CONTEXT), LABELS_OF)
+    assert report["rows"] == 2 and report["other_classes"] == {"classguard-baseline": 1}
+    assert report["subgroups"][PHONE] | {} == {"rows": 2, "other_classes": 1, "replayed": 1, "changed": 1,
+                                               "abstained_before": 0, "abstained_after": 1}
+    assert "1 of classguard-baseline" in render(report)
