@@ -154,7 +154,14 @@ def db_migrate(args: argparse.Namespace) -> int:
                          "(the SQLite log of a single host creates its own schema)")
     if not url.startswith(("postgresql://", "postgres://")):
         raise ValueError("--database-url must be a postgresql:// URL (not shown: it may hold a password)")
-    print(PostgresDatabase(url, replica="migrate").migrate())
+    database = PostgresDatabase(url, replica="migrate")
+    try:
+        print(database.migrate())
+    except database.errors as exc:
+        if getattr(exc, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise RuntimeError(f"{str(exc).splitlines()[0]}: run it as the database's owner role "
+                           "(config/postgres-roles.sql)") from None
     return 0
 
 
