@@ -10,9 +10,11 @@ the rules and dashboards are read from dashboards/ (never edited here), the conf
 config/, the grace period from the service's own defaults; a test fails when the committed files
 differ from what this writes.
 
-Layout (apply `base` plus one of `cpu` / `gpu`; `postgres-trial` only for a trial):
+Layout (apply `base`, run `migrate`, then one of `cpu` / `gpu`; `postgres-trial` only for a trial):
     base/            namespace, ConfigMap, Service, PodDisruptionBudget, ServiceMonitor,
-                     PrometheusRule, Grafana dashboard ConfigMaps, AlertmanagerConfig
+                     PrometheusRule, Grafana dashboard ConfigMaps, AlertmanagerConfig, and the
+                     roles SQL (config/postgres-roles.sql) as a ConfigMap
+    migrate/         the Job that runs `classguard db migrate` as the owner role, before each rollout
     cpu/             the Deployment on CPU nodes
     gpu/             the same Deployment on GPU nodes (replaces the CPU one: same name)
     postgres-trial/  a one-pod PostgreSQL to try fleet mode; use a managed one in production
@@ -44,6 +46,8 @@ CUDA_IMAGE = "classguard-cuda:0.1.0"
 REPLICAS = 3
 BENTO_UID = 1034  # the user BentoML's generated Dockerfile creates (bentoml/_internal/container/generate.py)
 CONFIG_DIR = "/etc/classguard"
+BENTO_SRC = "/home/bentoml/bento/src"  # the Bento's code in its image (BentoML's BENTO_PATH, then src/)
+ROLES_SQL = "postgres-roles.sql"  # config/: the owner, service and on-call roles and their grants
 STATE_DIR = "/var/lib/classguard"  # writable scratch: SQLite fallbacks, the audit file, worker state
 PRE_STOP_SECONDS = 5  # endpoints and load balancers stop sending before SIGTERM arrives
 
@@ -96,11 +100,21 @@ def secret_env(variable: str, secret: str, key: str) -> dict:
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def pod_security() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": BENTO_UID, "runAsGroup": BENTO_UID,
+            "fsGroup": BENTO_UID, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security() -> dict:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def deployment(image: str, gpu: bool) -> dict:
     env = [
         {"name": "CLASSGUARD_CONFIG", "value": f"{CONFIG_DIR}/classguard.yaml"},
         {"name": "CLASSGUARD_GUARDRAILS__PROFILES_PATH", "value": f"{CONFIG_DIR}/guardrails.yaml"},
-        # fleet mode: the log, feedback, the guardrail chain and the monitor windows in PostgreSQL
+        # fleet mode: the log, feedback, the guardrail chain and the monitor windows in PostgreSQL,
+        # as classguard_service (rows only, no DDL: the schema is the migration Job's)
         secret_env("CLASSGUARD_FLEET__DATABASE_URL", "classguard-db", "database-url"),
         {"name": "CLASSGUARD_FLEET__REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         secret_env("CLASSGUARD_ADMIN_TOKEN", "classguard-tokens", "admin-token"),
@@ -132,7 +146,7 @@ def deployment(image: str, gpu: bool) -> dict:
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "state", "mountPath": STATE_DIR}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security(),
     }
     spec = {
         "replicas": REPLICAS,
@@ -145,8 +159,7 @@ def deployment(image: str, gpu: bool) -> dict:
             "spec": {
                 "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": termination_grace_seconds(),
-                "securityContext": {"runAsNonRoot": True, "runAsUser": BENTO_UID, "runAsGroup": BENTO_UID,
-                                    "fsGroup": BENTO_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                "securityContext": pod_security(),
                 # replicas on different machines where there are enough
                 "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                                                "whenUnsatisfiable": "ScheduleAnyway",
@@ -164,6 +177,47 @@ def deployment(image: str, gpu: bool) -> dict:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": meta(NAME, {"app.kubernetes.io/component": "server"}), "spec": spec}
+
+
+def migrate_job(image: str) -> dict:
+    """`classguard db migrate` as the owner role (Secret key `owner-url`), run to completion
+    before the Deployment rolls: migrations only add, so the replicas still running serve on the
+    new schema. A Job's pod template cannot change: delete the finished Job before applying
+    this one (README, "Database roles"). The Bento holds store/, not the CLI: the same function
+    through `python -m store.sql_postgres`."""
+    container = {
+        "name": "migrate", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "store.sql_postgres"], "workingDir": BENTO_SRC,
+        "env": [secret_env("CLASSGUARD_FLEET__DATABASE_URL", "classguard-db", "owner-url")],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": container_security(),
+    }
+    labels = {"app.kubernetes.io/component": "migrate"}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta("classguard-migrate", labels),
+            "spec": {"backoffLimit": 6,  # the database may still be starting (a trial's)
+                     "template": {"metadata": {"labels": {**LABELS, **labels}},
+                                  "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                                           "securityContext": pod_security(), "containers": [container]}}}}
+
+
+def roles_config_map() -> dict:
+    """config/postgres-roles.sql as it is (the grants the tests create their roles with), for the
+    database's administrator; the trial PostgreSQL runs it at its first start."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("classguard-postgres-roles"),
+            "data": {ROLES_SQL: (CONFIG / ROLES_SQL).read_text(), TRIAL_PASSWORDS: TRIAL_PASSWORDS_SCRIPT}}
+
+
+# The trial's PostgreSQL image runs /docker-entrypoint-initdb.d/* in name order at its first
+# start: the roles file, then this, which gives the three login roles their Secret's passwords.
+TRIAL_PASSWORDS = "zz-classguard-passwords.sh"
+TRIAL_PASSWORDS_SCRIPT = """\
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \\
+  -v owner="$OWNER_PASSWORD" -v service="$SERVICE_PASSWORD" -v oncall="$ONCALL_PASSWORD" <<'SQL'
+ALTER ROLE classguard_owner PASSWORD :'owner';
+ALTER ROLE classguard_service PASSWORD :'service';
+ALTER ROLE classguard_oncall PASSWORD :'oncall';
+SQL
+"""
 
 
 def namespace() -> dict:
@@ -269,24 +323,31 @@ def alertmanager_config() -> dict:
 
 def postgres_trial() -> list[dict]:
     """One PostgreSQL pod on a volume: enough to try fleet mode, not a production database
-    (no replication, no backups). The password comes from the Secret README "Deploy" creates."""
+    (no replication, no backups). The passwords come from the Secret README "Deploy" creates; at
+    its first start it creates classguard's roles (the roles ConfigMap)."""
     labels = {"app.kubernetes.io/name": "classguard-postgres", "app.kubernetes.io/component": "database"}
     container = {
         "name": "postgres", "image": "postgres:17",
         "ports": [{"name": "postgres", "containerPort": 5432}],
         "env": [{"name": "POSTGRES_USER", "value": "classguard"}, {"name": "POSTGRES_DB", "value": "classguard"},
                 secret_env("POSTGRES_PASSWORD", "classguard-db", "postgres-password"),
+                secret_env("OWNER_PASSWORD", "classguard-db", "owner-password"),
+                secret_env("SERVICE_PASSWORD", "classguard-db", "service-password"),
+                secret_env("ONCALL_PASSWORD", "classguard-db", "oncall-password"),
                 {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
         "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "classguard", "-d", "classguard"]},
                            "periodSeconds": 5},
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
-        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                         {"name": "roles", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True}],
     }
     stateful = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("classguard-postgres", labels),
                 "spec": {"serviceName": "classguard-postgres", "replicas": 1,
                          "selector": {"matchLabels": labels},
                          "template": {"metadata": {"labels": {**LABELS, **labels}},
-                                      "spec": {"containers": [container]}},
+                                      "spec": {"containers": [container],
+                                               "volumes": [{"name": "roles", "configMap": {
+                                                   "name": "classguard-postgres-roles"}}]}},
                          "volumeClaimTemplates": [{"metadata": {"name": "data"},
                                                    "spec": {"accessModes": ["ReadWriteOnce"],
                                                             "resources": {"requests": {"storage": "10Gi"}}}}]}}
@@ -324,6 +385,8 @@ def render(image: str = IMAGE, cuda_image: str = CUDA_IMAGE) -> dict[str, str]:
         "base/monitoring.yaml": dump([service_monitor(), prometheus_rule()]),
         "base/grafana-dashboards.yaml": dump(dashboard_config_maps()),
         "base/alertmanager-config.yaml": dump([alertmanager_config()]),
+        "base/postgres-roles.yaml": dump([roles_config_map()]),
+        "migrate/job.yaml": dump([migrate_job(image)]),
         "cpu/deployment.yaml": dump([deployment(image, gpu=False)]),
         "gpu/deployment.yaml": dump([deployment(cuda_image, gpu=True)]),
         "postgres-trial/postgres.yaml": dump(postgres_trial()),

@@ -1,6 +1,8 @@
 """Replicas of `bentoml serve` that share one PostgreSQL and nothing else, as pods on separate
 hosts do: each its own BENTOML_HOME (so its own metrics folder and runtime state), prediction
 log path, audit log and monitor state folder; only `CLASSGUARD_FLEET__DATABASE_URL` in common.
+The schema is migrated first (`classguard db migrate`), as the owner role (`owner_url`; by
+default the replicas' own URL, whose user then owns the tables), as a deployment does.
 
     with Fleet(3, database_url, env={...}) as fleet:
         fleet.urls               # one per replica, for a round-robin client
@@ -20,7 +22,8 @@ from harness.server import Server, descendants, kill_all
 class Fleet:
     def __init__(self, replicas: int, database_url: str, *, env: dict[str, str] | None = None,
                  per_replica: list[dict[str, str]] | None = None, log_dir: Path | None = None,
-                 startup_timeout: float = 120.0) -> None:
+                 startup_timeout: float = 120.0, owner_url: str | None = None) -> None:
+        self.owner_url = owner_url or database_url
         self.servers = []
         for i in range(replicas):
             replica_env = {**(env or {}), "CLASSGUARD_FLEET__DATABASE_URL": database_url,
@@ -33,7 +36,10 @@ class Fleet:
         return [s.url for s in self.servers]
 
     def __enter__(self) -> "Fleet":
-        # replicas start side by side, as a rollout starts pods: the schema is created once
+        from store.database import PostgresDatabase
+
+        PostgresDatabase(self.owner_url, replica="migrate").migrate()
+        # replicas start side by side, as a rollout starts pods
         with ThreadPoolExecutor(len(self.servers)) as pool:
             started = [pool.submit(s.__enter__) for s in self.servers]
         errors = [f.exception() for f in started if f.exception() is not None]

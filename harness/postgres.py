@@ -7,6 +7,7 @@ PostgreSQL refuses to run as root; as root the server runs as the `postgres` sys
     with Postgres.start() as pg:
         pg.url        # postgresql://cg@127.0.0.1:PORT/classguard
         pg.stop(); pg.resume()   # an outage, for fault tests
+    urls = create_roles(pg.url)   # config/postgres-roles.sql run there: {"owner": url, "service": ..., "oncall": ...}
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-USER = "cg"
+USER = "cg"  # the superuser initdb makes
 DATABASE = "classguard"
+ROLES_SQL = Path(__file__).resolve().parent.parent / "config" / "postgres-roles.sql"
+ROLES = ("owner", "service", "oncall")  # classguard_<role>, as the roles file names them
 
 
 def server_bindir() -> Path | None:
@@ -102,3 +105,13 @@ def wait_ready(url: str, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def create_roles(url: str) -> dict[str, str]:
+    """Run config/postgres-roles.sql, as it is, in the database at `url` as the superuser; each
+    role's URL (the server trusts local logins: no passwords)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(ROLES_SQL.read_text())
+    return {role: url.replace(f"//{USER}@", f"//classguard_{role}@", 1) for role in ROLES}

@@ -39,6 +39,7 @@ import yaml
 from harness import promtext
 from harness.kube import Pod
 from harness.server import REPO
+from store.database import PostgresDatabase
 
 MANIFESTS = REPO / "deploy" / "kubernetes"
 REPLICAS = 2
@@ -167,6 +168,8 @@ def rollout(model_home: Path, database_url: str, *, logs: Path, prometheus=None,
     root = Path(tempfile.mkdtemp(prefix="classguard-rollout-"))
     old_store, new_store, new_tag = image_stores(model_home, root)
     token = token_source.token_urlsafe(24)
+    # what the manifests' migration Job does before the Deployment rolls (`classguard db migrate`)
+    PostgresDatabase(database_url, replica="migrate").migrate()
     cluster_secrets = {"classguard-db": {"database-url": database_url},
                        "classguard-tokens": {"admin-token": token, "feedback-token": token_source.token_urlsafe(24)}}
     names = (f"classguard-{image}-{i}" for image in ("v1", "v2") for i in range(REPLICAS))

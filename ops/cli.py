@@ -9,6 +9,7 @@
     classguard log list|show ID|summary|confusion   look up the prediction log (reads the SQLite file)
     classguard replay PROFILE [--file CHAIN.yaml] [--since 1h]   what a chain would have answered
     classguard regions [--since 15m] [--url URL]   the embedding's regions, ranked by excess share x error
+    classguard db migrate [--database-url URL]   create or upgrade the fleet database's schema (owner role)
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--exemplars", type=count(0, 50), default=5, help="newest request ids shown per region")
     reg.add_argument("--format", choices=("table", "json"), default="table")
 
+    dbc = commands.add_parser("db", help="create or upgrade the fleet database's schema, as its owner role")
+    dbc.add_argument("action", choices=("migrate",))
+    dbc.add_argument("--database-url", help="the owner role's postgresql:// URL (default: fleet.database_url)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -123,10 +128,55 @@ def main(argv: list[str] | None = None) -> int:
             return replay(args)
         if args.command == "regions":
             return regions(args)
+        if args.command == "db":
+            return db_migrate(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"classguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not is_store_error(exc):
+            raise
+        # a refused grant or a broken query: the database's own first line, not a traceback
+        print(f"classguard {args.command}: error: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
     return 1
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """An error of SQLite or PostgreSQL's driver (the latter only when it is installed)."""
+    import sqlite3
+
+    try:
+        import psycopg
+
+        return isinstance(exc, (sqlite3.Error, psycopg.Error))
+    except ImportError:
+        return isinstance(exc, sqlite3.Error)
+
+
+def db_migrate(args: argparse.Namespace) -> int:
+    """Bring the fleet database's schema to this version, once; replicas only check its version.
+    Run it as the owner role before a rollout (README, "Database roles")."""
+    from service.config import load_settings
+    from store.database import PostgresDatabase
+
+    configured = None if args.database_url else load_settings().fleet.database_url
+    url = args.database_url or (configured.get_secret_value() if configured else None)
+    if url is None:
+        raise ValueError("no PostgreSQL to migrate: pass --database-url or set CLASSGUARD_FLEET__DATABASE_URL "
+                         "(the SQLite log of a single host creates its own schema)")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("--database-url must be a postgresql:// URL (not shown: it may hold a password)")
+    database = PostgresDatabase(url, replica="migrate")
+    try:
+        print(database.migrate())
+    except database.errors as exc:
+        if getattr(exc, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise RuntimeError(f"{str(exc).splitlines()[0]}: run it as the database's owner role "
+                           "(config/postgres-roles.sql)") from None
+    return 0
 
 
 def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float = 120) -> bytes:
@@ -249,18 +299,27 @@ def open_database(db: str | None, settings=None):
         if not path.exists():
             raise FileNotFoundError(f"no prediction log at {path}")
         return SqliteDatabase(path)
-    return configured(settings or load_settings())
+    database = configured(settings or load_settings())
+    database.migrates = False  # a reader never migrates, whatever fleet.migrate says
+    return database
 
 
 def open_log(db: str | None, settings=None):
-    """A connection to the prediction log (see open_database)."""
+    """A connection to the prediction log (see open_database). PostgreSQL: no DDL, its schema's
+    version checked with a SELECT, so a SELECT-only role reads it too."""
     from store.database import StoreUnavailable
 
     database = open_database(db, settings)
     try:
-        return database.connect()
+        conn = database.connect()
     except database.errors as exc:
         raise RuntimeError(str(StoreUnavailable(f"cannot open {database.describe()}: {exc}"))) from None
+    try:
+        database.ready(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def guardrail_history(args: argparse.Namespace) -> int:

@@ -167,6 +167,10 @@ class FleetConfig(Strict):
     statement_timeout_seconds: float = Field(5.0, gt=0.0, le=300.0, description="cancel a store statement after this")
     startup_wait_seconds: float = Field(60.0, ge=0.0, le=3_600.0,
                                         description="a replica starting while the database is away waits this long")
+    # Off: replicas connect as a role without CREATE on the schema and only check its version;
+    # `classguard db migrate` (the owner role) creates and upgrades it. On: a replica whose URL
+    # names the owner role migrates at start-up (one host, demos, trials).
+    migrate: bool = Field(False, description="create or upgrade the schema at start-up (needs the owner role)")
 
     @field_validator("database_url")
     @classmethod

@@ -43,6 +43,10 @@ class StoreUnavailable(Exception):
     """The shared store cannot be reached (or failed in a way a retry may fix)."""
 
 
+class SchemaNotReady(RuntimeError):
+    """The fleet database's schema is missing or older than this version needs."""
+
+
 class Database:
     backend: str
     sql: ModuleType
@@ -53,20 +57,36 @@ class Database:
         raise NotImplementedError
 
     def prepare(self, wait_seconds: float = 0.0) -> None:
-        """Create or migrate the schema now (start-up), so every later reader finds it. A store
-        that cannot be reached is tried again for up to `wait_seconds` (a replica starting
-        during a database restart waits for it rather than failing its start-up)."""
+        """Make sure the schema is there at start-up, so every later reader finds it. A store
+        that cannot be reached, or a schema not migrated yet, is tried again for up to
+        `wait_seconds` (a replica starting during a database restart, or beside the migration
+        job of a rollout, waits for it rather than failing its start-up)."""
         deadline = time.monotonic() + wait_seconds
+        waiting = False
         while True:
             try:
-                self.connect().close()
+                conn = self.connect()
+                try:
+                    self.ready(conn)
+                finally:
+                    conn.close()
                 return
             except self.transient as exc:
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(f"{self.describe()} unreachable at start-up "
                                            f"({type(exc).__name__}); waited {wait_seconds:g} s") from None
                 log.warning("store %s unreachable at start-up; trying again", self.describe())
-                time.sleep(1.0)
+            except SchemaNotReady as exc:
+                if time.monotonic() >= deadline:
+                    log.error("%s", exc)  # one line that says what to do, before the server's traceback
+                    raise
+                if not waiting:
+                    log.warning("%s; waiting up to %g s for it", exc, wait_seconds)
+                    waiting = True
+            time.sleep(1.0)
+
+    def ready(self, conn: Any) -> None:
+        """Raise SchemaNotReady when the schema behind `conn` cannot serve this version."""
 
     def revive(self, conn: Any) -> Any:
         """`conn` if it is still good, else a new connection (raises when none can be made)."""
@@ -134,7 +154,7 @@ class PostgresDatabase(Database):
     readers = 2  # idle connections kept per worker for lookups and feedback
 
     def __init__(self, url: str, *, replica: str, connect_timeout: float = 3.0,
-                 statement_timeout: float = 5.0) -> None:
+                 statement_timeout: float = 5.0, migrate: bool = False) -> None:
         from store import sql_postgres
 
         self.sql = sql_postgres
@@ -142,20 +162,42 @@ class PostgresDatabase(Database):
         self.errors = sql_postgres.all_errors()
         self.url, self.replica = url, replica
         self.connect_timeout, self.statement_timeout = connect_timeout, statement_timeout
-        self._schema_ready = False
-        self._schema_lock = threading.Lock()
+        self.migrates = migrate
         self._idle: list[Any] = []
         self._readers_lock = threading.Lock()
 
     def connect(self, *, schema: bool = True) -> Any:
-        conn = self.sql.connect(self.url, connect_timeout=self.connect_timeout, statement_timeout=self.statement_timeout,
-                                application=f"classguard {self.replica}")
-        if schema and not self._schema_ready:
-            with self._schema_lock:
-                if not self._schema_ready:
-                    self.sql.create_schema(conn)
-                    self._schema_ready = True
-        return conn
+        # no DDL here, whatever `schema` says: PostgreSQL checks CREATE on the schema even for
+        # CREATE TABLE IF NOT EXISTS, which the service and on-call roles do not have. The
+        # schema is the owner role's (`migrate`); prepare() checks its version once.
+        return self.sql.connect(self.url, connect_timeout=self.connect_timeout,
+                                statement_timeout=self.statement_timeout, application=f"classguard {self.replica}")
+
+    def ready(self, conn: Any) -> None:
+        """The schema's version, read with one SELECT; a replica allowed to (`fleet.migrate`)
+        migrates first."""
+        if self.migrates:
+            self.sql.migrate(conn)
+        found = self.sql.schema_version(conn)
+        if found is None or found < self.sql.SCHEMA_VERSION:
+            has = "no classguard schema" if found is None else f"schema version {found}"
+            raise SchemaNotReady(f"{self.describe()} has {has}; this classguard needs version "
+                                 f"{self.sql.SCHEMA_VERSION}: run `classguard db migrate` as the database's "
+                                 "owner role first (README, \"Database roles\")")
+
+    def migrate(self) -> str:
+        """`classguard db migrate`: bring the schema to this version's; what was done, in a line."""
+        conn = self.connect()
+        try:
+            found, applied = self.sql.migrate(conn)
+        finally:
+            conn.close()
+        if not applied:
+            newer = " (newer than this classguard's: nothing to do)" if found > self.sql.SCHEMA_VERSION else ""
+            return f"{self.describe()}: schema already at version {found}{newer}; nothing changed"
+        was = "no classguard schema" if found is None else f"version {found}"
+        return (f"{self.describe()}: schema migrated from {was} to version {applied[-1]} "
+                f"(applied {', '.join(map(str, applied))})")
 
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         conn = self._borrow()
@@ -233,5 +275,5 @@ def open_database(settings: Any) -> Database:
     if fleet.enabled:
         return PostgresDatabase(fleet.database_url.get_secret_value(), replica=fleet.replica_name(),
                                 connect_timeout=fleet.connect_timeout_seconds,
-                                statement_timeout=fleet.statement_timeout_seconds)
+                                statement_timeout=fleet.statement_timeout_seconds, migrate=fleet.migrate)
     return SqliteDatabase(settings.log.path, settings.log.busy_timeout_seconds)

@@ -13,11 +13,15 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 BACKEND = "postgresql"
-SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: replicas starting together create the schema once
-SCHEMA_VERSION = 1
+SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: migrations started together run once
+SCHEMA_VERSION = 1  # the schema this code needs; `classguard db migrate` brings a database to it
 
+# Version 1: every table, written so that it also brings up to date a database made by a release
+# before versioning (those created the tables from every connection: the tables without a
+# classguard_schema row, perhaps without a later column). The replicas of those releases checked
+# a table `schema_version` and refuse a version above 1 there: it is left alone.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS classguard_schema (version integer PRIMARY KEY, ts timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS predictions (
     request_id  text PRIMARY KEY,
     correlation_id text,
@@ -38,8 +42,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     replica     text,
     region      text
 );
--- added columns are nullable and added in place: replicas of the version before keep writing
--- (their rows have none) and starting, so a rolling update never needs a schema version bump
+-- added in place, nullable: replicas of the version before keep writing (their rows have none)
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS region text;
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
@@ -97,6 +100,11 @@ CREATE OR REPLACE FUNCTION classguard_sub(a float8[], b float8[]) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT array_agg(coalesce(x, 0) - coalesce(y, 0) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY t(x, y, i) $$;
 """
+
+# (version, DDL bringing the schema from the version before to it), oldest first. A new version
+# only adds (tables, nullable columns, indexes), so replicas of the version before keep serving
+# on it through a rolling update: migrate first, then roll the replicas.
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA),)
 
 # -- query fragments (one `?` each) -------------------------------------------------------------
 HAS_FLAG = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(flags::jsonb) AS f(v) WHERE f.v = ?)"
@@ -179,14 +187,36 @@ def connect(url: str, **kwargs: Any) -> Connection:
     return Connection(psycopg.connect(url, **connect_kwargs(**kwargs)))
 
 
-def create_schema(conn: Connection) -> None:
-    """Create or migrate the schema, once, however many replicas start at the same moment."""
+def schema_version(conn: Connection) -> int | None:
+    """The database's schema version; None when `classguard db migrate` never ran on it. Reads
+    only: the service and on-call roles may call it."""
+    if conn.native("SELECT to_regclass('classguard_schema')").fetchone()[0] is None:
+        return None
+    return conn.native("SELECT max(version) FROM classguard_schema").fetchone()[0]
+
+
+def migrate(conn: Connection) -> tuple[int | None, list[int]]:
+    """Bring the schema up to SCHEMA_VERSION, once however many migrations start at the same
+    moment; (the version found, the versions applied). The owner role's work: DDL needs CREATE
+    on the schema, which the service role does not have."""
     with conn.transaction():
         conn.native("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-        conn.native(SCHEMA)
-        row = conn.native("SELECT max(version) FROM schema_version").fetchone()
-        if row[0] is None:
-            conn.native("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
-            raise RuntimeError(f"the fleet database has schema version {row[0]}, newer than this "
-                               f"version of classguard knows ({SCHEMA_VERSION}): upgrade the replica")
+        found = schema_version(conn)
+        applied = [version for version, _ in MIGRATIONS if found is None or version > found]
+        for version, ddl in MIGRATIONS:
+            if version in applied:
+                conn.native(ddl)
+                conn.native("INSERT INTO classguard_schema (version) VALUES (%s)", (version,))
+    return found, applied
+
+
+if __name__ == "__main__":  # `classguard db migrate` where only the Bento's packages are (the image)
+    import os
+    import sys
+
+    from store.database import PostgresDatabase
+
+    url = os.environ.get("CLASSGUARD_FLEET__DATABASE_URL")
+    if not url:
+        sys.exit("set CLASSGUARD_FLEET__DATABASE_URL to the owner role's postgresql:// URL")
+    print(PostgresDatabase(url, replica="migrate").migrate())

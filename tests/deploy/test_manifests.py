@@ -47,9 +47,9 @@ def test_every_manifest_validates_against_the_schemas_of_the_cluster_versions_na
     count, problems = validate(MANIFESTS)
     assert not problems, "\n".join(map(str, problems))
     kinds = sorted({doc["kind"] for _, doc in documents(MANIFESTS)})
-    assert kinds == ["AlertmanagerConfig", "ConfigMap", "Deployment", "Namespace", "PodDisruptionBudget",
+    assert kinds == ["AlertmanagerConfig", "ConfigMap", "Deployment", "Job", "Namespace", "PodDisruptionBudget",
                      "PrometheusRule", "Service", "ServiceMonitor", "StatefulSet"]
-    assert count == 13
+    assert count == 15
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -169,6 +169,31 @@ def test_the_deployment_hangs_together(variant):
     if variant == "gpu":
         assert pod["spec"]["nodeSelector"] and pod["spec"]["tolerations"]
         assert {"name": "CLASSGUARD_HALF_PRECISION", "value": "true"} in container["env"]
+
+
+def test_the_migration_job_runs_as_the_owner_and_the_replicas_as_the_service_role():
+    """The Job runs `classguard db migrate` (the Bento's `python -m store.sql_postgres`) in the
+    CPU image with the Secret's owner URL, while both Deployments take the service role's URL;
+    the roles ConfigMap is config/postgres-roles.sql byte for byte, and the trial PostgreSQL runs
+    it at its first start with a password per role from the Secret."""
+    job = one("Job", "migrate/job.yaml")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "store.sql_postgres"]
+    assert container["image"] == one("Deployment", "cpu/deployment.yaml")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert "store/*.py" in yaml.safe_load((render.REPO / "bentofile.yaml").read_text())["include"]
+    assert container["env"] == [render.secret_env("CLASSGUARD_FLEET__DATABASE_URL", "classguard-db", "owner-url")]
+    assert job["spec"]["template"]["spec"]["securityContext"] == pod_spec("cpu")["securityContext"]
+    for variant in ("cpu", "gpu"):
+        [serving] = pod_spec(variant)["containers"]
+        assert render.secret_env("CLASSGUARD_FLEET__DATABASE_URL", "classguard-db", "database-url") in serving["env"]
+    roles = one("ConfigMap", "base/postgres-roles.yaml")
+    assert roles["data"]["postgres-roles.sql"] == (render.CONFIG / "postgres-roles.sql").read_text()
+    assert sorted(roles["data"])[-1] == render.TRIAL_PASSWORDS  # runs after the roles file
+    trial = one("StatefulSet", "postgres-trial/postgres.yaml")["spec"]["template"]["spec"]
+    assert trial["volumes"] == [{"name": "roles", "configMap": {"name": roles["metadata"]["name"]}}]
+    keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in trial["containers"][0]["env"] if "valueFrom" in e}
+    assert keys == {"postgres-password", "owner-password", "service-password", "oncall-password"}
 
 
 def test_render_writes_another_image_and_removes_stale_files(tmp_path):

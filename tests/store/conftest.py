@@ -9,4 +9,6 @@ from store.database import PostgresDatabase, SqliteDatabase
 def database(request, tmp_path):
     if request.param == "sqlite":
         return SqliteDatabase(tmp_path / "p.sqlite")
-    return PostgresDatabase(request.getfixturevalue("pg_url"), replica="r1")
+    database = PostgresDatabase(request.getfixturevalue("pg_url"), replica="r1")
+    database.migrate()  # `classguard db migrate`, as before a fleet starts
+    return database

@@ -75,7 +75,7 @@ def test_held_labels_are_bounded_and_expire(database):
     the hold are dropped at the next join and counted; an id minted before the hold is a 404 at once."""
     from service.ids import time_ordered_id
 
-    database.connect().close()  # the schema, as a serving replica creates it at start
+    database.prepare()  # the schema, as a serving replica finds it at start
     hold = feedback.Hold(seconds=60, most=3)
     ids = [time_ordered_id() for _ in range(4)]
     results = database.read(feedback.record, [(i, "3") for i in ids], LABELS, [], hold)
@@ -102,20 +102,21 @@ def test_feedback_for_one_answer_from_many_writers_is_recorded_once(database):
     assert sum(r["result"] == "duplicate" for r in results) == 7 * 30
 
 
-def test_replicas_starting_together_create_the_schema_once(pg_url):
-    """12 replicas connect to an empty database at the same moment: every one starts, and the
-    schema is recorded once."""
-    _, errors = together(12, lambda: PostgresDatabase(pg_url, replica="r").connect().close())
+def test_replicas_migrating_together_create_the_schema_once(pg_url):
+    """12 replicas allowed to migrate (fleet.migrate) start on an empty database at the same
+    moment: every one starts, and each version is applied once."""
+    _, errors = together(12, lambda: PostgresDatabase(pg_url, replica="r", migrate=True).prepare())
     assert not errors
     conn = PostgresDatabase(pg_url, replica="r").connect()
-    assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+    assert conn.execute("SELECT version FROM classguard_schema").fetchall() == [(1,)]
 
 
 def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
     """With the server stopped, flushes write nothing and keep every row queued (counted as write
     errors), the log says it is failing, and a lookup says the store is unavailable; once it is
     back, one flush writes them all and the log is no longer failing."""
-    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
+    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1, migrate=True)
+    db.prepare()
     log = PredictionLog(LogConfig(queue_size=1000), db)
     postgres.stop()
     try:
@@ -134,7 +135,7 @@ def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
 def test_a_lookup_right_after_a_database_restart_is_answered(postgres, pg_url):
     """A reader connection kept idle across a restart of the server is replaced on the spot: the
     first lookup after the restart is answered, not a 503 (a pool that backs off had taken 27 s)."""
-    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
+    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1, migrate=True)
     db.prepare()
     count = lambda conn: conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]  # noqa: E731
     assert db.read(count) == 0  # leaves an idle reader connection behind
@@ -160,7 +161,7 @@ def test_retention_keeps_the_newest_rows_and_their_feedback_only(database):
 def test_a_held_label_is_held_once_and_a_different_one_is_a_conflict(database):
     """The same early label twice: held both times, counted once; another label for it: 409
     `conflict`; a label no loaded model knows: 422 at once (it would wait only to be dropped)."""
-    database.connect().close()
+    database.prepare()
     before = held("held")
     results = database.read(feedback.record, [("client-7", "3"), ("client-7", "3"), ("client-7", "4"),
                                               ("client-8", "cat")], LABELS, [])
@@ -184,7 +185,7 @@ def test_a_label_for_a_model_this_replica_lacks_waits_for_one_that_has_it(databa
 def test_with_holding_off_an_unknown_id_is_a_404(database):
     """log.mode sampled or flagged turns holding off (an answer may never be written): a
     correlation id not in the log is a plain 404."""
-    database.connect().close()
+    database.prepare()
     [result] = database.read(feedback.record, [("client-9", "3")], LABELS, [], feedback.Hold(seconds=0))
     assert (result["result"], result["status"]) == ("unknown_request", 404)
 
@@ -192,7 +193,7 @@ def test_with_holding_off_an_unknown_id_is_a_404(database):
 def test_every_idle_reader_is_replaced_after_a_restart(postgres, pg_url):
     """Two idle reader connections, both dead after a restart: the next lookup is answered on a
     fresh connection (the check finds the first dead one and drops the other with it)."""
-    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1)
+    db = PostgresDatabase(pg_url, replica="r", connect_timeout=1, migrate=True)
     db.prepare()
     count = lambda conn: conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]  # noqa: E731
     assert db.read(lambda conn: (count(conn), db.read(count))) == (0, 0)  # two borrowed at once
@@ -207,7 +208,7 @@ def test_two_replicas_joining_at_once_join_each_label_once(database):
     once: every label is joined exactly once between them, each counted once, no error."""
     from service.ids import time_ordered_id
 
-    database.connect().close()
+    database.prepare()
     ids = [time_ordered_id() for _ in range(200)]
     assert {r["result"] for r in database.read(feedback.record, [(i, "3") for i in ids], LABELS, [])} == {"held"}
     log = PredictionLog(LogConfig(), database)

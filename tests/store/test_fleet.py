@@ -56,7 +56,7 @@ def pipelines(request, tmp_path):
 
 def fleet_windows(url: str, worker: str, layout: str = "L1", connect_timeout: float = 3.0) -> FleetWindows:
     db = PostgresDatabase(url, replica=worker, connect_timeout=connect_timeout)
-    db.connect().close()
+    db.migrate()
     return FleetWindows(db, layout=layout, worker=worker, bucket_s=1.0, n_buckets=300)
 
 
@@ -117,7 +117,7 @@ def replica(pg_url, tmp_path):
         cfg = GuardrailsConfig(profiles_path=PROFILES, audit_log=tmp_path / f"{name}.jsonl", **config)
         db = PostgresDatabase(url, replica=name, connect_timeout=1)
         if url == pg_url:
-            db.connect().close()
+            db.migrate()
         return GuardrailRuntime(cfg, CONTEXT, FleetChainStore(db, name))
 
     return start

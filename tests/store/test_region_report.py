@@ -89,16 +89,19 @@ def test_a_window_bounds_the_rows_and_an_unknown_region_is_marked(tmp_path):
 
 
 def test_postgresql_adds_the_region_column_to_an_older_fleet_database(pg_url):
-    """A fleet database created before regions (no column) gains it when a replica starts, and keeps its rows."""
+    """A fleet database created before regions (no column, no schema version) gains it when
+    `classguard db migrate` runs, and keeps its rows."""
     import psycopg
 
-    PostgresDatabase(pg_url, replica="old").prepare(0.0)
-    with psycopg.connect(pg_url, autocommit=True) as conn:
+    PostgresDatabase(pg_url, replica="old").migrate()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the shape releases before versions left
         conn.execute("ALTER TABLE predictions DROP COLUMN region")
+        conn.execute("DROP TABLE classguard_schema")
         conn.execute("INSERT INTO predictions (request_id, ts, subgroup, model, model_version, abstained, confidence, "
                      "flagged, flags, guardrails, top_k, probs, config_hash) "
                      "VALUES ('a', 1, 's', 'm', 'v', 0, 0.9, 0, '[]', '[]', '[]', '', 'h')")
     database = PostgresDatabase(pg_url, replica="new")
+    database.migrate()
     database.prepare(0.0)
     assert database.read(lambda c: c.execute("SELECT request_id, region FROM predictions").fetchall()) == [("a", None)]
 
