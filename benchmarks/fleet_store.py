@@ -198,7 +198,7 @@ def main() -> int:
         return 2
     results: dict[str, float] = {}
     with Postgres.start() as pg:
-        PostgresDatabase(pg.url, replica="bench").prepare()
+        PostgresDatabase(pg.url, replica="bench").migrate()
         for writers in (1, 2):
             progress(f"log capacity, {writers} writer process(es), {WRITE_SECONDS:g} s ...")
             r = log_capacity(pg.url, writers, pg.data)
