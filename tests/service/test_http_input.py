@@ -182,6 +182,19 @@ def test_a_streamed_body_over_the_limit_is_refused(headers):
     assert reason_of(lambda: read_body(req, 1000)) == "upload_too_large"
 
 
+def test_a_client_gone_mid_body_is_a_counted_disconnect_not_an_internal_error():
+    """A body whose stream ends in a disconnect (the client went away, or the HTTP server refused
+    the request's trailers) is `client_disconnected`, a reason like any other bad input."""
+    messages = [{"type": "http.request", "body": b"x" * 600, "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    gone = Request({"type": "http", "method": "POST", "path": "/classify", "query_string": b"", "headers": []},
+                   receive)
+    assert reason_of(lambda: read_body(gone, 10_000)) == "client_disconnected"
+
+
 # -- read_form -------------------------------------------------------------------------------------
 def test_read_form_gives_files_as_uploads_and_text_as_strings():
     """An image file and a context text field come back as Upload and str under their names."""
