@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from runtime.monitor_pipeline import MonitorPipeline
 from service.config import LogConfig, MonitorsConfig
 from service.ids import time_ordered_id
 from store import clock, feedback
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog
-from tests.monitors.conftest import MODELS, SUBGROUPS
-from tests.store.test_fleet import PAIRS, events, fleet_windows, make_profile, replica  # noqa: F401
-
-from runtime.monitor_pipeline import MonitorPipeline
+from tests.monitors.conftest import MODELS, SUBGROUPS, make_profile
+from tests.store.test_fleet import PAIRS, events, fleet_windows, replica  # noqa: F401 - replica: the chain fixture
 
 LABELS = {"base": [str(d) for d in range(10)]}
 
