@@ -29,6 +29,7 @@ DATABASE_NOW = "SELECT extract(epoch from clock_timestamp())::float8"
 class Clock:
     def __init__(self) -> None:
         self.offset = 0.0  # the database's clock minus this host's, as last measured
+        metrics.FLEET_CLOCK_SKEW.set(0.0)  # exported before the first reading (and on SQLite, for good)
 
     def now(self) -> float:
         """Fleet time in Unix seconds: this host's clock, corrected by the last measured offset."""
