@@ -76,7 +76,10 @@ OVERVIEW = [
         ("distinct chains served", "count(count by (hash) (classguard_guardrail_config_info == 1))"),
         ("replicas on their own view", "sum(classguard_fleet_view_degraded)"),
         ("store errors/s {{component}}", f"sum by (component) (rate(classguard_fleet_store_errors_total[{R}]))"),
-        ("held labels/s {{outcome}}", f"sum by (outcome) (rate(classguard_feedback_held_total[{R}]))")]),
+        ("held labels/s {{outcome}}", f"sum by (outcome) (rate(classguard_feedback_held_total[{R}]))"),
+        # one host's wrong clock (ClassguardFleetClockSkew): the replica furthest off, signed
+        ("largest clock skew (s)", "max(classguard_fleet_clock_skew_seconds) > -min(classguard_fleet_clock_skew_seconds) "
+                                   "or min(classguard_fleet_clock_skew_seconds)")]),
     ("Monitor pipeline", "timeseries", "none", [
         ("events/s", f"sum(rate(classguard_monitor_events_total[{R}]))"),
         ("dropped/s", f"sum(rate(classguard_monitor_events_dropped_total[{R}]))"),

@@ -7,6 +7,8 @@ default the replicas' own URL, whose user then owns the tables), as a deployment
     with Fleet(3, database_url, env={...}) as fleet:
         fleet.urls               # one per replica, for a round-robin client
         fleet.kill(1)            # SIGKILL, as a node failure would
+
+A replica on a host whose clock is wrong: `per_replica=[{}, clock_offset_env(400, folder)]`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,33 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.server import Server, descendants, kill_all
+
+
+# imported by every Python process of a replica that has its folder on PYTHONPATH (the server,
+# its workers): the whole process sees a clock `CLASSGUARD_TEST_CLOCK_OFFSET_SECONDS` off
+SITECUSTOMIZE = """import os, time
+_offset = float(os.environ.get("CLASSGUARD_TEST_CLOCK_OFFSET_SECONDS", "0"))
+_time, _time_ns = time.time, time.time_ns
+time.time = lambda: _time() + _offset
+time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
+"""
+
+
+def clock_offset_env(seconds: float, folder: Path) -> dict[str, str]:
+    """Environment for a replica whose host clock runs `seconds` ahead (negative: behind)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "CLASSGUARD_TEST_CLOCK_OFFSET_SECONDS": str(seconds)}
+
+
+def new_database(server_url: str, name: str) -> str:
+    """Create the empty database `name` on the PostgreSQL server of `server_url`; its URL."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 class Fleet:

@@ -15,6 +15,9 @@ In a fleet (`fleet` set: store.fleet_windows), each publish instead writes the w
 changed buckets to PostgreSQL and reads the fleet's totals, so every replica publishes the
 whole fleet's statistics. When that store cannot be reached, the worker falls back to its
 replica's own view (the file merge above) and says so (`classguard_fleet_view_degraded`).
+Events are stamped, and windows read, in fleet time (store.clock: this host's clock corrected
+by the database's, measured at each exchange), so a replica whose clock is wrong still counts
+its events in the buckets the others count theirs in.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from monitors.suite import MonitorSuite
 from runtime.probability_rows import rows_of
 from service import metrics
 from service.config import MonitorsConfig
+from store.clock import CLOCK
 from store.database import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -127,9 +131,20 @@ class MonitorPipeline:
         self._lock = threading.Lock()  # the timer thread and a report request may drain at once
         # the latest events themselves, for on-demand drift reports (shared like the windows)
         self.recent: deque[tuple] = deque(maxlen=config.report_events)
-        self._last_publish = 0.0
+        self._last_publish = -float("inf")  # time.monotonic() of the last publish
         self.alerts: dict[str, frozenset[str]] = {}  # subgroup -> monitors alarming for it, as last published
         self._pair_names = [p.name for p in self.pairs]
+        if fleet is not None:
+            self._measure_clock()
+
+    def _measure_clock(self) -> None:
+        """Read the database's clock before the first event is stamped (else a replica whose
+        clock is wrong stamps its first events by it); a store that is away is read at the
+        first publish instead."""
+        try:
+            self.fleet.now()
+        except StoreUnavailable:
+            log.warning("fleet store unreachable at start; events are stamped by this host's clock until it answers")
 
     # -- request path ------------------------------------------------------------------------
     def observe(self, model: str, subgroup: str, probs: np.ndarray, predicted: int, region: int = -1,
@@ -159,7 +174,7 @@ class MonitorPipeline:
         else:
             # the calibrated column holds the probabilities until `drain` calibrates them, per model in
             # one numpy pass, off the request path (one row alone cost several numpy calls here)
-            self._queue.append((time.time(), m, s, predicted, float(probs[predicted]), mask, probs, region,
+            self._queue.append((CLOCK.now(), m, s, predicted, float(probs[predicted]), mask, probs, region,
                                 int(request)))
         return flags
 
@@ -179,7 +194,7 @@ class MonitorPipeline:
 
     def _observe_many(self, models: Sequence[str], subgroups: Sequence[str], probs: Sequence[np.ndarray],
                       regions: Sequence[int], request: bool = True) -> list[list[str]]:
-        suite, now = self.suite, time.time()
+        suite, now = self.suite, CLOCK.now()
         out: list[list[str]] = [[] for _ in models]
         by_model: dict[str, list[int]] = {}
         for i, model in enumerate(models):
@@ -227,11 +242,10 @@ class MonitorPipeline:
                 metrics.MONITOR_ERRORS.labels("pipeline").inc()
                 log.exception("monitor tick failed")
 
-    def tick(self, now: float | None = None) -> None:
+    def tick(self) -> None:
         self.drain()
-        now = time.time() if now is None else now
-        if now - self._last_publish >= self.config.recompute_seconds:
-            self.publish(now)
+        if time.monotonic() - self._last_publish >= self.config.recompute_seconds:
+            self.publish()
 
     def drain(self) -> int:
         with self._lock:
@@ -257,10 +271,12 @@ class MonitorPipeline:
         return rows
 
     def publish(self, now: float | None = None) -> list[Score]:
+        """Publish the scores of the windows as of `now` (fleet time: by default, right after the
+        exchange has measured this worker's clock against the database's)."""
         started = time.perf_counter()
-        now = time.time() if now is None else now
         self._write_state()
-        merged = self._merge_workers(now)
+        merged = self._merge_workers()
+        now = CLOCK.now() if now is None else now
         results = merged.results(now)
         for name in results.errors:
             metrics.MONITOR_ERRORS.labels(name).inc()
@@ -270,7 +286,7 @@ class MonitorPipeline:
             if s.alarm and s.subgroup:
                 alarming.setdefault(s.subgroup, set()).add(s.monitor)
         self.alerts = {k: frozenset(v) for k, v in alarming.items()}
-        self._last_publish = now
+        self._last_publish = time.monotonic()
         metrics.MONITOR_LAST_RUN.set(now)
         metrics.MONITOR_RUN_DURATION.observe(time.perf_counter() - started)
         return results.scores
@@ -288,8 +304,11 @@ class MonitorPipeline:
             metrics.MONITOR_ERRORS.labels("state").inc()
             log.warning("could not write monitor state to %s", self.state_file, exc_info=True)
 
-    def _other_workers(self, now: float) -> Iterator[dict[str, np.ndarray]]:
-        """Every other live worker's last published state; stale and broken files are skipped."""
+    def _other_workers(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every other live worker's last published state; stale and broken files are skipped
+        (by this host's clock, which stamped the files: fleet time would call them all stale
+        on a host whose clock runs behind)."""
+        now = time.time()
         for path in sorted(Path(self.state_dir).glob("worker-*.npz")):
             if path == self.state_file:
                 continue
@@ -302,13 +321,13 @@ class MonitorPipeline:
             except (OSError, ValueError, KeyError, EOFError):
                 metrics.MONITOR_ERRORS.labels("state").inc()
 
-    def _merge_workers(self, now: float) -> MonitorSuite:
+    def _merge_workers(self) -> MonitorSuite:
         merged = self._merged
         if self.fleet is not None:
             with self._lock:
                 own = self.suite.bucket_vectors()
             try:
-                merged.load_bucket_vectors(self.fleet.exchange(own, now))
+                merged.load_bucket_vectors(self.fleet.exchange(own))
                 if self._degraded:
                     log.warning("fleet window store reachable again; publishing the fleet's view")
                 self._degraded = False
@@ -328,7 +347,7 @@ class MonitorPipeline:
         with self._lock:
             merged.merge(self.suite)
         other = None
-        for arrays in self._other_workers(now):
+        for arrays in self._other_workers():
             try:
                 other = other or MonitorSuite(*self._args)
                 other.load_state(arrays)
@@ -346,11 +365,11 @@ class MonitorPipeline:
 
     def recent_events(self, window_seconds: float, now: float | None = None) -> np.ndarray:
         """The last events of every worker within `window_seconds`, columns EVENT_COLUMNS
-        (this worker's up to now, the others' as of their last publish)."""
-        now = time.time() if now is None else now
+        (this worker's up to now, the others' as of their last publish); times are fleet time."""
+        now = CLOCK.now() if now is None else now
         self.drain()
         parts = [np.array(list(self.recent), dtype=np.float64).reshape(-1, len(EVENT_COLUMNS))]
-        parts += [arrays["recent"] for arrays in self._other_workers(now) if "recent" in arrays]
+        parts += [arrays["recent"] for arrays in self._other_workers() if "recent" in arrays]
         rows = np.concatenate(parts)
         return rows[rows[:, COLUMN["t"]] >= now - window_seconds]
 

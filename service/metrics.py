@@ -247,6 +247,11 @@ FLEET_VIEW_DEGRADED = Gauge(
     "classguard_fleet_view_degraded", "1 while the monitors publish this replica's own view because the fleet's "
     "window store cannot be reached; 0 when they publish the fleet's.", multiprocess_mode="livemax",
 )
+FLEET_CLOCK_SKEW = Gauge(
+    "classguard_fleet_clock_skew_seconds", "This replica's clock minus the fleet database's, as last measured "
+    "(positive: ahead). Fleet state uses the database's clock; a skew still means this host's clock is wrong.",
+    multiprocess_mode="livemostrecent",
+)
 
 # -- prediction log ---------------------------------------------------------------------------
 LOG_WRITTEN = Counter("classguard_log_rows_written", "Prediction-log rows written to the store (SQLite or PostgreSQL).")
@@ -265,6 +270,10 @@ FEEDBACK_HELD = Counter(
     "classguard_feedback_held", "Labels that arrived before their answers were written: held, joined later, "
     "expired unjoined, rejected when joined (conflict, unknown class), or refused because the hold was full.",
     ["outcome"],
+)
+FEEDBACK_RETRIES = Counter(
+    "classguard_feedback_write_retries", "Feedback writes PostgreSQL aborted because another ran at the same "
+    "moment (a deadlock), run again holding the feedback lock alone.",
 )
 FEEDBACK_CONFUSIONS = Counter(
     "classguard_feedback_known_confusions", "Answers that feedback proved to be a known confusion.",

@@ -9,6 +9,8 @@ A swap is `with store.locked(): ...; store.publish(record, audit_entry)`; every 
 - `FleetChainStore`, a fleet: one table in PostgreSQL, a row per installed chain (the newest is
   active, the rows are the audit log, each naming the row it replaced, whichever replica wrote
   it), and a transaction-scoped advisory lock that makes swaps one at a time across replicas.
+  Rows are ordered by their id, which the database assigns under that lock, and stamped by the
+  database's clock: no replica's clock decides which chain is newest or when it was installed.
   A store that cannot be reached refuses the swap (StoreUnavailable): nothing is installed
   anywhere.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from service import metrics
+from store.clock import CLOCK
 from store.database import Database, StoreUnavailable
 
 log = logging.getLogger("classguard.guardrails")
@@ -130,13 +133,13 @@ class FleetChainStore:
 
     def publish(self, record: dict[str, Any], audit_entry: dict[str, Any]) -> None:
         """Insert the chain as the newest row (inside `locked()`): the fleet's active chain and
-        its audit entry at once, linked to the row it replaces."""
+        its audit entry at once, linked to the row it replaces, stamped by the database's clock."""
         conn = self._swap.conn
         previous = self._latest(conn)
         row = conn.execute(
             "INSERT INTO guardrail_chain (ts, source, replica, pid, profile, hash, chain, previous_id, "
             "previous_profile, previous_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (record["time"], audit_entry["source"], self.replica, audit_entry["pid"], record["profile"],
+            (CLOCK.read(conn), audit_entry["source"], self.replica, audit_entry["pid"], record["profile"],
              record["hash"], json.dumps(record["chain"]), previous["id"] if previous else None,
              previous["profile"] if previous else None, previous["hash"] if previous else None)).fetchone()
         self._swap.row = row[0]

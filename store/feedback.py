@@ -22,13 +22,14 @@ for nothing.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from monitors.keys import pair_name
 from service import metrics
 from service.ids import is_lookup_id, minted_at
+from store import sql_postgres
+from store.clock import CLOCK
 from store.prediction_log import find_rows, where
 
 STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request": 404, "unknown_label": 422,
@@ -36,6 +37,8 @@ STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request":
           "model_not_here": 409}
 JOIN_BATCH = 1_000  # held labels joined per flush at most
 HELD_LOCAL = "model_not_here"  # an answer of a model this replica does not load (a rolling update)
+FEEDBACK_LOCK = 0x6665656462  # pg_advisory_xact_lock key of feedback writes (shared; alone for a retry)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,31 +55,66 @@ def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, 
            pairs: Sequence[tuple[str, str]], hold: Hold = Hold(), now: float | None = None) -> list[dict[str, Any]]:
     """Store (request id or correlation id, true label) pairs in one transaction; once it has
     committed, update the realized-accuracy metrics for the new ones (a batch that fails
-    part-way is rolled back, and so must its counts be)."""
-    results, new, newly_held = [], [], 0
-    waiting: list[int] = []  # labels held now, counted once per batch when first needed
-    now = time.time() if now is None else now
-    every_label = {label for labels in labels_of.values() for label in labels}
-    # exclusive: two posts for one id then queue on the write lock instead of racing from
-    # "not recorded yet" to a failed insert (PostgreSQL's ON CONFLICT waits on its own)
-    with conn.transaction(exclusive=True):
-        for key, truth in items:
-            result, joined = _record_one(conn, key, truth, labels_of)
-            early = result["result"] == "unknown_request" and _may_arrive(key, hold, now)
-            if early and truth not in every_label:  # judged now: a typo never waits to be dropped
-                result = _result(key, "unknown_label", f"{truth[:64]!r} is not a class of any loaded model")
-            elif early or (result["result"] == HELD_LOCAL and hold.enabled):
-                result, inserted = _hold(conn, key, truth, hold, now, waiting)
-                newly_held += inserted
-            results.append(result)
-            if joined is not None:
-                new.append(joined)
+    part-way is rolled back, and so must its counts be). Results come in the items' order."""
+    results, new, newly_held = _serialized(conn, _record_all, items, labels_of, hold, now)
     _count(new, pairs)
     if newly_held:
         metrics.FEEDBACK_HELD.labels("held").inc(newly_held)
     if full := sum(r["result"] == "hold_full" for r in results):
         metrics.FEEDBACK_HELD.labels("full").inc(full)
     return results
+
+
+def _record_all(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, Sequence[str]],
+                hold: Hold, now: float | None) -> tuple[list[dict[str, Any]], list[tuple], int]:
+    """(results in the items' order, newly recorded answers, labels newly held), inside the
+    caller's transaction. On PostgreSQL items are written in key order: two posts for the same
+    answers in opposite orders then lock their rows in one order and queue instead of
+    deadlocking (SQLite's write lock already queues them: there, the items' order)."""
+    results: list[dict[str, Any]] = [{}] * len(items)
+    new, newly_held = [], 0
+    waiting: list[int] = []  # labels held now, counted once per batch when first needed
+    # the store's clock: the ids were minted, and other replicas expire held labels, by it
+    now = CLOCK.read(conn) if now is None else now
+    every_label = {label for labels in labels_of.values() for label in labels}
+    order = range(len(items))
+    if isinstance(conn, sql_postgres.Connection):
+        order = sorted(order, key=lambda i: items[i][0])
+    for i in order:
+        key, truth = items[i]
+        result, joined = _record_one(conn, key, truth, labels_of, now)
+        early = result["result"] == "unknown_request" and _may_arrive(key, hold, now)
+        if early and truth not in every_label:  # judged now: a typo never waits to be dropped
+            result = _result(key, "unknown_label", f"{truth[:64]!r} is not a class of any loaded model")
+        elif early or (result["result"] == HELD_LOCAL and hold.enabled):
+            result, inserted = _hold(conn, key, truth, hold, now, waiting)
+            newly_held += inserted
+        results[i] = result
+        if joined is not None:
+            new.append(joined)
+    return results, new, newly_held
+
+
+def _serialized(conn: Any, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(conn, *args)` in one write transaction that cannot fail because another feedback
+    write ran at the same moment. SQLite: the write lock, taken first, queues writers.
+    PostgreSQL: writers run side by side (each holding the feedback lock shared), writing in
+    key order; when two still deadlock (a request id in one and its correlation id in the
+    other), the one PostgreSQL aborted runs again holding the lock alone, so nothing can
+    deadlock with it. Two posts of the same 400 answers in opposite orders had deadlocked in
+    every round and answered 503 `store_unavailable`, as if the store were away."""
+    if not isinstance(conn, sql_postgres.Connection):
+        with conn.transaction(exclusive=True):
+            return fn(conn, *args)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock_shared(?)", (FEEDBACK_LOCK,))
+            return fn(conn, *args)
+    except sql_postgres.write_conflicts():
+        metrics.FEEDBACK_RETRIES.inc()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (FEEDBACK_LOCK,))
+        return fn(conn, *args)
 
 
 def _count(new: Sequence[tuple], pairs: Sequence[tuple[str, str]]) -> None:
@@ -128,25 +166,13 @@ _ARRIVED = """SELECT h.key, h.label FROM held_feedback h
 def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]],
               hold: Hold = Hold(), now: float | None = None) -> dict[str, int]:
     """Join held labels whose answers are now written; drop those held longer than
-    `hold.seconds`. Replicas may run this at once: a label is joined by whoever deletes it
-    (rows taken in key order, so two joiners lock them in the same order). An answer of a
-    model this replica does not load is left for a replica that does."""
+    `hold.seconds` (by the store's clock, which held them). Replicas may run this at once: a
+    label is joined by whoever deletes it (rows taken in key order, so two joiners lock them in
+    the same order). An answer of a model this replica does not load is left for a replica
+    that does."""
     if conn.execute("SELECT 1 FROM held_feedback LIMIT 1").fetchone() is None:
         return {}
-    now = time.time() if now is None else now
-    new, outcome = [], {"joined": 0, "expired": 0, "rejected": 0}
-    with conn.transaction(exclusive=True):
-        outcome["expired"] = conn.execute("DELETE FROM held_feedback WHERE ts < ?", (now - hold.seconds,)).rowcount
-        for key, truth in conn.execute(_ARRIVED, (JOIN_BATCH,)).fetchall():
-            rows = find_rows(conn, key, ("model",))
-            if len(rows) == 1 and rows[0][0] not in labels_of:
-                continue
-            if not conn.execute("DELETE FROM held_feedback WHERE key = ?", (key,)).rowcount:
-                continue  # another replica joined it first
-            result, joined = _record_one(conn, key, truth, labels_of)
-            if joined is not None:
-                new.append(joined)
-            outcome["joined" if result["result"] in ("recorded", "duplicate") else "rejected"] += 1
+    new, outcome = _serialized(conn, _join_all, labels_of, hold, now)
     _count(new, pairs)
     for name, n in outcome.items():
         if n:
@@ -154,7 +180,25 @@ def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence
     return outcome
 
 
-def _record_one(conn: Any, key: str, truth: str, labels_of: Mapping[str, Sequence[str]]):
+def _join_all(conn: Any, labels_of: Mapping[str, Sequence[str]], hold: Hold,
+              now: float | None) -> tuple[list[tuple], dict[str, int]]:
+    now = CLOCK.read(conn) if now is None else now
+    new, outcome = [], {"joined": 0, "expired": 0, "rejected": 0}
+    outcome["expired"] = conn.execute("DELETE FROM held_feedback WHERE ts < ?", (now - hold.seconds,)).rowcount
+    for key, truth in conn.execute(_ARRIVED, (JOIN_BATCH,)).fetchall():
+        rows = find_rows(conn, key, ("model",))
+        if len(rows) == 1 and rows[0][0] not in labels_of:
+            continue
+        if not conn.execute("DELETE FROM held_feedback WHERE key = ?", (key,)).rowcount:
+            continue  # another replica joined it first
+        result, joined = _record_one(conn, key, truth, labels_of, now)
+        if joined is not None:
+            new.append(joined)
+        outcome["joined" if result["result"] in ("recorded", "duplicate") else "rejected"] += 1
+    return new, outcome
+
+
+def _record_one(conn: Any, key: str, truth: str, labels_of: Mapping[str, Sequence[str]], now: float):
     """(the item's result, (model, subgroup, emitted, truth, outcome) when newly recorded, else None)."""
     if not is_lookup_id(key):
         return _result(None, "invalid_request_id", "request_id must be 1-80 of A-Z a-z 0-9 . _ : -"), None
@@ -171,7 +215,7 @@ def _record_one(conn: Any, key: str, truth: str, labels_of: Mapping[str, Sequenc
     if truth not in labels_of[model]:
         return _result(key, "unknown_label", f"{truth[:64]!r} is not a class of {model}"), None
     inserted = conn.execute("INSERT INTO feedback (request_id, label, ts) VALUES (?, ?, ?) "
-                            "ON CONFLICT (request_id) DO NOTHING", (request_id, truth, time.time())).rowcount
+                            "ON CONFLICT (request_id) DO NOTHING", (request_id, truth, now)).rowcount
     if not inserted:
         known = conn.execute("SELECT label FROM feedback WHERE request_id = ?", (request_id,)).fetchone()[0]
         same = known == truth

@@ -30,6 +30,7 @@ from guardrails.core import bucket
 from service import metrics
 from service.config import LogConfig
 from store import sql_sqlite
+from store.clock import CLOCK
 from store.database import Database, SqliteDatabase, dialect_of, off_loop
 from store.model_store import split_tag
 
@@ -87,6 +88,7 @@ class PredictionLog:
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
         self._conn = self.db.connect()
+        CLOCK.read(self._conn)  # rows are stamped in fleet time (store.clock) from the first one
         self._last_retention = self._last_join = 0.0
         # after every write: labels that arrived before their answers were written are joined
         # (set by the wiring, which knows the models' classes)
@@ -112,9 +114,10 @@ class PredictionLog:
     def record_many(self, responses: Sequence[dict[str, Any]], probs: Sequence[np.ndarray], config_hash: str,
                     models: Sequence[str], subgroups: Sequence[str], images: Sequence[bytes] | None = None,
                     regions: Sequence[str | None] | None = None) -> None:
-        """`record` for a batch's answers: one clock reading, each model tag split once, the
-        drops of a full queue counted once."""
-        now, dropped, rows = time.time(), 0, []
+        """`record` for a batch's answers: one clock reading (fleet time: replicas' rows compare
+        by it, in lookups and retention), each model tag split once, the drops of a full queue
+        counted once."""
+        now, dropped, rows = CLOCK.now(), 0, []
         room = self.config.queue_size - len(self._queue)
         versions: dict[str, tuple[str, str]] = {}
         hash_images = images is not None and self.config.store_image_hash
@@ -158,14 +161,15 @@ class PredictionLog:
 
     def flush(self, now: float | None = None, *, retention: bool = True) -> int:
         """Write what is queued; the number of rows written. A request that only needs its
-        rows findable passes retention=False: retention is the background flush's work."""
+        rows findable passes retention=False: retention is the background flush's work.
+        `now` (tests): the time retention cuts by, instead of the store's clock."""
         with self._lock:
             rows = [self._queue.popleft() for _ in range(len(self._queue))]
             if not self._revive():
                 self._requeue(rows)
                 return 0
             written = self._write(rows) if rows else 0
-            now = time.time() if now is None else now
+            cut_by, now = now, time.time() if now is None else now
             # held labels: joined when answers arrive, expired now and then even without traffic
             # (which also tells, with an empty queue, whether the store answers again)
             if self.after_write is not None and (written or now - self._last_join >= JOIN_IDLE_SECONDS):
@@ -174,7 +178,7 @@ class PredictionLog:
                     self._failed = False
             if retention and now - self._last_retention >= self.config.retention_check_seconds:
                 self._last_retention = now  # a failed round waits for the next interval too
-                self._guarded("retention", self._enforce_retention, now)
+                self._guarded("retention", self._enforce_retention, cut_by)
         return written
 
     _failed = False  # the last contact with the store failed in a way that may pass (it is away)
@@ -245,9 +249,12 @@ class PredictionLog:
             log.warning("log %s failed", stage, exc_info=log.isEnabledFor(logging.DEBUG))
             return False
 
-    def _enforce_retention(self, now: float) -> None:
+    def _enforce_retention(self, now: float | None = None) -> None:
         """Delete predictions past their age or beyond the row count, and their feedback with them
-        (left behind, feedback grew without bound and refused labels for reused ids)."""
+        (left behind, feedback grew without bound and refused labels for reused ids). Ages are
+        by the store's clock: a replica whose clock ran ahead had deleted the fleet's fresh rows
+        (and claimed the task for as long as it ran ahead)."""
+        now = CLOCK.read(self._conn) if now is None else now
         with self._conn.transaction():  # the claim commits at once: no lock held through the deletes
             if not claim(self._conn, "retention", now, self.config.retention_check_seconds):
                 return  # another worker (or replica) did it within the interval

@@ -135,6 +135,14 @@ def all_errors() -> tuple[type[BaseException], ...]:
     return (psycopg.Error,)
 
 
+def write_conflicts() -> tuple[type[BaseException], ...]:
+    """Errors that abort a transaction only because another one ran at the same moment: running
+    it again can succeed (they are OperationalErrors, so otherwise read as the store away)."""
+    from psycopg import errors
+
+    return (errors.DeadlockDetected, errors.SerializationFailure)
+
+
 @functools.lru_cache(maxsize=64)
 def _qmark(sql: str) -> str:
     # no shared statement contains a literal '?' or '%' other than as placeholders

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from harness import promtext
-from harness.fleet import Fleet
+from harness.fleet import Fleet, new_database
 from harness.traffic import holdout_samples, run, send_all, stream
 from tests.waiting import wait_until
 
@@ -39,9 +39,7 @@ def rows(url: str, sql: str, *args):
 @pytest.fixture(scope="module")
 def fleet(model_home, postgres, tmp_path_factory):
     logs = tmp_path_factory.mktemp("fleet")
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE fleet_live")
-    url = postgres.url.rsplit("/", 1)[0] + "/fleet_live"
+    url = new_database(postgres.url, "fleet_live")
     env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_ADMIN_TOKEN": TOKEN, "CLASSGUARD_FEEDBACK_TOKEN": TOKEN,
            "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_FLEET__CONNECT_TIMEOUT_SECONDS": "1"}
     with Fleet(3, url, env=env, log_dir=logs) as live:
