@@ -53,6 +53,9 @@ def test_alerts_carry_severity_summary_and_an_existing_runbook():
         assert runbook.exists(), runbook
         text = runbook.read_text()
         assert "## Confirm" in text and "## What to switch on" in text
+    index = (DASHBOARDS / "runbooks" / "README.md").read_text()
+    missing = [r["alert"] for r in alerts() if f"({r['alert']}.md)" not in index]
+    assert not missing, f"runbooks/README.md does not list {missing}"
 
 
 def test_every_scrape_job_has_a_down_and_an_absent_alert():
