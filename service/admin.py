@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from pydantic import SecretStr
@@ -35,6 +34,7 @@ from service import metrics
 from service.errors import InputError, internal_error, route_error
 from service.http_input import read_body, require_bearer
 from service.ids import is_lookup_id
+from store.clock import CLOCK
 from store.database import StoreUnavailable, off_loop
 from store.prediction_log import LogDisabled
 
@@ -121,7 +121,7 @@ class Admin:
             if model is None:
                 raise InputError("bad_parameter", f"unknown model; loaded: {sorted(self.models)}")
             try:
-                recent = await asyncio.to_thread(self.monitors.recent_events, window, time.time())
+                recent = await asyncio.to_thread(self.monitors.recent_events, window)  # fleet time
                 body, media = await asyncio.to_thread(
                     lambda: build(model.reference_rows(), recent, self.monitors.model_index(model.name), model.name,
                                   model.profile.labels, self.monitors.subgroups, window, fmt))
@@ -231,7 +231,7 @@ class Admin:
         from store import prediction_log
 
         async def work():
-            since = time.time() - _seconds(request.query_params.get("window_seconds", "3600"))
+            since = CLOCK.now() - _seconds(request.query_params.get("window_seconds", "3600"))  # rows are in fleet time
             rows = await off_loop(self._read, prediction_log.summary, since)
             return {"since": since, "rows": rows}
 

@@ -347,10 +347,10 @@ def _row(row: tuple, probs: bool = False) -> dict[str, Any]:
 
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:
-    """'15m', '2h', '1d', '90s' before now, or absolute Unix seconds."""
+    """'15m', '2h', '1d', '90s' before now (fleet time, as rows are stamped), or absolute Unix seconds."""
     if text is None:
         return None
-    now = time.time() if now is None else now
+    now = CLOCK.now() if now is None else now
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         value = now - float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
