@@ -48,7 +48,7 @@ def test_two_posts_of_the_same_answers_in_opposite_orders_never_deadlock(pg_url)
     never an error (the old code deadlocked and answered 503 in every round), each answer
     recorded exactly once and reported a duplicate to the other post."""
     replicas = [PostgresDatabase(pg_url, replica=f"r{i}") for i in range(2)]
-    replicas[0].prepare()
+    replicas[0].migrate()
     for round_ in range(6):
         ids = [f"q{round_}-{i:04d}" for i in range(400)]
         log_answers(replicas[0], ids)
@@ -66,7 +66,7 @@ def test_a_deadlock_between_request_ids_and_correlation_ids_is_run_again_alone(p
     deadlocked: it runs again holding the feedback lock alone, and both posts answer, each
     answer recorded exactly once (the old code answered one of them 503 `store_unavailable`)."""
     replicas = [PostgresDatabase(pg_url, replica=f"r{i}") for i in range(2)]
-    replicas[0].prepare()
+    replicas[0].migrate()
     retries = REGISTRY.get_sample_value("classguard_feedback_write_retries_total") or 0.0
     for round_ in range(3):
         ids = [f"k{round_}-{n:04d}" for n in range(300)]

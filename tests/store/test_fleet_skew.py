@@ -119,7 +119,8 @@ def test_buckets_ahead_of_the_database_clock_are_not_read(pg_url):
 
 # -- held labels ---------------------------------------------------------------------------------
 def correct_replica_log(pg_url):
-    """A correct replica's prediction log, joining held labels after each write."""
+    """A correct replica's prediction log, joining held labels after each write (on a migrated database)."""
+    PostgresDatabase(pg_url, replica="owner").migrate()
     log = PredictionLog(LogConfig(), PostgresDatabase(pg_url, replica="correct"), replica="correct")
     log.after_write = lambda conn: feedback.join_held(conn, LABELS, [])
     return log
@@ -172,6 +173,7 @@ def test_labels_for_fresh_answers_through_a_replica_400_s_ahead_are_held_not_ref
 def test_ids_minted_by_a_replica_400_s_behind_are_fresh_to_the_others(pg_url):
     """A replica 400 s behind mints its request ids in fleet time: labels for its fresh answers
     posted through a correct replica are held (the old code minted them 400 s in the past: 404)."""
+    PostgresDatabase(pg_url, replica="owner").migrate()
     with clock_off_by(-400):
         behind_log = PredictionLog(LogConfig(), PostgresDatabase(pg_url, replica="behind"), replica="behind")
         ids = [time_ordered_id() for _ in range(5)]

@@ -12,6 +12,7 @@ from service.config import LogConfig
 from service.ids import time_ordered_id
 from store import feedback
 from store.chain_store import FleetChainStore
+from store.clock import CLOCK
 from store.database import PostgresDatabase, SchemaNotReady
 from store.fleet_windows import FleetWindows
 from store.prediction_log import PredictionLog, get
@@ -61,8 +62,9 @@ def serve_as(url: str) -> PostgresDatabase:
     assert not log.failing
     assert db.read(feedback.record, [("r7", "3")], LABELS, [])[0]["result"] == "recorded"
     windows = FleetWindows(db, layout="L1", worker="svc-1", bucket_s=1.0, n_buckets=300)
-    totals = windows.exchange({100: np.ones(4)}, now=100.5)
-    assert totals[100].tolist() == [1.0] * 4
+    bucket = int(db.read(CLOCK.read))  # the live window is by the database's clock
+    totals = windows.exchange({bucket: np.ones(4)})
+    assert totals[bucket].tolist() == [1.0] * 4
     store = FleetChainStore(db, "svc")
     with store.locked():
         store.publish({"time": 1.0, "profile": "p", "hash": "h1", "chain": []}, {"source": "test", "pid": 1})
