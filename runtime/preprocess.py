@@ -60,11 +60,11 @@ def preparing_bytes(image: Image.Image, spec: InputSpec) -> int:
     size = int(width * height * stored_bytes(image.mode) * factor)
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
         size += width * height * len(image.getbands()) * 2
-    return size + width * height * stored_bytes(_model_mode(spec)) + _metadata_bytes(image)
+    return size + width * height * stored_bytes(_model_mode(spec)) + metadata_bytes(image)
 
 
-def _metadata_bytes(image: Image.Image) -> int:
-    """Text the header carried (a PNG's compressed text chunks: up to 64 MB, from 67 KB)."""
+def metadata_bytes(image: Image.Image) -> int:
+    """Text the header carried: a PNG's text chunks, decompressed (up to `MAX_TEXT_MEMORY`, from 1 KB a MB)."""
     return sum(len(value) for value in image.info.values() if isinstance(value, (str, bytes)))
 
 
@@ -148,6 +148,8 @@ def _converted(image: Image.Image, mode: str) -> Image.Image:
     """`image` in `mode`, converted a strip of rows at a time: every step is per pixel, so the
     result equals converting it whole, without whole-image temporaries."""
     scale = _bit_depth_scale(image)
+    if image.height <= _strip_rows(image):
+        return _to_mode(image, mode, scale)  # one strip: no copy to paste into
     out = Image.new(mode, image.size)
     for top, strip in _strips(image):
         out.paste(_to_mode(strip, mode, scale), (0, top))
@@ -157,9 +159,13 @@ def _converted(image: Image.Image, mode: str) -> Image.Image:
 def _strips(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
     """(top row, strip) over the whole image, each strip about `_STRIP_BYTES` as float64."""
     width, height = image.size
-    rows = max(1, _STRIP_BYTES // (8 * width))
+    rows = _strip_rows(image)
     for top in range(0, height, rows):
         yield top, image.crop((0, top, width, min(top + rows, height)))
+
+
+def _strip_rows(image: Image.Image) -> int:
+    return max(1, _STRIP_BYTES // (8 * image.width))
 
 
 def _is_wide(image: Image.Image) -> bool:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
-from runtime.preprocess import load, normalise, open_image, refuse_costly, to_pixels
+from runtime.preprocess import load, metadata_bytes, normalise, open_image, refuse_costly, to_pixels
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
 from service import metrics
@@ -40,6 +40,7 @@ _DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) are r
 # on the event loop; anything larger goes to the decode pool. Judged from the headers, not the
 # upload's size: a 77 KB PNG can hold 6300 x 6300 16-bit pixels.
 _PREPARE_INLINE_BYTES = 256 * 1024
+_KEEP_HEADER_TEXT_BYTES = 64 * 1024
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -117,12 +118,12 @@ class Prepared:
 
 @dataclass
 class Opened:
-    """One upload whose header passed the limits, and what preparing it will cost. The header's
-    image is not kept: reading one can decompress 64 MB of PNG text from a 67 KB upload."""
+    """One upload whose header passed the limits, and what preparing it will cost."""
 
     upload: Upload
     cost: int  # bytes preparing it takes (`preparing_bytes`)
     context: dict[str, Any] | None
+    image: Image.Image | None  # the header read, kept unless it carries much text (read again then)
 
 
 @dataclass
@@ -151,17 +152,24 @@ class ClassifyEndpoints:
         self.budget = DecodeBudget(limits.max_decoded_bytes)
 
     def open(self, upload: Upload, raw_context: Any) -> Opened:
-        """The context and the image's header, checked against every limit (no pixels decoded)."""
+        """The context and the image's header, checked against every limit (no pixels decoded).
+        A header holding more than `_KEEP_HEADER_TEXT_BYTES` of text (a PNG's, decompressed: up
+        to 1 MB from 1 KB) is not kept, so a batch's headers waiting for the pool stay small."""
         context = parse_context(raw_context, self.limits.max_context_bytes)
         image = self._header(upload)
         try:
-            return Opened(upload, refuse_costly(image, self.spec, self.limits.max_decoded_bytes), context)
-        finally:
+            cost = refuse_costly(image, self.spec, self.limits.max_decoded_bytes)
+        except InputError:
             image.close()
+            raise
+        if metadata_bytes(image) > _KEEP_HEADER_TEXT_BYTES:
+            image.close()
+            return Opened(upload, cost, context, None)
+        return Opened(upload, cost, context, image)
 
     def pixels(self, opened: Opened) -> Decoded:
         """Decode and reduce to the model's input; the full-size image is released on return."""
-        image = self._header(opened.upload)
+        image, opened.image = opened.image or self._header(opened.upload), None
         try:
             return Decoded(to_pixels(load(image), self.spec), opened.context)
         finally:
