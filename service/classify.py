@@ -8,20 +8,25 @@ becomes an InputError (a counted 4xx with a JSON reason); the model answers ever
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import orjson
+from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
-from runtime.preprocess import decode_image, normalise, to_pixels
+from runtime.preprocess import load, metadata_bytes, normalise, open_image, refuse_costly, to_pixels
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
 from service import metrics
@@ -30,10 +35,66 @@ from service.errors import InputError, internal_error
 from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
 from service.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id, slot_id, time_ordered_id
 
-_DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) decode off the event loop
+_DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) are read off the event loop
+# Images whose preparation (decoding included) takes at most this, a batch's in all, are prepared
+# on the event loop; anything larger goes to the decode pool. Judged from the headers, not the
+# upload's size: a 77 KB PNG can hold 6300 x 6300 16-bit pixels.
+_PREPARE_INLINE_BYTES = 256 * 1024
+_KEEP_HEADER_TEXT_BYTES = 64 * 1024
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CPU_MAX) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota when one is set
+    (`os.cpu_count()` is the node's, which on a large node multiplied the images decoding at once)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU controller here: affinity alone
+    return max(1, cpus)
+
+
+class DecodeBudget:
+    """Bytes of image preparation (as `preparing_bytes` states them) a worker holds at once.
+    A holder waits until its bytes are free; holders are admitted in arrival order, so a large
+    image is not starved by a stream of small ones. One hold is at most the capacity: larger
+    images are refused before they get here."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._held = 0
+        self._tickets = 0
+        self._serving = 0
+        self._changed = threading.Condition()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        size = min(size, self.capacity)
+        with self._changed:
+            ticket, self._tickets = self._tickets, self._tickets + 1
+            self._changed.wait_for(lambda: self._serving == ticket and self._held + size <= self.capacity)
+            self._serving += 1
+            self._held += size
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= size
+                self._changed.notify_all()
+
+
 # A large batch's images decode side by side in this pool (Pillow releases the interpreter lock
-# while decoding); bounded, so a batch of large images holds at most this many decoded at once.
-_DECODE_POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="classguard-decode")
+# while decoding): as many threads as the CPUs the process may use, at most 8. What they hold at
+# once is bounded by each worker's DecodeBudget, not by the thread count.
+_DECODE_POOL = ThreadPoolExecutor(max_workers=min(8, usable_cpus()), thread_name_prefix="classguard-decode")
 T = TypeVar("T")
 CLASSIFY_FIELDS = frozenset({"image", "context"})
 BATCH_FIELDS = frozenset({"images", "array", "contexts"})
@@ -53,6 +114,16 @@ class Prepared:
 
     pixels: np.ndarray
     subgroup: dict[str, str]
+
+
+@dataclass
+class Opened:
+    """One upload whose header passed the limits, and what preparing it will cost."""
+
+    upload: Upload
+    cost: int  # bytes preparing it takes (`preparing_bytes`)
+    context: dict[str, Any] | None
+    image: Image.Image | None  # the header read, kept unless it carries much text (read again then)
 
 
 @dataclass
@@ -78,27 +149,63 @@ class ClassifyEndpoints:
                  model_tag: str, hash_images: bool) -> None:
         self.serving, self.resolver, self.spec, self.limits, self.model_tag = serving, resolver, spec, limits, model_tag
         self.hash_images = hash_images  # the log hashes each image: hand it the bytes
+        self.budget = DecodeBudget(limits.max_decoded_bytes)
+
+    def open(self, upload: Upload, raw_context: Any) -> Opened:
+        """The context and the image's header, checked against every limit (no pixels decoded).
+        A header holding more than `_KEEP_HEADER_TEXT_BYTES` of text (a PNG's, decompressed: up
+        to 1 MB from 1 KB) is not kept, so a batch's headers waiting for the pool stay small."""
+        context = parse_context(raw_context, self.limits.max_context_bytes)
+        image = self._header(upload)
+        try:
+            cost = refuse_costly(image, self.spec, self.limits.max_decoded_bytes)
+        except InputError:
+            image.close()
+            raise
+        if metadata_bytes(image) > _KEEP_HEADER_TEXT_BYTES:
+            image.close()
+            return Opened(upload, cost, context, None)
+        return Opened(upload, cost, context, image)
+
+    def pixels(self, opened: Opened) -> Decoded:
+        """Decode and reduce to the model's input; the full-size image is released on return."""
+        image, opened.image = opened.image or self._header(opened.upload), None
+        try:
+            return Decoded(to_pixels(load(image), self.spec), opened.context)
+        finally:
+            image.close()
+
+    def _header(self, upload: Upload) -> Image.Image:
+        return open_image(upload.data, max_pixels=self.limits.max_image_pixels, max_side=self.limits.max_image_side)
+
+    def pixels_within_budget(self, opened: Opened) -> Decoded:
+        """`pixels` once the worker's budget has room for it (may wait: never on the event loop)."""
+        with self.budget.hold(opened.cost):
+            return self.pixels(opened)
 
     def decode(self, upload: Upload, raw_context: Any) -> Decoded:
-        limits = self.limits
-        context = parse_context(raw_context, limits.max_context_bytes)
-        image = decode_image(upload.data, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
-        return Decoded(to_pixels(image, self.spec), context)
+        return self.pixels_within_budget(self.open(upload, raw_context))
 
     def prepare(self, upload: Upload, raw_context: Any) -> Prepared:
-        decoded = self.decode(upload, raw_context)
+        return self._prepared(self.decode(upload, raw_context))
+
+    def _prepared(self, decoded: Decoded) -> Prepared:
         unit = decoded.pixels.astype(np.float32) / np.float32(255.0)
         return Prepared(normalise(unit, self.spec), self.resolver.resolve(decoded.context, unit))
 
     async def prepare_many(self, uploads: Sequence[Upload], raw_contexts: Sequence[Any],
                            pool: ThreadPoolExecutor | None) -> PreparedBatch:
-        """`prepare` for a batch: each upload decoded (side by side in `pool` if given, else one
-        after another), then scaling, normalisation and subgroups once for the whole batch
-        (tests/service/test_decode_pool.py holds it equal to `prepare` image by image)."""
-        if pool is not None:
-            outcomes = await decode_in_pool(self.decode, uploads, raw_contexts, pool)
+        """`prepare` for a batch: the headers read (in `pool` if the uploads are large), then the
+        images decoded side by side in `pool` within the worker's budget when their cost in all
+        is more than `_PREPARE_INLINE_BYTES`, else one after another here; then scaling,
+        normalisation and subgroups once for the whole batch (tests/service/test_decode_pool.py
+        holds it equal to `prepare` image by image)."""
+        large = sum(len(u.data) for u in uploads) > _DECODE_IN_THREAD_BYTES
+        opened = await run_in(pool if large else None, self.open_all, uploads, raw_contexts)
+        if pool is not None and sum(o.cost for o in opened if isinstance(o, Opened)) > _PREPARE_INLINE_BYTES:
+            outcomes = await decode_in_pool(self.pixels_within_budget, opened, pool)
         else:
-            outcomes = [attempt(self.decode, upload, raw) for upload, raw in zip(uploads, raw_contexts)]
+            outcomes = [attempt(self.pixels, o) if isinstance(o, Opened) else o for o in opened]
         refused = {i: o for i, o in enumerate(outcomes) if isinstance(o, InputError)}
         ready = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Decoded)]
         if not ready:
@@ -108,10 +215,17 @@ class ClassifyEndpoints:
         subgroups = self.resolver.resolve_many([d.context for _, d in ready], unit)
         return PreparedBatch([i for i, _ in ready], normalise(unit, self.spec), subgroups, refused)
 
+    def open_all(self, uploads: Sequence[Upload], raw_contexts: Sequence[Any]) -> list[Opened | InputError]:
+        return [attempt(self.open, upload, raw) for upload, raw in zip(uploads, raw_contexts)]
+
     async def prepare_async(self, upload: Upload, raw_context: Any) -> Prepared:
-        if len(upload.data) > _DECODE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(self.prepare, upload, raw_context)
-        return self.prepare(upload, raw_context)
+        """`prepare`: the header read in the pool if the upload is large, the pixels decoded in
+        the pool within the worker's budget unless the image is small."""
+        large = len(upload.data) > _DECODE_IN_THREAD_BYTES
+        opened = await run_in(_DECODE_POOL if large else None, self.open, upload, raw_context)
+        if opened.cost > _PREPARE_INLINE_BYTES:
+            return self._prepared(await run_in(_DECODE_POOL, self.pixels_within_budget, opened))
+        return self._prepared(self.pixels(opened))
 
     async def classify(self, request: Request) -> JSONResponse:
         return await self._handle("classify", request, self._classify)
@@ -154,8 +268,7 @@ class ClassifyEndpoints:
         uploads = image_uploads(fields, "images")
         raw_contexts = batch_contexts(fields, len(uploads))
         results: list[dict[str, Any] | None] = [None] * len(uploads)
-        large = sum(len(u.data) for u in uploads) > _DECODE_IN_THREAD_BYTES
-        batch = await self.prepare_many(uploads, raw_contexts, _DECODE_POOL if large else None)
+        batch = await self.prepare_many(uploads, raw_contexts, _DECODE_POOL)
         for i, error in batch.refused.items():  # one bad image fails only its own slot
             metrics.REJECTED.labels("classify_batch", error.reason).inc()
             results[i] = {"index": i, **error.body(slot_id(request_id, i))}
@@ -202,12 +315,22 @@ class ClassifyEndpoints:
             results[i] = {"index": i, **answer}
 
 
-async def decode_in_pool(decode: Callable[[Upload, Any], Decoded], uploads: Sequence[Upload],
-                         contexts: Sequence[Any], pool: ThreadPoolExecutor) -> list[Decoded | InputError]:
-    """Each upload decoded in `pool`, all at once; in upload order, a client's mistake in its slot."""
-    loop = asyncio.get_running_loop()
-    return list(await asyncio.gather(*(loop.run_in_executor(pool, attempt, decode, u, raw)
-                                       for u, raw in zip(uploads, contexts))))
+async def decode_in_pool(decode: Callable[[Opened], Decoded], opened: Sequence[Opened | InputError],
+                         pool: ThreadPoolExecutor) -> list[Decoded | InputError]:
+    """Each opened upload decoded in `pool`, all at once; in upload order, a client's mistake
+    (found at its header, or while decoding) in its slot."""
+
+    async def one(item: Opened | InputError) -> Decoded | InputError:
+        return item if isinstance(item, InputError) else await run_in(pool, attempt, decode, item)
+
+    return list(await asyncio.gather(*(one(item) for item in opened)))
+
+
+async def run_in(pool: ThreadPoolExecutor | None, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` in `pool`, or here on the event loop when `pool` is None."""
+    if pool is None:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
 
 
 def attempt(work: Callable[..., T], *args: Any) -> T | InputError:

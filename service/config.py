@@ -73,6 +73,10 @@ class LimitsConfig(Strict):
     max_upload_bytes: int = Field(10_000_000, ge=1_000, description="whole request body")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of one image")
     max_image_side: int = Field(10_000, ge=1)
+    max_decoded_bytes: int = Field(256_000_000, ge=1_000_000,
+                                   description="memory decoding the images being prepared may take at once in a "
+                                               "worker (pixels as stored, times the decoder's copies); an image "
+                                               "that alone needs more is refused (413)")
     max_batch_images: int = Field(256, ge=1)
     max_context_bytes: int = Field(4_096, ge=2)
     max_header_bytes: int = Field(32_768, ge=1_024, le=1_048_576,
