@@ -54,7 +54,8 @@ def test_alerts_carry_severity_summary_and_an_existing_runbook():
         text = runbook.read_text()
         assert "## Confirm" in text and "## What to switch on" in text
     index = (DASHBOARDS / "runbooks" / "README.md").read_text()
-    missing = [r["alert"] for r in alerts() if f"({r['alert']}.md)" not in index]
+    missing = [r["alert"] for r in alerts()
+               if f"[{r['alert']}]({r['annotations']['runbook_url'].rsplit('/', 1)[1]})" not in index]
     assert not missing, f"runbooks/README.md does not list {missing}"
 
 
