@@ -43,14 +43,24 @@ def _alerts() -> dict[str, dict]:
 
 def _runbook_pages() -> dict[str, str]:
     """runbooks/<name>.md -> markdown; the folder's README.md is the section's index. An alert
-    in the rules without a runbook file gets a page that says so and shows its rule, so the
-    index's link to it still leads somewhere (and the gap is visible)."""
+    in the rules without any runbook gets a page that says so and shows its rule, so the
+    index's link to it still leads somewhere (and the gap is visible); an alert whose rule's
+    `runbook_url` names another alert's runbook gets a page that leads there."""
     pages = {}
     for path in sorted(RUNBOOKS.glob("*.md")):
         name = "index.md" if path.name == "README.md" else path.name
         pages[f"runbooks/{name}"] = path.read_text()
     for alert, rule in _alerts().items():
-        if f"runbooks/{alert}.md" not in pages:
+        if f"runbooks/{alert}.md" in pages:
+            continue
+        shared = Path(rule.get("annotations", {}).get("runbook_url", "")).name
+        if f"runbooks/{shared}" in pages:
+            # alerts that share one runbook (its title names them all): a page under the
+            # alert's own name leads there
+            pages[f"runbooks/{alert}.md"] = (
+                f"# {alert}\n\n`{alert}` shares its runbook (the rule's `runbook_url`): "
+                f"[{Path(shared).stem}]({shared}).\n")
+        else:
             pages[f"runbooks/{alert}.md"] = (
                 f"# {alert}\n\nNo runbook has been written for this alert yet "
                 f"(`dashboards/runbooks/{alert}.md` does not exist). Its rule, from "
@@ -62,7 +72,9 @@ def _runbook_pages() -> dict[str, str]:
 def on_config(config, **kwargs):
     # the nav's "Runbooks" entry lists every runbook page, index first
     pages = _runbook_pages()
-    entries = ["runbooks/index.md", *sorted(p for p in pages if p != "runbooks/index.md")]
+    # titled by alert name (a shared runbook's own title names several alerts)
+    entries = [{"All runbooks": "runbooks/index.md"},
+               *({Path(p).stem: p} for p in sorted(pages) if p != "runbooks/index.md")]
 
     def fill(items):
         for item in items or []:
@@ -209,14 +221,14 @@ def settings_reference(missing: list[str] | None = None) -> str:
         else:
             sections[""].extend(_rows(_Only(name, Settings), [], ENV_PREFIX, shipped, missing))
     out = []
-    head = ("| key | type | default | `config/classguard.yaml` | limits | environment variable | meaning |\n"
-            "|---|---|---|---|---|---|---|\n")
+    head = "| key and environment variable | type and limits | default | meaning |\n|---|---|---|---|\n"
     for section, rows in sections.items():
         out.append(f"### `{section}`\n" if section else "### Top level\n")
         if intros.get(section):
             out.append(intros[section] + "\n")
         out.append(head + "".join(
-            f"| `{key}` | {typ} | {_cell(default)} | {_cell(ship)} | {lim} | {env} | {_cell(desc)} |\n"
+            f"| `{key}`<br>{env} | {typ}{', ' + lim if lim else ''} | {_cell(default)}"
+            f"{'<br>shipped file: ' + _cell(ship) if ship and ship != default else ''} | {_cell(desc)} |\n"
             for key, typ, default, ship, lim, env, desc in rows))
     return "\n".join(out)
 
@@ -237,11 +249,21 @@ def _schema_name(schema: dict) -> str:
     if "anyOf" in schema or "oneOf" in schema:
         return " or ".join(_schema_name(s) for s in schema.get("anyOf", schema.get("oneOf")))
     kind = schema.get("type", "object")
+    if kind == "object" and schema.get("title"):
+        return f"object `{schema['title']}`"
     if kind == "array":
         return f"array of {_schema_name(schema.get('items', {}))}"
     if "format" in schema:
         return f"{kind} ({schema['format']})"
     return str(kind)
+
+
+def _fields(schema: dict) -> str:
+    required = set(schema.get("required", []))
+    return "| field | type | required | description |\n|---|---|---|---|\n" + "".join(
+        f"| `{name}` | {_schema_name(field)} | {'yes' if name in required else 'no'} | "
+        f"{_cell(field.get('description', field.get('title', '')))} |\n"
+        for name, field in schema.get("properties", {}).items())
 
 
 def openapi_reference(document: dict) -> str:
@@ -269,12 +291,17 @@ def openapi_reference(document: dict) -> str:
             if body:
                 out.append("Request body:\n\n" + "".join(
                     f"- `{ctype}`: {_schema_name(spec.get('schema', {}))}\n" for ctype, spec in body.items()))
+                out.extend(_fields(spec.get("schema", {})) for spec in body.values() if spec.get("schema", {}).get("properties"))
             responses = op.get("responses", {})
             if responses:
                 out.append("| response | description | content |\n|---|---|---|\n" + "".join(
                     f"| {code} | {_cell(r.get('description', ''))} | "
                     + ", ".join(f"`{c}` {_schema_name(s.get('schema', {}))}" for c, s in r.get("content", {}).items())
                     + " |\n" for code, r in responses.items()))
+                for code, r in responses.items():
+                    for spec in r.get("content", {}).values():
+                        if spec.get("schema", {}).get("properties"):
+                            out.append(f"Response {code}:\n\n" + _fields(spec["schema"]))
     schemas = document.get("components", {}).get("schemas", {})
     if schemas:
         out.append("## Schemas\n")
@@ -282,12 +309,8 @@ def openapi_reference(document: dict) -> str:
         out.append(f'### {name} {{ #schema-{name.lower()} }}\n')
         if schema.get("description"):
             out.append(schema["description"].strip() + "\n")
-        props = schema.get("properties", {})
-        required = set(schema.get("required", []))
-        if props:
-            out.append("| field | type | required | description |\n|---|---|---|---|\n" + "".join(
-                f"| `{p}` | {_schema_name(s)} | {'yes' if p in required else 'no'} | "
-                f"{_cell(s.get('description', s.get('title', '')))} |\n" for p, s in props.items()))
+        if schema.get("properties"):
+            out.append(_fields(schema))
         else:
             out.append(f"Type: {_schema_name(schema)}\n")
     return "\n".join(out)
