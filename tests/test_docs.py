@@ -129,3 +129,11 @@ def test_every_old_readme_section_is_a_docs_heading():
     found = {h for page in DOCS.rglob("*.md") for h in headings(page.read_text())}
     lost = [h for h in OLD_README_HEADINGS if h not in found]
     assert not lost, f"README sections with no docs heading: {lost}"
+
+
+def test_readme_links_lead_to_files():
+    """Every relative link of the README names a file in the repository (the docs pages above all)."""
+    readme = (REPO / "README.md").read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", readme) if "://" not in t]
+    assert targets
+    assert [t for t in targets if not (REPO / t).exists()] == []
