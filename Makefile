@@ -7,12 +7,13 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 
-.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean
+.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean docs
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
 	@echo "make demo-fleet - the same incident on three replicas sharing a throwaway PostgreSQL"
 	@echo "make test   - the whole test suite"
+	@echo "make docs   - serve the docs site on http://127.0.0.1:8000 (mkdocs; pages under docs/)"
 	@echo "make serve  - serve on http://127.0.0.1:$(PORT)"
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
@@ -48,6 +49,10 @@ demo-fleet: train
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the docs site (mkdocs.yml, docs/); the configuration and HTTP references are generated at build time
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 bench: train
 	$(BIN)/python -m benchmarks.throughput
