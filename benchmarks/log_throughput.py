@@ -37,7 +37,7 @@ def record(log, i: int, request_id: str) -> None:
 
 
 def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:
-    from service.config import LogConfig
+    from core.config import LogConfig
     from store.prediction_log import PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,8 +61,8 @@ def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:
 
 def flush_beside_busy_thread(row_by_row: bool, rows: int = 450) -> float:
     """Milliseconds to write `rows` queued rows on a thread while this thread runs Python."""
-    from service.config import LogConfig
-    from service.ids import time_ordered_id
+    from core.config import LogConfig
+    from core.ids import time_ordered_id
     from store.prediction_log import COLUMNS, PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +93,7 @@ def flush_beside_busy_thread(row_by_row: bool, rows: int = 450) -> float:
 
 
 def main() -> int:
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     ordered = fill(time_ordered_id)
     random_ids = fill(lambda: uuid.uuid4().hex)

@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from core import metrics
+from core.config import MonitorsConfig
 from monitors.confusion import ConfusionPair
 from monitors.events import COLUMN, EVENT_COLUMNS, EventBatch, Score, WindowConfig
 from monitors.keys import LOW_CONFIDENCE_FLAG
 from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
 from runtime.probability_rows import rows_of
-from service import metrics
-from service.config import MonitorsConfig
 from store.clock import CLOCK
 from store.database import StoreUnavailable
 
@@ -69,7 +69,7 @@ class MonitorsDisabled(Exception):
 
 # From this many answers a batch's monitor work runs in numpy; below it, answer by answer: numpy's
 # fixed cost per call made a single request about 0.25 ms dearer in-process (with the
-# histogram's batch observe, which takes the same turn in service.metrics.observe_many).
+# histogram's batch observe, which takes the same turn in core.metrics.observe_many).
 NUMPY_FROM = 8
 
 

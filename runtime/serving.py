@@ -22,12 +22,12 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from core import metrics
 from guardrails.chain import Chain
 from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
 from monitors.keys import subgroup_key
 from runtime.probability_rows import falling, rounded, rows_of
-from service import metrics
 
 logger = logging.getLogger("classguard")
 COLUMNS_FROM = 8  # a request of fewer images is decided image by image (numpy's fixed cost is more)

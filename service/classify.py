@@ -24,16 +24,17 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from core import metrics
+from core.config import LimitsConfig
+from core.errors import InputError
+from core.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id, slot_id, time_ordered_id
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
 from runtime.preprocess import load, metadata_bytes, normalise, open_image, refuse_costly, to_pixels
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
-from service import metrics
-from service.config import LimitsConfig
-from service.errors import InputError, internal_error
+from service.http_errors import internal_error
 from service.http_input import Upload, batch_contexts, image_uploads, parse_context, read_form
-from service.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id, slot_id, time_ordered_id
 
 _DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) are read off the event loop
 # Images whose preparation (decoding included) takes at most this, a batch's in all, are prepared

@@ -15,8 +15,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from service.config import LimitsConfig
-from service.errors import InputError
+from core.config import LimitsConfig
+from core.errors import InputError
 
 
 def require_bearer(request: Request, token: Any, *, off_reason: str, variable: str) -> None:

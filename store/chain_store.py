@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from service import metrics
+from core import metrics
 from store.clock import CLOCK
 from store.database import Database, StoreUnavailable
 

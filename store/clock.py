@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service import metrics
+from core import metrics
 from store import sql_postgres
 
 # clock_timestamp(), not now(): now() is the start of the transaction, which may be long past

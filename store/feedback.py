@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from core import metrics
+from core.ids import is_lookup_id, minted_at
 from monitors.keys import pair_name
-from service import metrics
-from service.ids import is_lookup_id, minted_at
 from store import sql_postgres
 from store.clock import CLOCK
 from store.prediction_log import find_rows, where

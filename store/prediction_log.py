@@ -26,9 +26,9 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 import orjson
 
+from core import metrics
+from core.config import LogConfig
 from guardrails.core import bucket
-from service import metrics
-from service.config import LogConfig
 from store import sql_sqlite
 from store.clock import CLOCK
 from store.database import Database, SqliteDatabase, dialect_of, off_loop

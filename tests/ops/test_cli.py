@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from core.config import LogConfig
 from ops.cli import main
-from service.config import LogConfig
 from store import feedback
 from store.prediction_log import PredictionLog, connect
 

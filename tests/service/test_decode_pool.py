@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from core.config import LimitsConfig, Settings
+from core.errors import InputError
 from monitors.reference import InputSpec
 from runtime.subgroups import SubgroupResolver
 from service.classify import ClassifyEndpoints, attempt
-from service.config import LimitsConfig, Settings
-from service.errors import InputError
 from service.http_input import Upload
 
 

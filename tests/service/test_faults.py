@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import LogConfig
 from harness import promtext
 from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
-from service.config import LogConfig
 from store.prediction_log import PredictionLog, connect
 from tests.waiting import wait_until
 

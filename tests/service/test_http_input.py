@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from service.config import LimitsConfig
-from service.errors import InputError
+from core.config import LimitsConfig
+from core.errors import InputError
 from service.http_input import (Upload, batch_contexts, image_uploads, parse_context, read_body, read_form,
                                 require_bearer)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service.config import LogConfig
+from core.config import LogConfig
 from store import feedback
 from store.database import PostgresDatabase, StoreUnavailable
 from store.prediction_log import PredictionLog, find, get, query, summary
@@ -55,7 +55,7 @@ def test_log_lookups_answer_the_same_on_both_engines(database):
 def test_a_label_before_its_answer_is_held_then_joined(database):
     """A label for an answer not written yet answers `held` (202); the flush that writes the
     answer joins it (recorded, counted); a second label for it is then a duplicate."""
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     log = PredictionLog(LogConfig(), database)
     log.after_write = lambda conn: feedback.join_held(conn, LABELS, [])
@@ -73,7 +73,7 @@ def test_a_label_before_its_answer_is_held_then_joined(database):
 def test_held_labels_are_bounded_and_expire(database):
     """Past `most` held labels the next is refused with 503 `hold_full`; held labels older than
     the hold are dropped at the next join and counted; an id minted before the hold is a 404 at once."""
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     database.prepare()  # the schema, as a serving replica finds it at start
     hold = feedback.Hold(seconds=60, most=3)
@@ -209,7 +209,7 @@ def test_every_idle_reader_is_replaced_after_a_restart(postgres, pg_url):
 def test_two_replicas_joining_at_once_join_each_label_once(database):
     """200 early labels, then their answers written; two joiners (two replicas' flushes) run at
     once: every label is joined exactly once between them, each counted once, no error."""
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     database.prepare()
     ids = [time_ordered_id() for _ in range(200)]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import LogConfig
 from store import feedback
-from service.config import LogConfig
 from store.prediction_log import PredictionLog, connect
 from tests.waiting import together
 

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 from prometheus_client import REGISTRY
 
-from service.config import LogConfig
+from core.config import LogConfig
 from store import feedback, sql_postgres
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import LogConfig, MonitorsConfig
+from core.ids import time_ordered_id
 from runtime.monitor_pipeline import MonitorPipeline
-from service.config import LogConfig, MonitorsConfig
-from service.ids import time_ordered_id
 from store import clock, feedback
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog

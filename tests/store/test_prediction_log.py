@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from service.config import LogConfig
+from core.config import LogConfig
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog, connect, get, query, summary
 

@@ -5,8 +5,8 @@ migration of the region column."""
 import numpy as np
 import pytest
 
+from core.config import LogConfig
 from monitors.regions import RegionReference
-from service.config import LogConfig
 from store import feedback, region_report
 from store.database import PostgresDatabase, SqliteDatabase
 from store.prediction_log import PredictionLog

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from core.config import LogConfig
 from runtime.chain_config import compile_chain
-from service.config import LogConfig
 from store import feedback
 from store.prediction_log import PredictionLog, connect
 from store.replay import render, replay

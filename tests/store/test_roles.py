@@ -6,10 +6,10 @@ import numpy as np
 import psycopg
 import pytest
 
+from core.config import LogConfig
+from core.ids import time_ordered_id
 from harness.postgres import create_roles
 from ops.cli import main
-from service.config import LogConfig
-from service.ids import time_ordered_id
 from store import feedback
 from store.chain_store import FleetChainStore
 from store.clock import CLOCK

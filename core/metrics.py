@@ -116,7 +116,7 @@ def child(metric, labels: tuple[str, ...]):
 def observe_many(child, values: Iterable[float]) -> None:
     """`child.observe(v)` for every value, as one increment per bucket and one of the sum.
     prometheus_client (pinned < 0.27) has no batch observe: this writes the counts through the
-    child's own bucket and sum values, as its `observe` does (tests/service/test_metrics.py
+    child's own bucket and sum values, as its `observe` does (tests/core/test_metrics.py
     holds the two equal)."""
     values = list(values)
     if len(values) < 8:  # numpy's fixed cost is more than a few observes
