@@ -23,10 +23,10 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from core import metrics
+from core.keys import subgroup_key
 from guardrails.chain import Chain
 from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
-from monitors.keys import subgroup_key
 from runtime.probability_rows import falling, rounded, rows_of
 
 logger = logging.getLogger("classguard")

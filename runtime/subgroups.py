@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from core import metrics
-from monitors.keys import subgroup_key
+from core.keys import subgroup_key
 
 OTHER = "other"
 Deriver = Callable[[np.ndarray], str]

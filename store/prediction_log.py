@@ -27,10 +27,11 @@ import numpy as np
 import orjson
 
 from core import metrics
+from core.clock import CLOCK
 from core.config import LogConfig
 from guardrails.core import bucket
 from store import sql_sqlite
-from store.clock import CLOCK
+from store.clock import store_now
 from store.database import Database, SqliteDatabase, dialect_of, off_loop
 from store.model_store import split_tag
 
@@ -88,7 +89,7 @@ class PredictionLog:
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
         self._conn = self.db.connect()
-        CLOCK.read(self._conn)  # rows are stamped in fleet time (store.clock) from the first one
+        store_now(self._conn)  # rows are stamped in fleet time (store.clock) from the first one
         self._last_retention = self._last_join = 0.0
         # after every write: labels that arrived before their answers were written are joined
         # (set by the wiring, which knows the models' classes)
@@ -254,7 +255,7 @@ class PredictionLog:
         (left behind, feedback grew without bound and refused labels for reused ids). Ages are
         by the store's clock: a replica whose clock ran ahead had deleted the fleet's fresh rows
         (and claimed the task for as long as it ran ahead)."""
-        now = CLOCK.read(self._conn) if now is None else now
+        now = store_now(self._conn) if now is None else now
         with self._conn.transaction():  # the claim commits at once: no lock held through the deletes
             if not claim(self._conn, "retention", now, self.config.retention_check_seconds):
                 return  # another worker (or replica) did it within the interval

@@ -3,7 +3,7 @@
 import numpy as np
 
 from core.config import AttributeConfig
-from monitors.keys import subgroup_key
+from core.keys import subgroup_key
 from runtime.derived import capture_from_border
 from runtime.subgroups import SubgroupResolver
 from training.digits import build_incident

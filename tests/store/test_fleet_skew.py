@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core import clock
 from core.config import LogConfig, MonitorsConfig
 from core.ids import time_ordered_id
 from runtime.monitor_pipeline import MonitorPipeline
-from store import clock, feedback
+from store import feedback
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog
 from tests.monitors.conftest import MODELS, SUBGROUPS, make_profile

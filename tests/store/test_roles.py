@@ -12,7 +12,7 @@ from harness.postgres import create_roles
 from ops.cli import main
 from store import feedback
 from store.chain_store import FleetChainStore
-from store.clock import CLOCK
+from store.clock import store_now
 from store.database import PostgresDatabase, SchemaNotReady
 from store.fleet_windows import FleetWindows
 from store.prediction_log import PredictionLog, get
@@ -62,7 +62,7 @@ def serve_as(url: str) -> PostgresDatabase:
     assert not log.failing
     assert db.read(feedback.record, [("r7", "3")], LABELS, [])[0]["result"] == "recorded"
     windows = FleetWindows(db, layout="L1", worker="svc-1", bucket_s=1.0, n_buckets=300)
-    bucket = int(db.read(CLOCK.read))  # the live window is by the database's clock
+    bucket = int(db.read(store_now))  # the live window is by the database's clock
     totals = windows.exchange({bucket: np.ones(4)})
     assert totals[bucket].tolist() == [1.0] * 4
     store = FleetChainStore(db, "svc")
