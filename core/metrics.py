@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.batches import NUMPY_FROM
+
 MAX_CLASS_LABELS = 50  # classes beyond this share the `predicted_class="other"` series
 
 PREDICTIONS = Counter(
@@ -119,7 +121,7 @@ def observe_many(child, values: Iterable[float]) -> None:
     child's own bucket and sum values, as its `observe` does (tests/core/test_metrics.py
     holds the two equal)."""
     values = list(values)
-    if len(values) < 8:  # numpy's fixed cost is more than a few observes
+    if len(values) < NUMPY_FROM:
         for value in values:
             child.observe(value)
         return

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from core import metrics
+from core.batches import NUMPY_FROM
 from core.clock import CLOCK
 from core.config import MonitorsConfig
 from core.keys import LOW_CONFIDENCE_FLAG
@@ -65,12 +66,6 @@ def runtime_dir(name: str) -> Path:
 
 class MonitorsDisabled(Exception):
     """Monitors are off (monitors.enabled: false): no events to report on."""
-
-
-# From this many answers a batch's monitor work runs in numpy; below it, answer by answer: numpy's
-# fixed cost per call made a single request about 0.25 ms dearer in-process (with the
-# histogram's batch observe, which takes the same turn in core.metrics.observe_many).
-NUMPY_FROM = 8
 
 
 class NoMonitors:

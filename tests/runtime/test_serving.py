@@ -220,8 +220,8 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
         subgroups = [dict([k.split("=")]) for k in rng.choice(KEYS, size=n)]
         ids = [f"id-{rng.integers(1 << 30)}" for _ in range(n)]
         outcomes = []
-        for columns_from in (1, 10 ** 6):
-            monkeypatch.setattr(serving_module, "COLUMNS_FROM", columns_from)
+        for numpy_from in (1, 10 ** 6):
+            monkeypatch.setattr(serving_module, "NUMPY_FROM", numpy_from)
             serving = Serving(models={"base": model("base"), "other": model("other")}, primary="base",
                               batchers={"base": primary, "other": other}, shadow_batchers={}, monitors=Flags(),
                               chain=SimpleNamespace(chain=chain), log=Log(), top_k=3, shadow_limit=8,
