@@ -34,7 +34,7 @@ BATCHES = (1, 8, 64, 256)
 DEPTHS = ("answer", "npy", "png")
 COMPONENTS = (  # (component, path fragments of the functions it owns), first match wins
     ("multipart parsing", ("multipart", "starlette/formparsers", "http_input")),
-    ("decoding (PNG, .npy)", ("PIL/", "array_input", "preprocess", "subgroups", "derived")),
+    ("decoding (PNG, .npy)", ("PIL/", "array_input", "preprocess", "runtime/prepare", "subgroups", "derived")),
     ("guardrails", ("guardrails/",)),
     ("monitors", ("monitors/", "monitor_pipeline")),
     ("prediction log", ("prediction_log",)),
