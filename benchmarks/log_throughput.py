@@ -3,7 +3,7 @@
     python -m benchmarks.log_throughput        (make bench-log)
 
 Records 100,000 realistic rows (10 classes, flags and a guardrail trace) through
-PredictionLog.record() and flushes in batches as the service does (every 1,000 rows here),
+PredictionLog.record_many(), a row a call, and flushes in batches as the service does (every 1,000 rows here),
 then reports rows/s for record (the request path) and for the flush (the writer thread),
 once with the service's time-ordered request ids and once with random (uuid4) ids: the
 flush cost per row over the last 10,000 rows shows what random primary keys do as the table
@@ -29,11 +29,11 @@ PROBS = np.random.default_rng(0).dirichlet(np.ones(10), 64)
 
 
 def record(log, i: int, request_id: str) -> None:
-    log.record({"request_id": request_id, "label": "3", "confidence": 0.61, "abstained": False,
-                "flags": ["known_confusion:6->0"] if i % 7 == 0 else [],
-                "guardrails": [{"guardrail": "allow_all", "action": "allow", "reason": "none"}],
-                "top_k": [{"label": "3", "probability": 0.61}, {"label": "9", "probability": 0.2}]},
-               PROBS[i % 64], "ca41b24220abcf66", "classguard-baseline:v1", "capture=phone")
+    log.record_many([{"request_id": request_id, "label": "3", "confidence": 0.61, "abstained": False,
+                      "flags": ["known_confusion:6->0"] if i % 7 == 0 else [],
+                      "guardrails": [{"guardrail": "allow_all", "action": "allow", "reason": "none"}],
+                      "top_k": [{"label": "3", "probability": 0.61}, {"label": "9", "probability": 0.2}]}],
+                    [PROBS[i % 64]], "ca41b24220abcf66", ["classguard-baseline:v1"], ["capture=phone"])
 
 
 def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:

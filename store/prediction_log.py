@@ -65,9 +65,6 @@ class NoLog:
 
     failing = False
 
-    def record(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
     def record_many(self, *args: Any, **kwargs: Any) -> None:
         return None
 
@@ -105,19 +102,13 @@ class PredictionLog:
         return self.db.read(fn, *args, **kwargs)
 
     # -- request path ------------------------------------------------------------------------
-    def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str,
-               subgroup: str, image: bytes | None = None, region: str | None = None) -> None:
-        """Queue one answered prediction; `model` is name:version, `region` the primary's region
-        of the image (None when it has none)."""
-        self.record_many([response], [probs], config_hash, [model], [subgroup],
-                         [image] if image is not None else None, [region])
-
     def record_many(self, responses: Sequence[dict[str, Any]], probs: Sequence[np.ndarray], config_hash: str,
                     models: Sequence[str], subgroups: Sequence[str], images: Sequence[bytes] | None = None,
                     regions: Sequence[str | None] | None = None) -> None:
-        """`record` for a batch's answers: one clock reading (fleet time: replicas' rows compare
-        by it, in lookups and retention), each model tag split once, the drops of a full queue
-        counted once."""
+        """Queue a batch's answered predictions; each `models` entry is name:version, each `regions`
+        entry the primary's region of the image (None when it has none). One clock reading (fleet
+        time: replicas' rows compare by it, in lookups and retention), each model tag split once,
+        the drops of a full queue counted once."""
         now, dropped, rows = CLOCK.now(), 0, []
         room = self.config.queue_size - len(self._queue)
         versions: dict[str, tuple[str, str]] = {}

@@ -16,6 +16,7 @@ from store.clock import store_now
 from store.database import PostgresDatabase, SchemaNotReady
 from store.fleet_windows import FleetWindows
 from store.prediction_log import PredictionLog, get
+from tests.log_rows import record_one
 
 LABELS = {"base": [str(d) for d in range(10)]}
 
@@ -56,8 +57,8 @@ def serve_as(url: str) -> PostgresDatabase:
     early = time_ordered_id()
     assert db.read(feedback.record, [(early, "3")], LABELS, [])[0]["result"] == "held"
     for i in range(8):
-        log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
-    log.record({**response(9), "request_id": early}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+        record_one(log, response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    record_one(log, {**response(9), "request_id": early}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
     assert log.flush() == 9
     assert not log.failing
     assert db.read(feedback.record, [("r7", "3")], LABELS, [])[0]["result"] == "recorded"
