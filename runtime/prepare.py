@@ -230,7 +230,8 @@ class Preparer:
         slots = [i for i, _ in ready]
         return PreparedBatch(slots, normalise(unit, self.spec), subgroups, refused, [uploads[i] for i in slots])
 
-    def open_all(self, uploads: Sequence[bytes], raw_contexts: Sequence[str | bytes | None]) -> list[Opened | InputError]:
+    def open_all(self, uploads: Sequence[bytes],
+                 raw_contexts: Sequence[str | bytes | None]) -> list[Opened | InputError]:
         return [attempt(self.open, data, raw) for data, raw in zip(uploads, raw_contexts)]
 
     async def decode_array(self, data: bytes) -> np.ndarray:

@@ -110,7 +110,8 @@ class ClassifyEndpoints:
             results[i] = {"index": i, **error.body(slot_id(request_id, i))}
         if batch.slots:
             idx = batch.slots
-            answers = await self.serving.answer_all(batch.pixels, batch.subgroups, [slot_id(request_id, i) for i in idx],
+            answers = await self.serving.answer_all(batch.pixels, batch.subgroups,
+                                                    [slot_id(request_id, i) for i in idx],
                                                     [slot_id(correlation, i) for i in idx], batch.images)
             for i, answer in zip(idx, answers):
                 results[i] = {"index": i, **answer}
