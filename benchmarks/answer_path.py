@@ -34,11 +34,11 @@ BATCHES = (1, 8, 64, 256)
 DEPTHS = ("answer", "npy", "png")
 COMPONENTS = (  # (component, path fragments of the functions it owns), first match wins
     ("multipart parsing", ("multipart", "starlette/formparsers", "http_input")),
-    ("decoding (PNG, .npy)", ("PIL/", "array_input", "preprocess", "subgroups", "derived")),
+    ("decoding (PNG, .npy)", ("PIL/", "array_input", "preprocess", "runtime/prepare", "subgroups", "derived")),
     ("guardrails", ("guardrails/",)),
     ("monitors", ("monitors/", "monitor_pipeline")),
     ("prediction log", ("prediction_log",)),
-    ("metrics", ("service/metrics", "prometheus_client")),
+    ("metrics", ("core/metrics", "prometheus_client")),
     ("render + trace", ("runtime/serving", "probability_rows", "service/classify")),
     ("event loop", ("asyncio", "selectors", "select.epoll")),
     ("numpy", ("numpy",)),
@@ -58,10 +58,10 @@ def engine_with_precomputed_outputs(tmp: str, env: dict[str, str] = EVERYTHING_O
                        "CLASSGUARD_RUNTIME_DIR": tmp, **env})
     import numpy as np
 
+    from core.config import load_settings
     from runtime.engine import Engine
     from runtime.preprocess import encode_png, normalise
     from service.classify import ClassifyEndpoints
-    from service.config import load_settings
     from training.digits import build_incident
 
     load_settings.cache_clear()  # settings are read once per process; each engine here reads its own

@@ -41,8 +41,8 @@ def model_outputs() -> dict:
 
     from monitors.reference import ReferenceProfile, softmax
     from runtime.models import find_stored
-    from training.digits import build_incident
     from store.model_store import PROFILE_KEY, WEIGHTS_FILE
+    from training.digits import build_incident
 
     stored = find_stored("classguard-baseline:latest")
     module = torch.jit.load(stored.path_of(WEIGHTS_FILE)).eval()
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    from core.config import load_settings
     from monitors.suite import MonitorSuite
-    from service.config import load_settings
     from runtime.monitor_pipeline import confusion_pairs, window_config
     from runtime.subgroups import SubgroupResolver
 

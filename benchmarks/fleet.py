@@ -356,12 +356,12 @@ def store_figures(n: int, fleet_phases: list[dict[str, Any]]) -> dict[str, Any]:
 def window_layout() -> dict[str, Any]:
     """Counts per bucket of the default configuration's shared window, from the same
     MonitorSuite Engine._fleet_windows shares (the models' profiles, not the models)."""
+    from core.config import Settings
     from monitors.reference import ReferenceProfile
     from monitors.suite import MonitorSuite
     from runtime.models import find_stored
     from runtime.monitor_pipeline import confusion_pairs, window_config
     from runtime.subgroups import SubgroupResolver
-    from service.config import Settings
     from store.model_store import PROFILE_KEY
 
     settings = Settings()
@@ -417,7 +417,7 @@ def published(url: str, primary: str) -> dict[str, float]:
 def fleet_statistics(fleet: Fleet, single: Server, samples: list, per_replica: int) -> dict[str, Any]:
     """The same stream through the fleet and through one process; every replica's published
     statistics against that process's and against what was sent."""
-    from service.config import Settings
+    from core.config import Settings
 
     primary = Settings().models.primary.split(":")[0]  # the model whose per-capture counts are compared
     sent = {"samples": len(samples), "phone": sum(s.capture == "phone" for s in samples),

@@ -63,8 +63,8 @@ def server_cpu_seconds(data_dir: Path) -> float:
 
 def _writer(url: str, seconds: float, out: multiprocessing.Queue) -> None:
     from benchmarks.log_throughput import record
-    from service.config import LogConfig
-    from service.ids import time_ordered_id
+    from core.config import LogConfig
+    from core.ids import time_ordered_id
     from store.database import PostgresDatabase
     from store.prediction_log import PredictionLog
 
@@ -111,12 +111,12 @@ def log_capacity(url: str, writers: int, data_dir: Path) -> dict[str, float]:
 def default_layout_suite():
     """A MonitorSuite of the default configuration (both stored models' profiles, the configured
     subgroups and pairs): the real vector size per bucket."""
+    from core.config import Settings
     from monitors.reference import ReferenceProfile
     from monitors.suite import MonitorSuite
     from runtime.models import find_stored
     from runtime.monitor_pipeline import confusion_pairs, window_config
     from runtime.subgroups import SubgroupResolver
-    from service.config import Settings
     from store.model_store import PROFILE_KEY
 
     settings = Settings()

@@ -117,8 +117,8 @@ def make_bodies(n: int) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
+    from core.config import Settings
     from harness import traffic
-    from service.config import Settings
 
     def png(pixels: np.ndarray) -> bytes:
         out = io.BytesIO()

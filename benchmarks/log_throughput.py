@@ -3,7 +3,7 @@
     python -m benchmarks.log_throughput        (make bench-log)
 
 Records 100,000 realistic rows (10 classes, flags and a guardrail trace) through
-PredictionLog.record() and flushes in batches as the service does (every 1,000 rows here),
+PredictionLog.record_many(), a row a call, and flushes in batches as the service does (every 1,000 rows here),
 then reports rows/s for record (the request path) and for the flush (the writer thread),
 once with the service's time-ordered request ids and once with random (uuid4) ids: the
 flush cost per row over the last 10,000 rows shows what random primary keys do as the table
@@ -29,15 +29,15 @@ PROBS = np.random.default_rng(0).dirichlet(np.ones(10), 64)
 
 
 def record(log, i: int, request_id: str) -> None:
-    log.record({"request_id": request_id, "label": "3", "confidence": 0.61, "abstained": False,
-                "flags": ["known_confusion:6->0"] if i % 7 == 0 else [],
-                "guardrails": [{"guardrail": "allow_all", "action": "allow", "reason": "none"}],
-                "top_k": [{"label": "3", "probability": 0.61}, {"label": "9", "probability": 0.2}]},
-               PROBS[i % 64], "ca41b24220abcf66", "classguard-baseline:v1", "capture=phone")
+    log.record_many([{"request_id": request_id, "label": "3", "confidence": 0.61, "abstained": False,
+                      "flags": ["known_confusion:6->0"] if i % 7 == 0 else [],
+                      "guardrails": [{"guardrail": "allow_all", "action": "allow", "reason": "none"}],
+                      "top_k": [{"label": "3", "probability": 0.61}, {"label": "9", "probability": 0.2}]}],
+                    [PROBS[i % 64]], "ca41b24220abcf66", ["classguard-baseline:v1"], ["capture=phone"])
 
 
 def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:
-    from service.config import LogConfig
+    from core.config import LogConfig
     from store.prediction_log import PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,8 +61,8 @@ def fill(new_id, n: int = 100_000, batch: int = 1_000) -> dict[str, float]:
 
 def flush_beside_busy_thread(row_by_row: bool, rows: int = 450) -> float:
     """Milliseconds to write `rows` queued rows on a thread while this thread runs Python."""
-    from service.config import LogConfig
-    from service.ids import time_ordered_id
+    from core.config import LogConfig
+    from core.ids import time_ordered_id
     from store.prediction_log import COLUMNS, PredictionLog
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +93,7 @@ def flush_beside_busy_thread(row_by_row: bool, rows: int = 450) -> float:
 
 
 def main() -> int:
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     ordered = fill(time_ordered_id)
     random_ids = fill(lambda: uuid.uuid4().hex)

@@ -79,7 +79,7 @@ def measure(regions: bool) -> dict[str, float]:
     small.update_many(small_events(30_000, 1_000_000.0))
     results["recompute_ms_3_subgroups"] = round(1000 * timeit(lambda: small.results(now), 100), 3)
 
-    from service.config import MonitorsConfig
+    from core.config import MonitorsConfig
     from runtime.monitor_pipeline import MonitorPipeline
 
     with tempfile.TemporaryDirectory() as tmp:

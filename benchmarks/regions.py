@@ -554,10 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     began = time.perf_counter()
 
+    from core.config import load_settings
     from monitors.confidence import ConfidenceDrift
     from runtime.monitor_pipeline import window_config
     from runtime.subgroups import SubgroupResolver
-    from service.config import load_settings
 
     settings = load_settings()
     window = window_config(settings.monitors)

@@ -6,9 +6,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.keys import flag_pair
 from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
-from monitors.keys import flag_pair
 
 
 def _below(value: float, threshold: float) -> str:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 USER = "cg"  # the superuser initdb makes
@@ -91,20 +90,6 @@ class Postgres:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def wait_ready(url: str, timeout: float = 10.0) -> None:
-    import psycopg
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def create_roles(url: str) -> dict[str, str]:

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
+from core.keys import pair_name
 from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
-from monitors.keys import pair_name
 from monitors.reference import ReferenceProfile, reference_for
 from monitors.stats import bernoulli_cusum
 

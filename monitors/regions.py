@@ -19,9 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from core.keys import subgroup_key
 from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
-from monitors.keys import subgroup_key
 from monitors.stats import bernoulli_cusum, js_distance
 
 NOVEL = "novel"

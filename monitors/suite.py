@@ -13,11 +13,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.keys import LOW_CONFIDENCE_FLAG, confusion_flag
 from monitors.class_drift import PredictedClassDrift
 from monitors.confidence import ConfidenceDrift
 from monitors.confusion import ConfusionPair, KnownConfusions
 from monitors.events import EventBatch, Score, WindowConfig
-from monitors.keys import LOW_CONFIDENCE_FLAG, confusion_flag
 from monitors.reference import ReferenceProfile
 from monitors.regions import RegionMonitor
 from monitors.representation import SubgroupRepresentation

@@ -158,7 +158,7 @@ def is_store_error(exc: BaseException) -> bool:
 def db_migrate(args: argparse.Namespace) -> int:
     """Bring the fleet database's schema to this version, once; replicas only check its version.
     Run it as the owner role before a rollout (README, "Database roles")."""
-    from service.config import load_settings
+    from core.config import load_settings
     from store.database import PostgresDatabase
 
     configured = None if args.database_url else load_settings().fleet.database_url
@@ -257,12 +257,12 @@ def guardrails(args: argparse.Namespace) -> int:
 def replay(args: argparse.Namespace) -> int:
     import yaml
 
+    from core.config import load_settings
+    from runtime.active_chain import chain_context
+    from runtime.chain_config import compile_chain, load_profiles
+    from runtime.models import find_stored, stored_regions
     from store import prediction_log
     from store import replay as replaying
-    from service.config import load_settings
-    from runtime.chain_config import compile_chain, load_profiles
-    from runtime.active_chain import chain_context
-    from runtime.models import find_stored, stored_regions
     from store.model_store import PROFILE_KEY, split_tag
 
     settings = load_settings()
@@ -289,7 +289,7 @@ def open_database(db: str | None, settings=None):
     (the fleet's PostgreSQL when fleet.database_url is set, else log.path)."""
     from pathlib import Path
 
-    from service.config import load_settings
+    from core.config import load_settings
     from store.database import PostgresDatabase, SqliteDatabase, open_database as configured
 
     if db and db.startswith(("postgresql://", "postgres://")):
@@ -324,7 +324,7 @@ def open_log(db: str | None, settings=None):
 
 def guardrail_history(args: argparse.Namespace) -> int:
     """The newest chain changes: the fleet's rows in PostgreSQL, or the single host's audit log."""
-    from service.config import load_settings
+    from core.config import load_settings
     from store.chain_store import FleetChainStore
 
     settings = load_settings()

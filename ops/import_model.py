@@ -126,9 +126,9 @@ def import_model(
 ) -> str:
     import torch
 
+    from core.keys import subgroup_key
     from monitors.reference import InputSpec, build_profile, subgroup_shares
     from runtime.preprocess import normalise, to_unit_array
-    from monitors.keys import subgroup_key
     from store.model_store import reference_rows, save_to_store
 
     spec = InputSpec(height=height, width=width, channels=channels,

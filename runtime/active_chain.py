@@ -15,10 +15,10 @@ import os
 import time
 from typing import Iterable
 
+from core import metrics
+from core.config import GuardrailsConfig
 from guardrails.chain import Chain
 from runtime.chain_config import ChainContext, Profiles, compile_chain, config_hash, load_profiles
-from service import metrics
-from service.config import GuardrailsConfig
 from store.chain_store import ChainStore, FleetChainStore
 from store.database import StoreUnavailable, off_loop
 from store.model_store import split_tag

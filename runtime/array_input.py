@@ -13,8 +13,8 @@ import io
 
 import numpy as np
 
+from core.errors import InputError
 from monitors.reference import InputSpec
-from service.errors import InputError
 
 _FLOATS = (np.float16, np.float32, np.float64)
 

@@ -17,10 +17,10 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from core.keys import LOW_CONFIDENCE_FLAG, confusion_flag
 from guardrails.answers import Abstain, AbstainBelow, AllowAll, ConfusionGuard, SuppressLabels
 from guardrails.chain import Chain
 from guardrails.routing import Route, Shadow
-from monitors.keys import LOW_CONFIDENCE_FLAG, confusion_flag
 
 DEFAULT_PROFILES = Path("config/guardrails.yaml")
 # Profile names are identifiers: they become a metric label and an audit-log field. A name

@@ -13,15 +13,15 @@ from typing import Coroutine
 
 import numpy as np
 
+from core import metrics
+from core.config import Settings
+from core.errors import ENDPOINTS, REASONS
 from runtime.active_chain import GuardrailRuntime, chain_context
 from runtime.batching import MicroBatcher
 from runtime.models import ServedModel, find_stored, resolve_device
 from runtime.monitor_pipeline import MonitorPipeline, NoMonitors, runtime_dir, window_config
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
-from service import metrics
-from service.config import Settings
-from service.errors import ENDPOINTS, REASONS
 from store.chain_store import ChainStore, FleetChainStore
 from store.database import open_database
 from store.feedback import Hold, join_held

@@ -15,7 +15,7 @@ In a fleet (`fleet` set: store.fleet_windows), each publish instead writes the w
 changed buckets to PostgreSQL and reads the fleet's totals, so every replica publishes the
 whole fleet's statistics. When that store cannot be reached, the worker falls back to its
 replica's own view (the file merge above) and says so (`classguard_fleet_view_degraded`).
-Events are stamped, and windows read, in fleet time (store.clock: this host's clock corrected
+Events are stamped, and windows read, in fleet time (core.clock: this host's clock corrected
 by the database's, measured at each exchange), so a replica whose clock is wrong still counts
 its events in the buckets the others count theirs in.
 """
@@ -35,15 +35,16 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from core import metrics
+from core.batches import NUMPY_FROM
+from core.clock import CLOCK
+from core.config import MonitorsConfig
+from core.keys import LOW_CONFIDENCE_FLAG
 from monitors.confusion import ConfusionPair
 from monitors.events import COLUMN, EVENT_COLUMNS, EventBatch, Score, WindowConfig
-from monitors.keys import LOW_CONFIDENCE_FLAG
 from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
 from runtime.probability_rows import rows_of
-from service import metrics
-from service.config import MonitorsConfig
-from store.clock import CLOCK
 from store.database import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -65,12 +66,6 @@ def runtime_dir(name: str) -> Path:
 
 class MonitorsDisabled(Exception):
     """Monitors are off (monitors.enabled: false): no events to report on."""
-
-
-# From this many answers a batch's monitor work runs in numpy; below it, answer by answer: numpy's
-# fixed cost per call made a single request about 0.25 ms dearer in-process (with the
-# histogram's batch observe, which takes the same turn in service.metrics.observe_many).
-NUMPY_FROM = 8
 
 
 class NoMonitors:

@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from core.errors import InputError
 from monitors.reference import InputSpec
-from service.errors import InputError
 
 _STRIP_BYTES = 1 << 20  # float64 bytes of one strip of rows: bounds every per-strip temporary
 # Peak memory of decoding, as a multiple of the decoded image, measured (VmHWM) on 3000 x 3000

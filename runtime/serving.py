@@ -7,10 +7,10 @@ region conditions may send a primary answer to its target; answer guardrails
 change what is emitted; shadows are scheduled off the response path. One chain reference
 is taken per request, so a swap never mixes two chains in one response.
 
-A request of COLUMNS_FROM images or more is decided on columns: each model's answers as one
-matrix, the chain's batch form (guardrails.columns), one pass of numpy for the order, top_k
-and rounding, then a dict per answer. Fewer images go image by image, the form the batch path
-is tested equal to. Either way the log and the metrics take the batch once.
+A request of NUMPY_FROM images (core/batches.py) or more is decided on columns: each model's
+answers as one matrix, the chain's batch form (guardrails.columns), one pass of numpy for the
+order, top_k and rounding, then a dict per answer. Fewer images go image by image, the form
+the batch path is tested equal to. Either way the log and the metrics take the batch once.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from core import metrics
+from core.batches import NUMPY_FROM
+from core.keys import subgroup_key
 from guardrails.chain import Chain
 from guardrails.columns import AnswerColumns, RequestColumns
 from guardrails.core import Answer, Decision, Request
-from monitors.keys import subgroup_key
 from runtime.probability_rows import falling, rounded, rows_of
-from service import metrics
 
 logger = logging.getLogger("classguard")
-COLUMNS_FROM = 8  # a request of fewer images is decided image by image (numpy's fixed cost is more)
 Batcher = Callable[[np.ndarray], Awaitable[np.ndarray]]  # a batch of inputs -> their probabilities
 
 
@@ -106,7 +106,7 @@ class Serving:
                     flags[idx[j]] = found
 
         counts = metrics.AnswerCounts()  # written once per label set, after the batch
-        decide = self._answer_each if n < COLUMNS_FROM else self._answer_columns
+        decide = self._answer_each if n < NUMPY_FROM else self._answer_columns
         results, shadowed = decide(chain, requests, served, probs, flags, trace, correlation_ids, counts)
         self.log.record_many(results, probs, chain.config_hash, [self.tags[name] for name in served], keys, images,
                              requests.regions)

@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from monitors.keys import subgroup_key
-from service import metrics
+from core import metrics
+from core.keys import subgroup_key
 
 OTHER = "other"
 Deriver = Callable[[np.ndarray], str]

@@ -1,1 +1,1 @@
-"""The BentoML service and its edges (configuration, HTTP parsing, metrics, CLI)."""
+"""The BentoML service and its edges: HTTP parsing, endpoints, error rendering, admin."""

@@ -28,13 +28,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, compile_path
 
+from core import metrics
+from core.clock import CLOCK
+from core.errors import InputError
+from core.ids import is_lookup_id
 from runtime.chain_config import check_profile_name
 from runtime.monitor_pipeline import MonitorsDisabled
-from service import metrics
-from service.errors import InputError, internal_error, route_error
+from service.http_errors import error_response, internal_error, route_error
 from service.http_input import read_body, require_bearer
-from service.ids import is_lookup_id
-from store.clock import CLOCK
 from store.database import StoreUnavailable, off_loop
 from store.prediction_log import LogDisabled
 
@@ -275,7 +276,7 @@ class Admin:
     @staticmethod
     def _refuse(exc: InputError) -> Response:
         metrics.REJECTED.labels("admin", exc.reason).inc()
-        return exc.response()
+        return error_response(exc)
 
 
 def _json(value) -> bytes:

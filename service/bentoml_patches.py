@@ -31,8 +31,9 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import instruments, traffic
 from starlette.responses import JSONResponse
 
-from service import metrics
-from service.errors import InputError, error_body, route_error
+from core import metrics
+from core.errors import InputError, error_body
+from service.http_errors import error_response, route_error
 
 OTHER_ENDPOINT = "other"
 
@@ -118,8 +119,8 @@ async def _call(self: traffic.TimeoutMiddleware, scope: Any, receive: Any, send:
                                     status_code=504)
             else:  # the client, not the service, was too slow
                 metrics.REJECTED.labels("http", "request_timeout").inc()
-                resp = InputError("request_timeout", f"the request body did not arrive within {self.timeout} "
-                                  "seconds").response(headers={"connection": "close"})
+                resp = error_response(InputError("request_timeout", f"the request body did not arrive within "
+                                                 f"{self.timeout} seconds"), headers={"connection": "close"})
             await resp(scope, receive, send)
     else:
         timer.cancel()  # the response has started, the timer has nothing left to guard

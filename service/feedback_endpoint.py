@@ -14,9 +14,10 @@ from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service import metrics
-from service.config import LimitsConfig
-from service.errors import InputError, internal_error
+from core import metrics
+from core.config import LimitsConfig
+from core.errors import InputError
+from service.http_errors import error_response, internal_error
 from service.http_input import read_body, require_bearer
 from store import feedback
 from store.database import StoreUnavailable, off_loop
@@ -35,7 +36,7 @@ class FeedbackEndpoint:
             results = await off_loop(self._record, items)
         except InputError as exc:
             metrics.REJECTED.labels("feedback", exc.reason).inc()
-            return exc.response()
+            return error_response(exc)
         except Exception:
             return JSONResponse(internal_error("feedback"), status_code=500)
         status = results[0]["status"] if len(results) == 1 else 200

@@ -15,8 +15,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from service.config import LimitsConfig
-from service.errors import InputError
+from core.config import LimitsConfig
+from core.errors import InputError
 
 
 def require_bearer(request: Request, token: Any, *, off_reason: str, variable: str) -> None:
@@ -84,27 +84,6 @@ async def read_form(request: Request, limits: LimitsConfig, *, max_files: int,
     finally:
         await form.close()
     return fields
-
-
-def parse_context(raw: Any, limit: int) -> dict[str, Any] | None:
-    """A JSON object of subgroup attributes, or None when absent/empty/null."""
-    if raw is None:
-        return None
-    if isinstance(raw, Upload):
-        raw = raw.data.decode("utf-8", errors="replace")
-    if len(raw.encode()) > limit:
-        raise InputError("malformed_context", f"context is larger than {limit} bytes")
-    if not raw.strip():
-        return None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # deeply nested JSON exhausts the parser's recursion
-        raise InputError("malformed_context", f"context is not valid JSON: {type(exc).__name__}: {exc}") from None
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InputError("malformed_context", f"context must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def image_uploads(fields: dict[str, list[Any]], name: str) -> list[Upload]:

@@ -28,8 +28,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from service import metrics
-from service.errors import REASONS, error_body
+from core import metrics
+from core.errors import REASONS, error_body
 
 _STATUS_TEXT = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
 

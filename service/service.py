@@ -9,11 +9,11 @@ from __future__ import annotations
 import bentoml
 from starlette.responses import JSONResponse
 
+from core.config import load_settings
 from runtime.active_chain import chain_context, check_startup_chain
 from runtime.models import find_stored, stored_labels, stored_regions
 from service import admin, bentoml_patches, http_server
 from service.bentoml_patches import EndpointNames
-from service.config import load_settings
 from service.schemas import BatchResponse, ClassifyBatchForm, ClassifyForm, FeedbackForm, FeedbackResponse, Prediction
 
 settings = load_settings()

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from service import metrics
-from store.clock import CLOCK
+from core import metrics
+from store.clock import store_now
 from store.database import Database, StoreUnavailable
 
 log = logging.getLogger("classguard.guardrails")
@@ -139,7 +139,7 @@ class FleetChainStore:
         row = conn.execute(
             "INSERT INTO guardrail_chain (ts, source, replica, pid, profile, hash, chain, previous_id, "
             "previous_profile, previous_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (CLOCK.read(conn), audit_entry["source"], self.replica, audit_entry["pid"], record["profile"],
+            (store_now(conn), audit_entry["source"], self.replica, audit_entry["pid"], record["profile"],
              record["hash"], json.dumps(record["chain"]), previous["id"] if previous else None,
              previous["profile"] if previous else None, previous["hash"] if previous else None)).fetchone()
         self._swap.row = row[0]

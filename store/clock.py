@@ -1,52 +1,22 @@
-"""Fleet time: one clock for every replica that shares a PostgreSQL store.
-
-Replicas compare times that other replicas wrote: the monitor windows' time buckets, how long
-a label has been held, when a request id was minted, the log's retention. A replica whose clock
-ran 400 s ahead had pruned every replica's window buckets and answered 404 to labels for fresh
-answers; one 150 s behind had held labels that the next correct replica expired at once. So
-those times come from one clock, the database's: each worker measures the offset between its
-host's clock and PostgreSQL's `clock_timestamp()` whenever it reads the database's time (every
-monitor publish, feedback post and held-label join), and `now()` is its host's clock plus that
-offset between readings. On one host (SQLite) the host's clock is the only one: offset 0.
-
-The measured skew (this host minus the database) is exported as
-`classguard_fleet_clock_skew_seconds` and alerted on: the host's clock is wrong for everything
-else on it too (log timestamps, certificates).
-"""
+"""Reading the fleet's time from the store: PostgreSQL's clock corrects core.clock's offset."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from service import metrics
+from core.clock import CLOCK
 from store import sql_postgres
 
 # clock_timestamp(), not now(): now() is the start of the transaction, which may be long past
 DATABASE_NOW = "SELECT extract(epoch from clock_timestamp())::float8"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0  # the database's clock minus this host's, as last measured
-        metrics.FLEET_CLOCK_SKEW.set(0.0)  # exported before the first reading (and on SQLite, for good)
-
-    def now(self) -> float:
-        """Fleet time in Unix seconds: this host's clock, corrected by the last measured offset."""
-        return time.time() + self.offset
-
-    def read(self, conn: Any) -> float:
-        """The store's time now: PostgreSQL's clock (one round trip, which also corrects the
-        offset), or this host's for a SQLite connection."""
-        if not isinstance(conn, sql_postgres.Connection):
-            return time.time()
-        sent = time.time()
-        database = float(conn.native(DATABASE_NOW).fetchone()[0])
-        received = time.time()
-        # the server read its clock about half-way through the round trip (under 1 ms on a LAN)
-        self.offset = database - (sent + received) / 2
-        metrics.FLEET_CLOCK_SKEW.set(-self.offset)
-        return database
-
-
-CLOCK = Clock()  # this process's (one worker's): every worker measures its own offset
+def store_now(conn: Any) -> float:
+    """The store's time now: PostgreSQL's clock (one round trip, which also corrects the fleet
+    clock's offset), or this host's for a SQLite connection."""
+    if not isinstance(conn, sql_postgres.Connection):
+        return time.time()
+    sent = time.time()
+    database = float(conn.native(DATABASE_NOW).fetchone()[0])
+    return CLOCK.measured(sent, database, time.time())

@@ -25,11 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from monitors.keys import pair_name
-from service import metrics
-from service.ids import is_lookup_id, minted_at
+from core import metrics
+from core.ids import is_lookup_id, minted_at
+from core.keys import pair_name
 from store import sql_postgres
-from store.clock import CLOCK
+from store.clock import store_now
 from store.prediction_log import find_rows, where
 
 STATUS = {"recorded": 201, "duplicate": 200, "conflict": 409, "unknown_request": 404, "unknown_label": 422,
@@ -75,7 +75,7 @@ def _record_all(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[
     new, newly_held = [], 0
     waiting: list[int] = []  # labels held now, counted once per batch when first needed
     # the store's clock: the ids were minted, and other replicas expire held labels, by it
-    now = CLOCK.read(conn) if now is None else now
+    now = store_now(conn) if now is None else now
     every_label = {label for labels in labels_of.values() for label in labels}
     order = range(len(items))
     if isinstance(conn, sql_postgres.Connection):
@@ -182,7 +182,7 @@ def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence
 
 def _join_all(conn: Any, labels_of: Mapping[str, Sequence[str]], hold: Hold,
               now: float | None) -> tuple[list[tuple], dict[str, int]]:
-    now = CLOCK.read(conn) if now is None else now
+    now = store_now(conn) if now is None else now
     new, outcome = [], {"joined": 0, "expired": 0, "rejected": 0}
     outcome["expired"] = conn.execute("DELETE FROM held_feedback WHERE ts < ?", (now - hold.seconds,)).rowcount
     for key, truth in conn.execute(_ARRIVED, (JOIN_BATCH,)).fetchall():

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from store.clock import CLOCK
+from store.clock import store_now
 from store.database import Database, StoreUnavailable
 
 PRUNE_SECONDS = 60.0  # how often a worker deletes buckets that left the window
@@ -70,7 +70,7 @@ class FleetWindows:
         with self._lock:
             try:
                 self._conn = self.db.revive(self._conn)
-                return CLOCK.read(self._conn)
+                return store_now(self._conn)
             except self.db.errors as exc:
                 raise StoreUnavailable(f"fleet window store failed: {type(exc).__name__}") from exc
 
@@ -82,7 +82,7 @@ class FleetWindows:
         with self._lock:
             try:
                 self._conn = self.db.revive(self._conn)
-                return self._exchange(own, CLOCK.read(self._conn) if now is None else now)
+                return self._exchange(own, store_now(self._conn) if now is None else now)
             except self.db.errors as exc:
                 raise StoreUnavailable(f"fleet window store failed: {type(exc).__name__}") from exc
 

@@ -26,11 +26,12 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 import orjson
 
+from core import metrics
+from core.clock import CLOCK
+from core.config import LogConfig
 from guardrails.core import bucket
-from service import metrics
-from service.config import LogConfig
 from store import sql_sqlite
-from store.clock import CLOCK
+from store.clock import store_now
 from store.database import Database, SqliteDatabase, dialect_of, off_loop
 from store.model_store import split_tag
 
@@ -64,9 +65,6 @@ class NoLog:
 
     failing = False
 
-    def record(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
     def record_many(self, *args: Any, **kwargs: Any) -> None:
         return None
 
@@ -88,7 +86,7 @@ class PredictionLog:
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
         self._conn = self.db.connect()
-        CLOCK.read(self._conn)  # rows are stamped in fleet time (store.clock) from the first one
+        store_now(self._conn)  # rows are stamped in fleet time (store.clock) from the first one
         self._last_retention = self._last_join = 0.0
         # after every write: labels that arrived before their answers were written are joined
         # (set by the wiring, which knows the models' classes)
@@ -104,19 +102,13 @@ class PredictionLog:
         return self.db.read(fn, *args, **kwargs)
 
     # -- request path ------------------------------------------------------------------------
-    def record(self, response: dict[str, Any], probs: np.ndarray, config_hash: str, model: str,
-               subgroup: str, image: bytes | None = None, region: str | None = None) -> None:
-        """Queue one answered prediction; `model` is name:version, `region` the primary's region
-        of the image (None when it has none)."""
-        self.record_many([response], [probs], config_hash, [model], [subgroup],
-                         [image] if image is not None else None, [region])
-
     def record_many(self, responses: Sequence[dict[str, Any]], probs: Sequence[np.ndarray], config_hash: str,
                     models: Sequence[str], subgroups: Sequence[str], images: Sequence[bytes] | None = None,
                     regions: Sequence[str | None] | None = None) -> None:
-        """`record` for a batch's answers: one clock reading (fleet time: replicas' rows compare
-        by it, in lookups and retention), each model tag split once, the drops of a full queue
-        counted once."""
+        """Queue a batch's answered predictions; each `models` entry is name:version, each `regions`
+        entry the primary's region of the image (None when it has none). One clock reading (fleet
+        time: replicas' rows compare by it, in lookups and retention), each model tag split once,
+        the drops of a full queue counted once."""
         now, dropped, rows = CLOCK.now(), 0, []
         room = self.config.queue_size - len(self._queue)
         versions: dict[str, tuple[str, str]] = {}
@@ -254,7 +246,7 @@ class PredictionLog:
         (left behind, feedback grew without bound and refused labels for reused ids). Ages are
         by the store's clock: a replica whose clock ran ahead had deleted the fleet's fresh rows
         (and claimed the task for as long as it ran ahead)."""
-        now = CLOCK.read(self._conn) if now is None else now
+        now = store_now(self._conn) if now is None else now
         with self._conn.transaction():  # the claim commits at once: no lock held through the deletes
             if not claim(self._conn, "retention", now, self.config.retention_check_seconds):
                 return  # another worker (or replica) did it within the interval

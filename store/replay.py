@@ -19,9 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from core.keys import parse_subgroup_key
 from guardrails.chain import Chain
 from guardrails.core import Answer, Request
-from monitors.keys import parse_subgroup_key
 from store.prediction_log import where
 
 

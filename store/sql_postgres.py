@@ -12,7 +12,6 @@ import functools
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-BACKEND = "postgresql"
 SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: migrations started together run once
 SCHEMA_VERSION = 1  # the schema this code needs; `classguard db migrate` brings a database to it
 

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-BACKEND = "sqlite"
 TRANSIENT = (sqlite3.OperationalError,)  # locked, disk full, I/O error: a retry may succeed
 ERRORS = (sqlite3.Error,)
 

@@ -66,12 +66,12 @@ def with_new_sensor(split, seed: int = 3):
 def train_all(epochs: int = 40, force: bool = False, roles: tuple[str, ...] = tuple(MODELS)) -> dict[str, object]:
     import torch
 
+    from core.keys import subgroup_key
     from monitors.reference import InputSpec, build_profile, subgroup_shares
-    from monitors.keys import subgroup_key
+    from store.model_store import model_exists, reference_rows, save_to_store
     from training.digits import build_incident
     from training.fit import predict_embeddings, predict_logits, train_classifier
     from training.net import DigitCNN
-    from store.model_store import model_exists, reference_rows, save_to_store
 
     torch.set_num_threads(2)
     incident = build_incident()

@@ -134,7 +134,7 @@ def test_the_deployment_hangs_together(variant):
     """Selectors meet the pod labels; the Service and ServiceMonitor reach the named port; the
     probes are BentoML's health routes; Secrets and the ConfigMap are the ones documented; the
     grace period outlasts the pre-stop pause, a request timeout and the log's last flush."""
-    from service.config import FleetConfig, LimitsConfig, LogConfig
+    from core.config import FleetConfig, LimitsConfig, LogConfig
 
     deploy = one("Deployment", f"{variant}/deployment.yaml")
     pod = deploy["spec"]["template"]
@@ -181,7 +181,7 @@ def test_the_migration_job_runs_as_the_owner_and_the_replicas_as_the_service_rol
     assert container["command"] == ["python", "-m", "store.sql_postgres"]
     assert container["image"] == one("Deployment", "cpu/deployment.yaml")["spec"]["template"]["spec"][
         "containers"][0]["image"]
-    assert "store/*.py" in yaml.safe_load((render.REPO / "bentofile.yaml").read_text())["include"]
+    assert {"store/*.py", "core/*.py"} <= set(yaml.safe_load((render.REPO / "bentofile.yaml").read_text())["include"])
     assert container["env"] == [render.secret_env("CLASSGUARD_FLEET__DATABASE_URL", "classguard-db", "owner-url")]
     assert job["spec"]["template"]["spec"]["securityContext"] == pod_spec("cpu")["securityContext"]
     for variant in ("cpu", "gpu"):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
+from core.keys import LOW_CONFIDENCE_FLAG
 from monitors.class_drift import PredictedClassDrift
 from monitors.confidence import ConfidenceDrift
 from monitors.confusion import ConfusionPair, KnownConfusions, reference_rate
 from monitors.events import EventBatch
 from monitors.representation import SubgroupRepresentation
-from monitors.keys import LOW_CONFIDENCE_FLAG
 from monitors.suite import MonitorSuite
 from tests.monitors.conftest import MODELS, SUBGROUPS, random_events
 

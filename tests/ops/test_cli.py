@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 
+from core.config import LogConfig
 from ops.cli import main
-from service.config import LogConfig
 from store import feedback
 from store.prediction_log import PredictionLog, connect
+from tests.log_rows import record_one
 
 LABELS_OF = {"base": [str(d) for d in range(10)]}
 ALLOW = [{"guardrail": "allow_all", "action": "allow", "reason": "x"}]
@@ -36,9 +37,9 @@ def db(tmp_path) -> str:
     path = tmp_path / "p.sqlite"
     log = PredictionLog(LogConfig(path=path))
     for request_id, correlation_id, subgroup, label, flags, guardrails, _ in ROWS:
-        log.record({"request_id": request_id, "correlation_id": correlation_id, "label": label, "confidence": 0.6,
-                    "abstained": False, "flags": flags, "guardrails": guardrails,
-                    "top_k": [{"label": label, "probability": 0.6}]},
+        record_one(log, {"request_id": request_id, "correlation_id": correlation_id, "label": label, "confidence": 0.6,
+                         "abstained": False, "flags": flags, "guardrails": guardrails,
+                         "top_k": [{"label": label, "probability": 0.6}]},
                    np.full(10, 0.04) + np.eye(10)[int(label)] * 0.56, "hash1", "base:v1", subgroup,
                    region=REGIONS[request_id])
     log.flush()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import GuardrailsConfig
 from runtime.active_chain import GuardrailRuntime
 from runtime.chain_config import ChainContext, load_profiles
-from service.config import GuardrailsConfig
 from store.chain_store import ChainStore
 from tests.runtime.test_chain_config import CONTEXT
 

@@ -7,10 +7,10 @@ import httpx
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from harness.traffic import holdout_samples
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
-from service.errors import InputError
 from runtime.preprocess import decode_image, to_unit_array
 
 SPEC = InputSpec(channels=1, height=8, width=8, mean=(0.0,), std=(1.0,))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import MonitorsConfig
 from monitors.events import EventBatch
-from service.config import MonitorsConfig
 from runtime.monitor_pipeline import MonitorPipeline
 from tests.monitors.conftest import MODELS, SUBGROUPS, make_profile, random_events
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import InputError
 from monitors.reference import InputSpec
-from service.errors import InputError
 from runtime.preprocess import decode_image, encode_png, to_unit_array
 
 SPEC = InputSpec(height=8, width=8, channels=1)

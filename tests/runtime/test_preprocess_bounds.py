@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.config import LimitsConfig
+from core.errors import InputError
 from monitors.reference import InputSpec
 from runtime.preprocess import decode_image, to_pixels
-from service.config import LimitsConfig
-from service.errors import InputError
 
 SPEC = InputSpec()  # the digit models' 8 x 8 grey input
 RGB_SPEC = InputSpec(height=5, width=7, channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -158,7 +158,7 @@ PEAK_CHILD = r"""
 import sys
 from runtime.preprocess import decode_image, to_pixels
 from monitors.reference import InputSpec
-from service.config import LimitsConfig
+from core.config import LimitsConfig
 limits = LimitsConfig()
 data = open(sys.argv[1], "rb").read()
 def hwm():

@@ -11,8 +11,8 @@ from guardrails.answers import AllowAll
 from guardrails.chain import Chain
 from guardrails.routing import Route, Shadow
 from runtime.monitor_pipeline import NoMonitors
-from store.prediction_log import NoLog
 from runtime.serving import Serving
+from store.prediction_log import NoLog
 
 LABELS = tuple("0123456789")
 
@@ -176,8 +176,8 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
     guardrail, shadows, random flags and regions, ties in the probabilities), deciding the batch
     on columns gives the same responses, log rows, shadow comparisons and metric counts as
     deciding it image by image."""
+    from core import metrics
     import runtime.serving as serving_module
-    from service import metrics
     from tests.guardrails.test_columns import FLAGS, KEYS, random_guardrail
 
     recorded = {}
@@ -220,8 +220,8 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
         subgroups = [dict([k.split("=")]) for k in rng.choice(KEYS, size=n)]
         ids = [f"id-{rng.integers(1 << 30)}" for _ in range(n)]
         outcomes = []
-        for columns_from in (1, 10 ** 6):
-            monkeypatch.setattr(serving_module, "COLUMNS_FROM", columns_from)
+        for numpy_from in (1, 10 ** 6):
+            monkeypatch.setattr(serving_module, "NUMPY_FROM", numpy_from)
             serving = Serving(models={"base": model("base"), "other": model("other")}, primary="base",
                               batchers={"base": primary, "other": other}, shadow_batchers={}, monitors=Flags(),
                               chain=SimpleNamespace(chain=chain), log=Log(), top_k=3, shadow_limit=8,
@@ -258,8 +258,8 @@ def test_the_subgroup_mix_counts_requests_and_the_model_monitors_count_each_mode
     target) are 300 samples of the subgroup mix at phone share 0.300, while the class and
     confidence monitors count every answer of each model: the primary's 300 and the target's
     re-answers."""
+    from core.config import MonitorsConfig
     from runtime.monitor_pipeline import MonitorPipeline
-    from service.config import MonitorsConfig
     from tests.monitors.conftest import MODELS, SUBGROUPS, make_profile
 
     def four(name):

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from service.config import AttributeConfig
+from core.config import AttributeConfig
+from core.keys import subgroup_key
 from runtime.derived import capture_from_border
-from monitors.keys import subgroup_key
 from runtime.subgroups import SubgroupResolver
 from training.digits import build_incident
 

@@ -194,7 +194,7 @@ def test_service_imports_from_the_bento_alone(bento):
     from_repo = [f for f in files if f.startswith(str(REPO)) and not f.startswith(purelib)]
     assert not from_repo, from_repo
     from_src = {Path(f).relative_to(src).parts[0] for f in files if f.startswith(str(src))}
-    assert from_src == {"service", "runtime", "monitors", "guardrails", "store"}, from_src
+    assert from_src == {"core", "service", "runtime", "monitors", "guardrails", "store"}, from_src
 
 
 def test_requirements_and_torch_index(bento):

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import LogConfig
 from harness import promtext
 from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
-from service.config import LogConfig
 from store.prediction_log import PredictionLog, connect
+from tests.log_rows import record_one
 from tests.waiting import wait_until
 
 
@@ -48,12 +49,12 @@ def test_locked_database_is_counted_and_the_next_flush_writes_the_rows(tmp_path)
     blocker.execute("BEGIN EXCLUSIVE")
     before = write_errors()
     started = time.perf_counter()
-    log.record(ROW, np.zeros(10), "h", "m:v", "capture=phone")
+    record_one(log, ROW, np.zeros(10), "h", "m:v", "capture=phone")
     assert time.perf_counter() - started < 0.05
     assert log.flush() == 0
     assert write_errors() == before + 1
     blocker.rollback()
-    log.record({**ROW, "request_id": "b"}, np.zeros(10), "h", "m:v", "capture=phone")
+    record_one(log, {**ROW, "request_id": "b"}, np.zeros(10), "h", "m:v", "capture=phone")
     assert log.flush() == 2
     assert connect(path).execute("SELECT request_id FROM predictions ORDER BY ts").fetchall() == [("a",), ("b",)]
 
@@ -69,10 +70,10 @@ def test_full_disk_keeps_rows_up_to_the_queue_bound_and_recovers(tmp_path):
     dropped_before, errors_before = (REGISTRY.get_sample_value("classguard_log_rows_dropped_total") or 0.0,
                                      write_errors())
     for i in range(200):
-        log.record({**ROW, "request_id": f"r{i}"}, np.zeros(10), "h", "m:v", "capture=phone")
+        record_one(log, {**ROW, "request_id": f"r{i}"}, np.zeros(10), "h", "m:v", "capture=phone")
     assert log.flush() == 0
     for i in range(200, 400):  # 200 kept + 200 new: the queue takes 100 more, refuses 100
-        log.record({**ROW, "request_id": f"r{i}"}, np.zeros(10), "h", "m:v", "capture=phone")
+        record_one(log, {**ROW, "request_id": f"r{i}"}, np.zeros(10), "h", "m:v", "capture=phone")
     assert log.flush() == 0
     assert write_errors() == errors_before + 2
     assert REGISTRY.get_sample_value("classguard_log_rows_dropped_total") == dropped_before + 100

@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from service.config import LimitsConfig
+from core.config import LimitsConfig
 from service.feedback_endpoint import FeedbackEndpoint
 from store.prediction_log import NoLog
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import REASONS
 from harness import promtext
 from harness.traffic import holdout_samples
-from service.errors import REASONS
 
 pytestmark = pytest.mark.integration
 

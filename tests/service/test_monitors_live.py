@@ -7,15 +7,15 @@ import time
 
 import pytest
 
+from core.config import Settings
+from core.keys import subgroup_key
 from harness import promtext
 from harness.server import Server
 from harness.traffic import holdout_samples, run, stream
 from monitors.events import EventBatch
 from monitors.reference import ReferenceProfile
 from monitors.suite import MonitorSuite
-from service.config import Settings
 from runtime.monitor_pipeline import confusion_pairs, window_config
-from monitors.keys import subgroup_key
 from runtime.subgroups import SubgroupResolver
 from tests.conftest import run_module
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service.config import LogConfig
+from core.config import LogConfig
 from store import feedback
 from store.database import PostgresDatabase, StoreUnavailable
 from store.prediction_log import PredictionLog, find, get, query, summary
+from tests.log_rows import record_one
 from tests.waiting import together
 
 LABELS = {"base": [str(d) for d in range(10)]}
@@ -32,11 +33,11 @@ def test_log_lookups_answer_the_same_on_both_engines(database):
     and guardrail action, paged with `before`, and summarised per flag, on either engine."""
     log = PredictionLog(LogConfig(), database, replica="replica-a")
     for i in range(20):
-        log.record(response(i, correlation="c1" if i == 4 else None), np.full(10, 0.1), "h", "base:v1",
+        record_one(log, response(i, correlation="c1" if i == 4 else None), np.full(10, 0.1), "h", "base:v1",
                    "capture=scanner" if i % 2 else "capture=phone")
     log.flush()
     for i in range(20, 25):
-        log.record(response(i, flags=["known_confusion:6->0"], actions=("suppress",)), np.full(10, 0.1), "h",
+        record_one(log, response(i, flags=["known_confusion:6->0"], actions=("suppress",)), np.full(10, 0.1), "h",
                    "base:v1", "capture=phone")
     assert log.flush() == 5
     conn = database.connect()
@@ -55,7 +56,7 @@ def test_log_lookups_answer_the_same_on_both_engines(database):
 def test_a_label_before_its_answer_is_held_then_joined(database):
     """A label for an answer not written yet answers `held` (202); the flush that writes the
     answer joins it (recorded, counted); a second label for it is then a duplicate."""
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     log = PredictionLog(LogConfig(), database)
     log.after_write = lambda conn: feedback.join_held(conn, LABELS, [])
@@ -63,7 +64,7 @@ def test_a_label_before_its_answer_is_held_then_joined(database):
     before = held("joined")
     [result] = database.read(feedback.record, [(rid, "3")], LABELS, [])
     assert (result["result"], result["status"]) == ("held", 202)
-    log.record({**response(0), "request_id": rid}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    record_one(log, {**response(0), "request_id": rid}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
     log.flush()
     assert held("joined") == before + 1
     [again] = database.read(feedback.record, [(rid, "3")], LABELS, [])
@@ -73,7 +74,7 @@ def test_a_label_before_its_answer_is_held_then_joined(database):
 def test_held_labels_are_bounded_and_expire(database):
     """Past `most` held labels the next is refused with 503 `hold_full`; held labels older than
     the hold are dropped at the next join and counted; an id minted before the hold is a 404 at once."""
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     database.prepare()  # the schema, as a serving replica finds it at start
     hold = feedback.Hold(seconds=60, most=3)
@@ -95,7 +96,7 @@ def test_feedback_for_one_answer_from_many_writers_is_recorded_once(database):
     `recorded` each, every other a `duplicate`, no error."""
     log = PredictionLog(LogConfig(), database)
     for i in range(30):
-        log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+        record_one(log, response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
     log.flush()
     posts, errors = together(8, lambda: [r for i in range(30)
                                          for r in database.read(feedback.record, [(f"r{i}", "3")], LABELS, [])])
@@ -124,7 +125,7 @@ def test_log_rows_wait_out_an_outage_and_are_all_written(postgres, pg_url):
     postgres.stop()
     try:
         for i in range(300):
-            log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+            record_one(log, response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
         assert log.flush() == 0 and log.flush() == 0
         assert log.queued == 300 and log.failing  # what POST /feedback checks to refuse at once
         with pytest.raises(StoreUnavailable):
@@ -152,7 +153,7 @@ def test_retention_keeps_the_newest_rows_and_their_feedback_only(database):
     deleted answer goes with it, a kept answer's stays."""
     log = PredictionLog(LogConfig(max_rows=100, retention_check_seconds=1e-6), database)
     for i in range(300):
-        log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+        record_one(log, response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
     log.flush(retention=False)
     database.read(feedback.record, [("r0", "3"), ("r250", "3")], LABELS, [])
     log.flush()
@@ -176,7 +177,7 @@ def test_a_label_for_a_model_this_replica_lacks_waits_for_one_that_has_it(databa
     """Mid rollout: an answer by a model replica A does not load. A label posted to A is held,
     not refused; A's join leaves it; B, which loads the model, joins it."""
     log = PredictionLog(LogConfig(), database)
-    log.record(response(1), np.full(10, 0.1), "h", "newer:v2", "capture=phone")
+    record_one(log, response(1), np.full(10, 0.1), "h", "newer:v2", "capture=phone")
     log.flush()
     a_labels, b_labels = LABELS, {**LABELS, "newer": [str(d) for d in range(10)]}
     [result] = database.read(feedback.record, [("r1", "3")], a_labels, [])
@@ -209,14 +210,14 @@ def test_every_idle_reader_is_replaced_after_a_restart(postgres, pg_url):
 def test_two_replicas_joining_at_once_join_each_label_once(database):
     """200 early labels, then their answers written; two joiners (two replicas' flushes) run at
     once: every label is joined exactly once between them, each counted once, no error."""
-    from service.ids import time_ordered_id
+    from core.ids import time_ordered_id
 
     database.prepare()
     ids = [time_ordered_id() for _ in range(200)]
     assert {r["result"] for r in database.read(feedback.record, [(i, "3") for i in ids], LABELS, [])} == {"held"}
     log = PredictionLog(LogConfig(), database)
     for i in ids:
-        log.record({**response(0), "request_id": i}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+        record_one(log, {**response(0), "request_id": i}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
     log.flush()
     outcomes, errors = together(2, lambda: database.read(feedback.join_held, LABELS, []))
     assert not errors

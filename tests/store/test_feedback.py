@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import LogConfig
 from store import feedback
-from service.config import LogConfig
 from store.prediction_log import PredictionLog, connect
+from tests.log_rows import record_one
 from tests.waiting import together
 
 LABELS = {"base": [str(d) for d in range(10)]}
@@ -27,8 +28,8 @@ def db(tmp_path):
     path = tmp_path / "p.sqlite"
     log = PredictionLog(LogConfig(path=path))
     for i in range(50):
-        log.record({"request_id": f"r{i}", "correlation_id": "shared" if i < 2 else f"c{i}", "label": "3",
-                    "confidence": 0.5, "abstained": False, "flags": [], "guardrails": [], "top_k": []},
+        record_one(log, {"request_id": f"r{i}", "correlation_id": "shared" if i < 2 else f"c{i}", "label": "3",
+                         "confidence": 0.5, "abstained": False, "flags": [], "guardrails": [], "top_k": []},
                    np.full(10, 0.1), "h", "base:v1", "capture=phone")
     log.flush()
     return path

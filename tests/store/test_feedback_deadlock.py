@@ -6,10 +6,11 @@ import threading
 import numpy as np
 from prometheus_client import REGISTRY
 
-from service.config import LogConfig
+from core.config import LogConfig
 from store import feedback, sql_postgres
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog
+from tests.log_rows import record_one
 
 LABELS = {"base": [str(d) for d in range(10)]}
 
@@ -17,8 +18,8 @@ LABELS = {"base": [str(d) for d in range(10)]}
 def log_answers(database, ids, correlation=lambda n: None):
     log = PredictionLog(LogConfig(), database, replica="r0")
     for n, rid in enumerate(ids):
-        log.record({"request_id": rid, "correlation_id": correlation(n), "label": "3", "confidence": 0.5,
-                    "abstained": False, "flags": [], "guardrails": [], "top_k": []},
+        record_one(log, {"request_id": rid, "correlation_id": correlation(n), "label": "3", "confidence": 0.5,
+                         "abstained": False, "flags": [], "guardrails": [], "top_k": []},
                    np.full(10, 0.1), "h", "base:v1", "capture=phone")
     assert log.flush() == len(ids)
 

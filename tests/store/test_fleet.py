@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core.config import GuardrailsConfig, MonitorsConfig
 from monitors.events import EventBatch
 from runtime.active_chain import GuardrailRuntime
 from runtime.monitor_pipeline import MonitorPipeline
-from service.config import GuardrailsConfig, MonitorsConfig
 from store.chain_store import FleetChainStore
 from store.database import PostgresDatabase, StoreUnavailable
 from store.fleet_windows import FleetWindows

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from core import clock
+from core.config import LogConfig, MonitorsConfig
+from core.ids import time_ordered_id
 from runtime.monitor_pipeline import MonitorPipeline
-from service.config import LogConfig, MonitorsConfig
-from service.ids import time_ordered_id
-from store import clock, feedback
+from store import feedback
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog
+from tests.log_rows import record_one
 from tests.monitors.conftest import MODELS, SUBGROUPS, make_profile
 from tests.store.test_fleet import PAIRS, events, fleet_windows, replica  # noqa: F401 - replica: the chain fixture
 
@@ -127,8 +129,8 @@ def correct_replica_log(pg_url):
 
 
 def answer(log: PredictionLog, rid: str) -> None:
-    log.record({"request_id": rid, "correlation_id": None, "label": "3", "confidence": 0.5, "abstained": False,
-                "flags": [], "guardrails": [], "top_k": []}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    record_one(log, {"request_id": rid, "correlation_id": None, "label": "3", "confidence": 0.5, "abstained": False,
+                     "flags": [], "guardrails": [], "top_k": []}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
 
 
 def recorded(pg_url, ids) -> int:

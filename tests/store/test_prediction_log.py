@@ -6,9 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from service.config import LogConfig
+from core.config import LogConfig
 from store.database import PostgresDatabase
 from store.prediction_log import PredictionLog, connect, get, query, summary
+from tests.log_rows import record_one
 
 
 def response(i: int, *, flags=(), abstained=False, actions=("allow",), subgroup="capture=phone"):
@@ -19,7 +20,8 @@ def response(i: int, *, flags=(), abstained=False, actions=("allow",), subgroup=
 
 def write(log, n, start=0, **kwargs):
     for i in range(start, start + n):
-        log.record(response(i, **kwargs), np.full(10, 0.1), "hash1", "base:v1", kwargs.get("subgroup", "capture=phone"))
+        record_one(log, response(i, **kwargs), np.full(10, 0.1), "hash1", "base:v1",
+                   kwargs.get("subgroup", "capture=phone"))
     log.flush()
 
 
@@ -55,7 +57,7 @@ def test_full_queue_drops_without_blocking(tmp_path):
     log = PredictionLog(LogConfig(path=tmp_path / "p.sqlite", queue_size=10))
     started = time.perf_counter()
     for i in range(25):
-        log.record(response(i), np.zeros(10), "h", "base:v1", "capture=phone")
+        record_one(log, response(i), np.zeros(10), "h", "base:v1", "capture=phone")
     assert time.perf_counter() - started < 0.5
     assert log.flush() == 10
 

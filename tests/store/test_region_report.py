@@ -5,11 +5,12 @@ migration of the region column."""
 import numpy as np
 import pytest
 
+from core.config import LogConfig
 from monitors.regions import RegionReference
-from service.config import LogConfig
 from store import feedback, region_report
 from store.database import PostgresDatabase, SqliteDatabase
 from store.prediction_log import PredictionLog
+from tests.log_rows import record_one
 
 NAMES = ["r00", "r01", "novel"]
 REFERENCES = [RegionReference(50, 0.5, {"capture=scanner": 1.0}, 0.98, 0.95, {}, 0.05),
@@ -35,9 +36,9 @@ def test_the_ranking_matches_numpy_on_the_rows_of_either_engine(database):
             model = "fixed" if region == "r01" and i % 3 == 0 else "base"
             label = str(int(np.argmax(probs)))
             subgroup = "capture=phone" if i % 4 == 0 else "capture=scanner"
-            log.record({"request_id": f"q{i:03d}", "correlation_id": None, "label": label,
-                        "confidence": float(probs.max()), "abstained": False, "flags": [], "guardrails": [],
-                        "top_k": []}, probs, "h", f"{model}:v1", subgroup, region=region)
+            record_one(log, {"request_id": f"q{i:03d}", "correlation_id": None, "label": label,
+                             "confidence": float(probs.max()), "abstained": False, "flags": [], "guardrails": [],
+                             "top_k": []}, probs, "h", f"{model}:v1", subgroup, region=region)
             rows.append((f"q{i:03d}", region, subgroup, model, label, probs.astype(np.float32)))
             i += 1
         log.flush(now=i)  # each region written in its own flush: the newest rows are the last ones
@@ -75,9 +76,9 @@ def test_a_window_bounds_the_rows_and_an_unknown_region_is_marked(tmp_path):
     database = SqliteDatabase(tmp_path / "p.sqlite")
     log = PredictionLog(LogConfig(), database)
     for i, region in enumerate(["r00", "r07", "r00"]):
-        log.record({"request_id": f"q{i}", "correlation_id": None, "label": "1", "confidence": 0.9, "abstained": False,
-                    "flags": [], "guardrails": [], "top_k": []}, np.eye(10)[1] * 0.9 + 0.01, "h", "base:v1", "s",
-                   region=region)
+        record_one(log, {"request_id": f"q{i}", "correlation_id": None, "label": "1", "confidence": 0.9,
+                         "abstained": False, "flags": [], "guardrails": [], "top_k": []},
+                   np.eye(10)[1] * 0.9 + 0.01, "h", "base:v1", "s", region=region)
         log.flush()
     conn = database.connect()
     stamps = [t for (t,) in conn.execute("SELECT ts FROM predictions ORDER BY ts")]
@@ -114,8 +115,9 @@ def test_rows_of_one_model_with_different_widths_are_estimated_row_by_row(tmp_pa
     rng = np.random.default_rng(5)
     rows = [rng.dirichlet(np.ones(width) * 0.3) for width in (10, 12, 10, 12, 12, 10, 12)]
     for i, probs in enumerate(rows):
-        log.record({"request_id": f"q{i}", "correlation_id": None, "label": str(int(np.argmax(probs))),
-                    "confidence": float(probs.max()), "abstained": False, "flags": [], "guardrails": [], "top_k": []},
+        record_one(log, {"request_id": f"q{i}", "correlation_id": None, "label": str(int(np.argmax(probs))),
+                         "confidence": float(probs.max()), "abstained": False, "flags": [], "guardrails": [],
+                         "top_k": []},
                    probs, "h", f"base:v{len(probs)}", "capture=scanner", region="r00")
     log.flush()
     read = SqliteDatabase(tmp_path / "p.sqlite").read(region_report.read_rows, since=None, until=None)

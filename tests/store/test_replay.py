@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 
+from core.config import LogConfig
 from runtime.chain_config import compile_chain
-from service.config import LogConfig
 from store import feedback
 from store.prediction_log import PredictionLog, connect
 from store.replay import render, replay
+from tests.log_rows import record_one
 from tests.runtime.test_chain_config import CONTEXT
 
 LABELS = [str(d) for d in range(10)]
@@ -54,7 +55,7 @@ def record(log: PredictionLog, request_id: str, subgroup: str, model: str, p: np
                 "confidence": 0.0 if abstained else float(p[best]), "abstained": abstained, "flags": flags,
                 "guardrails": [{"guardrail": "abstain_below", "action": "abstain", "reason": "x"}] if abstained else [],
                 "top_k": []}
-    log.record(response, p, "hash", model, subgroup)
+    record_one(log, response, p, "hash", model, subgroup)
 
 
 @pytest.fixture
@@ -179,8 +180,8 @@ def test_rows_of_a_version_with_other_classes_are_counted_not_replayed(tmp_path)
     log = PredictionLog(LogConfig(path=path))
     twelve = np.full(12, 0.02)
     twelve[11] = 0.78
-    log.record({"request_id": "old-version", "label": "11", "confidence": 0.78, "abstained": False, "flags": [],
-                "guardrails": [], "top_k": []}, twelve, "hash", "classguard-baseline:v0", PHONE)
+    record_one(log, {"request_id": "old-version", "label": "11", "confidence": 0.78, "abstained": False, "flags": [],
+                     "guardrails": [], "top_k": []}, twelve, "hash", "classguard-baseline:v0", PHONE)
     record(log, "this-version", PHONE, BASE, probs(_0=0.9), [])
     log.flush()
     report = replay(connect(path), compile_chain(SUPPRESS_ZERO_ON_PHONE, "no_zero", CONTEXT), LABELS_OF)

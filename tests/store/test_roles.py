@@ -6,16 +6,17 @@ import numpy as np
 import psycopg
 import pytest
 
+from core.config import LogConfig
+from core.ids import time_ordered_id
 from harness.postgres import create_roles
 from ops.cli import main
-from service.config import LogConfig
-from service.ids import time_ordered_id
 from store import feedback
 from store.chain_store import FleetChainStore
-from store.clock import CLOCK
+from store.clock import store_now
 from store.database import PostgresDatabase, SchemaNotReady
 from store.fleet_windows import FleetWindows
 from store.prediction_log import PredictionLog, get
+from tests.log_rows import record_one
 
 LABELS = {"base": [str(d) for d in range(10)]}
 
@@ -56,13 +57,13 @@ def serve_as(url: str) -> PostgresDatabase:
     early = time_ordered_id()
     assert db.read(feedback.record, [(early, "3")], LABELS, [])[0]["result"] == "held"
     for i in range(8):
-        log.record(response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
-    log.record({**response(9), "request_id": early}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
+        record_one(log, response(i), np.full(10, 0.1), "h", "base:v1", "capture=phone")
+    record_one(log, {**response(9), "request_id": early}, np.full(10, 0.1), "h", "base:v1", "capture=phone")
     assert log.flush() == 9
     assert not log.failing
     assert db.read(feedback.record, [("r7", "3")], LABELS, [])[0]["result"] == "recorded"
     windows = FleetWindows(db, layout="L1", worker="svc-1", bucket_s=1.0, n_buckets=300)
-    bucket = int(db.read(CLOCK.read))  # the live window is by the database's clock
+    bucket = int(db.read(store_now))  # the live window is by the database's clock
     totals = windows.exchange({bucket: np.ones(4)})
     assert totals[bucket].tolist() == [1.0] * 4
     store = FleetChainStore(db, "svc")

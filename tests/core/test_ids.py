@@ -3,7 +3,7 @@
 import time
 import uuid
 
-from service.ids import time_ordered_id
+from core.ids import time_ordered_id
 
 
 def test_minted_ids_are_uuid7_unique_and_sort_by_time():

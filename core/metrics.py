@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.batches import NUMPY_FROM
+
 MAX_CLASS_LABELS = 50  # classes beyond this share the `predicted_class="other"` series
 
 PREDICTIONS = Counter(
@@ -116,10 +118,10 @@ def child(metric, labels: tuple[str, ...]):
 def observe_many(child, values: Iterable[float]) -> None:
     """`child.observe(v)` for every value, as one increment per bucket and one of the sum.
     prometheus_client (pinned < 0.27) has no batch observe: this writes the counts through the
-    child's own bucket and sum values, as its `observe` does (tests/service/test_metrics.py
+    child's own bucket and sum values, as its `observe` does (tests/core/test_metrics.py
     holds the two equal)."""
     values = list(values)
-    if len(values) < 8:  # numpy's fixed cost is more than a few observes
+    if len(values) < NUMPY_FROM:
         for value in values:
             child.observe(value)
         return

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from service import metrics
+from core import metrics
 
 
 def samples(registry):

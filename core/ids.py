@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 
-from store.clock import CLOCK
+from core.clock import CLOCK
 
 REQUEST_ID_HEADER = "X-Request-ID"        # response: the service's id; request: the client's
 CORRELATION_ID_HEADER = "X-Correlation-ID"  # response: the client's X-Request-ID, echoed
@@ -40,7 +40,7 @@ def time_ordered_id() -> str:
 
     Ids that sort by time make the prediction log's primary-key index grow at its end; with
     random (v4) ids every write touched pages all over it, and writing a row cost 4 us on an
-    empty log but 22 us at 200,000 rows. The time is the fleet's (store.clock): another replica
+    empty log but 22 us at 200,000 rows. The time is the fleet's (core.clock): another replica
     tells from it whether the answer may still arrive (held labels), whatever this host's clock says."""
     ms = int(CLOCK.now() * 1000)
     rand = int.from_bytes(os.urandom(10), "big")

@@ -1,14 +1,11 @@
 """Client errors: a fixed set of reasons, each with its HTTP status.
 
 The reason doubles as the `reason` label of `classguard_rejected_requests_total`, so the
-set is closed: adding a reason means adding it here.
+set is closed: adding a reason means adding it here. Rendering an error as an HTTP answer is
+the shell's (service/http_errors.py).
 """
 
 from __future__ import annotations
-
-import logging
-
-log = logging.getLogger("classguard")
 
 REASONS: dict[str, int] = {
     "not_multipart": 415,
@@ -63,13 +60,6 @@ class InputError(Exception):
     def body(self, request_id: str | None = None) -> dict[str, str | int | None]:
         return error_body(self.reason, self.detail, self.status, request_id)
 
-    def response(self, request_id: str | None = None, headers: dict[str, str] | None = None):
-        from starlette.responses import JSONResponse
-
-        if self.status == 503:
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-        return JSONResponse(self.body(request_id), status_code=self.status, headers=headers)
-
 
 def error_body(reason: str, detail: str, status: int, request_id: str | None = None) -> dict[str, str | int | None]:
     """The one shape of every error the service answers."""
@@ -77,25 +67,3 @@ def error_body(reason: str, detail: str, status: int, request_id: str | None = N
     if request_id is not None:
         body["request_id"] = request_id
     return body
-
-
-def internal_error(endpoint: str, request_id: str | None = None) -> dict[str, str | int | None]:
-    """Log the exception being handled and count it for `endpoint`; the 500 body says no more."""
-    from service import metrics
-
-    log.exception("%s failed", endpoint, extra={"request_id": request_id, "endpoint": endpoint})
-    metrics.INTERNAL_ERRORS.labels(endpoint).inc()
-    return error_body("internal_error", "the service failed on this request; it is logged", 500, request_id)
-
-
-async def route_error(request, exc):
-    """Starlette's 404 and 405 from routing, as the service's JSON error body, counted."""
-    from starlette.responses import JSONResponse
-
-    from service import metrics
-
-    reason = "method_not_allowed" if exc.status_code == 405 else "not_found"
-    metrics.REJECTED.labels("http", reason).inc()
-    detail = f"no {request.method} route here" if reason == "method_not_allowed" else "no such route; see /docs.json"
-    return JSONResponse(error_body(reason, detail, exc.status_code), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))

@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from core.config import LimitsConfig, Settings
+from core.errors import InputError
 from monitors.reference import InputSpec
+from runtime.prepare import Preparer, attempt
 from runtime.subgroups import SubgroupResolver
-from service.classify import ClassifyEndpoints, attempt
-from service.config import LimitsConfig, Settings
-from service.errors import InputError
-from service.http_input import Upload
 
 
 def png(side: int, seed: int) -> bytes:
@@ -26,24 +25,24 @@ def png(side: int, seed: int) -> bytes:
 def test_batch_preparation_equals_preparing_each_image():
     """Six uploads (large noise PNGs, a truncated one, text, a bad context, a phone context): pixels,
     subgroups and refusal reasons equal slot by slot, pooled or not."""
-    endpoints = ClassifyEndpoints(serving=None, resolver=SubgroupResolver(Settings().subgroups.attributes),
-                                  spec=InputSpec(), limits=LimitsConfig(), model_tag="m", hash_images=False)
+    preparer = Preparer(resolver=SubgroupResolver(Settings().subgroups.attributes), spec=InputSpec(),
+                        limits=LimitsConfig())
     big = [png(300, seed) for seed in range(3)]
-    uploads = [Upload(big[0], "a.png"), Upload(big[1][: len(big[1]) // 2], "cut.png"), Upload(big[2], "c.png"),
-               Upload(b"not an image", "t.txt"), Upload(big[0], "d.png"), Upload(big[1], "e.png")]
+    uploads = [big[0], big[1][: len(big[1]) // 2], big[2], b"not an image", big[0], big[1]]
     contexts = [None, None, '{"capture": "phone"}', None, "{not json", None]
-    opened = [endpoints.open(u, None) for u in uploads if u.filename.endswith("png")]
+    opened = [preparer.open(u, None) for u in uploads if u != b"not an image"]
     assert sum(o.cost for o in opened) > 256 * 1024  # what sends a batch to the pool (headers' cost, in all)
 
     async def prepared():
-        each = [attempt(endpoints.prepare, u, c) for u, c in zip(uploads, contexts)]
+        each = [attempt(preparer.prepare, u, c) for u, c in zip(uploads, contexts)]
         with ThreadPoolExecutor(2) as pool:
-            pooled = await endpoints.prepare_many(uploads, contexts, pool)
-        return each, pooled, await endpoints.prepare_many(uploads, contexts, None)
+            pooled = await preparer.prepare_many(uploads, contexts, pool)
+        return each, pooled, await preparer.prepare_many(uploads, contexts, None)
 
     each, pooled, inline = asyncio.run(prepared())
     for batch in (pooled, inline):
         assert batch.slots == [0, 2, 5] and sorted(batch.refused) == [1, 3, 4]
+        assert batch.images == [uploads[i] for i in batch.slots]  # what the log hashes
         for j, i in enumerate(batch.slots):
             assert np.array_equal(each[i].pixels, batch.pixels[j]) and each[i].subgroup == batch.subgroups[j]
         for i, error in batch.refused.items():

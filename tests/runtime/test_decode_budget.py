@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.classify import DecodeBudget, usable_cpus
+from runtime.prepare import DecodeBudget, usable_cpus
 
 
 @pytest.fixture

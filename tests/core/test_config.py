@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
+from core.config import Settings
 
 
 def test_shipped_yaml_loads(monkeypatch):
@@ -57,7 +57,7 @@ def test_an_empty_bearer_never_matches():
     from pydantic import SecretStr
     from starlette.requests import Request
 
-    from service.errors import InputError
+    from core.errors import InputError
     from service.http_input import require_bearer
 
     request = Request({"type": "http", "headers": [(b"authorization", b"Bearer ")]})

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from monitors.keys import pair_name
+from core.keys import pair_name
 
 DEFAULT_CONFIG = Path("config/classguard.yaml")
 MIN_TOKEN_LENGTH = 16  # bearer tokens: shorter ones (an empty one above all) are refused at start-up
