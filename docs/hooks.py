@@ -207,7 +207,7 @@ def _rows(model: type[BaseModel], path: list[str], env: str | None, shipped: dic
 def settings_reference(missing: list[str] | None = None) -> str:
     """Markdown tables of every `Settings` field, one table per section."""
     sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
-    from service.config import Settings  # becomes core.config when the shared modules move
+    from core.config import Settings
 
     missing = [] if missing is None else missing
     shipped = yaml.safe_load(SHIPPED_CONFIG.read_text()) or {}
