@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ops", "deploy"),
     ("harness",),  # servers, databases and Prometheus started for the demos, tests and benchmarks
     ("benchmarks",),  # measurements, built on harness
+    ("docs",),  # the docs site's build hook: reads core's Settings to write the configuration page
 )
 # Third-party packages a layer must not import: the numbers layers run without BentoML or torch,
 # and the vocabulary renders no HTTP (service/http_errors.py does).
