@@ -151,3 +151,15 @@ def test_shipped_yaml_gives_the_recorded_settings(monkeypatch):
     monkeypatch.delenv("CLASSGUARD_CONFIG", raising=False)
     expected = json.loads((Path(__file__).parent / "shipped_settings.json").read_text())
     assert Settings().model_dump(mode="json") == expected
+
+
+def test_every_setting_is_described():
+    """Every setting (sections aside) has a description: they are the docs' configuration reference."""
+    def undescribed(model, prefix=""):
+        for name, field in model.model_fields.items():
+            if hasattr(field.annotation, "model_fields"):
+                yield from undescribed(field.annotation, f"{prefix}{name}.")
+            elif not field.description:
+                yield prefix + name
+
+    assert not list(undescribed(Settings))
