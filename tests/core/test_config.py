@@ -154,12 +154,19 @@ def test_shipped_yaml_gives_the_recorded_settings(monkeypatch):
 
 
 def test_every_setting_is_described():
-    """Every setting (sections aside) has a description: they are the docs' configuration reference."""
+    """Every setting (sections aside), and every field of a map's or list's entries, has a
+    description: they are the docs' configuration reference."""
+    import typing
+
     def undescribed(model, prefix=""):
         for name, field in model.model_fields.items():
             if hasattr(field.annotation, "model_fields"):
                 yield from undescribed(field.annotation, f"{prefix}{name}.")
-            elif not field.description:
+                continue
+            if not field.description:
                 yield prefix + name
+            for item in typing.get_args(field.annotation)[-1:]:
+                if hasattr(item, "model_fields"):  # dict[str, Model] or list[Model]
+                    yield from undescribed(item, f"{prefix}{name}[].")
 
     assert not list(undescribed(Settings))
