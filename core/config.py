@@ -56,7 +56,11 @@ class AttributeConfig(Strict):
 
 
 class SubgroupsConfig(Strict):
-    attributes: dict[str, AttributeConfig] = Field(default_factory=dict)
+    attributes: dict[str, AttributeConfig] = Field(
+        default_factory=dict,
+        description="subgroup attributes by name (e.g. `capture`), each with its allowed values; every "
+                    "combination, plus `other` per attribute, becomes a `subgroup` label value, at most "
+                    f"{MAX_SUBGROUPS} in all. Empty: one subgroup")
 
     @model_validator(mode="after")
     def _budget(self) -> "SubgroupsConfig":
@@ -70,19 +74,26 @@ class SubgroupsConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    max_upload_bytes: int = Field(10_000_000, ge=1_000, description="whole request body")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of one image")
-    max_image_side: int = Field(10_000, ge=1)
+    max_upload_bytes: int = Field(10_000_000, ge=1_000,
+                                  description="whole request body; a larger one is refused with a 413")
+    max_image_pixels: int = Field(40_000_000, ge=1,
+                                  description="width x height of one image, read from its header before "
+                                              "decoding (a decompression-bomb guard); more is a 413")
+    max_image_side: int = Field(10_000, ge=1, description="width or height of one image, read from its header; "
+                                                          "more is a 413")
     max_decoded_bytes: int = Field(256_000_000, ge=1_000_000,
                                    description="memory decoding the images being prepared may take at once in a "
                                                "worker (pixels as stored, times the decoder's copies); an image "
                                                "that alone needs more is refused (413)")
-    max_batch_images: int = Field(256, ge=1)
-    max_context_bytes: int = Field(4_096, ge=2)
+    max_batch_images: int = Field(256, ge=1, description="images in one batch request (files or the rows of one "
+                                                         "array upload); more is a 413")
+    max_context_bytes: int = Field(4_096, ge=2, description="one image's `context` field (the JSON of its "
+                                                            "subgroup attributes); larger is a 400")
     max_header_bytes: int = Field(32_768, ge=1_024, le=1_048_576,
                                   description="request line and headers; more is a 431 and the connection closes")
     header_timeout_seconds: float = Field(10.0, gt=0.0, le=300.0,
-                                          description="time to send the request line and headers; then a 408")
+                                          description="time to send the request line and headers; then a 408 "
+                                                      "and the connection closes")
     max_admin_body_bytes: int = Field(65_536, ge=1_024, description="body of an admin request (a guardrail swap)")
     max_feedback_items: int = Field(1_000, ge=1, le=100_000, description="labels in one POST /feedback")
     max_feedback_body_bytes: int = Field(1_000_000, ge=1_024, description="body of one POST /feedback")
@@ -109,21 +120,31 @@ class ConfusionPairConfig(Strict):
 
 
 class MonitorsConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="monitor predictions (scores, alarms, drift reports); off: "
+                                            "nothing is queued or computed for them")
     bucket_seconds: float = Field(1.0, gt=0.0, le=60.0, description="granularity of windows and sequential tests")
-    window_seconds: float = Field(300.0, gt=0.0, le=86_400.0)
+    window_seconds: float = Field(300.0, gt=0.0, le=86_400.0,
+                                  description="span the scores and alarms cover (at least bucket_seconds)")
     min_samples: int = Field(100, ge=1, description="no alarm on fewer events in the window")
-    cusum_threshold: float = Field(20.0, gt=0.0, description="CUSUM log-likelihood level that raises an alarm")
+    cusum_threshold: float = Field(20.0, gt=0.0, description="CUSUM log-likelihood level that raises an alarm "
+                                                                   "(20: no false alarm in 400,000 stationary events)")
     rate_ratio: float = Field(3.0, gt=1.0, description="the rise (odds ratio) sequential tests look for")
     rate_floor: float = Field(0.005, gt=0.0, lt=0.5, description="smallest reference rate a test assumes")
     js_threshold: float = Field(0.2, gt=0.0, le=1.0, description="Jensen-Shannon distance that raises an alarm")
-    recompute_seconds: float = Field(5.0, gt=0.0, le=300.0, description="how often scores are published")
+    recompute_seconds: float = Field(5.0, gt=0.0, le=300.0,
+                                     description="how often each worker shares its window state, merges every "
+                                                 "worker's (in a fleet, every replica's) and publishes the scores")
     queue_size: int = Field(20_000, ge=1, description="events waiting for the monitors; more are dropped, counted")
     state_dir: Path | None = Field(None, description="where workers share window state (default: per start)")
     report_events: int = Field(5_000, ge=0, le=200_000, description="latest events kept per worker for drift reports")
-    regions: bool = Field(False, description="region monitors on the primary model's embedding (needs its codebook); "
-                                             "off by default until their cost on the request path is measured")
-    known_confusions: list[ConfusionPairConfig] = Field(default_factory=list)
+    regions: bool = Field(False, description="region monitors on the primary model's embedding (needs its codebook): "
+                                             "turns on the log's region column, guardrail `regions` conditions and "
+                                             "GET /admin/regions; off by default until their cost on the request "
+                                             "path is measured")
+    known_confusions: list[ConfusionPairConfig] = Field(
+        default_factory=list,
+        description="pairs of classes the model is known to confuse; each is watched by a detector whose flag "
+                    "guardrails (confusion_guard, route `flags`) and alerts can act on; at most 62")
 
     @model_validator(mode="after")
     def _window(self) -> "MonitorsConfig":
@@ -137,7 +158,9 @@ class MonitorsConfig(Strict):
 class GuardrailsConfig(Strict):
     profiles_path: Path = Field(Path("config/guardrails.yaml"), description="YAML of named guardrail chains")
     active: str | None = Field(None, description="profile at start-up (default: the file's `active`)")
-    audit_log: Path = Field(Path("var/guardrail-audit.jsonl"), description="one JSON line per chain change")
+    audit_log: Path = Field(Path("var/guardrail-audit.jsonl"),
+                            description="one JSON line per chain change; a fleet keeps its audit rows in PostgreSQL "
+                                        "instead")
     sync_seconds: float = Field(0.5, gt=0.0, le=10.0, description="how often workers pick up a swapped chain")
     shadow_max_in_flight: int = Field(256, ge=1, description="shadow runs waiting at once; more are skipped, counted")
     shadow_wait_ms: float = Field(50.0, ge=0.0, le=5000.0,
@@ -145,19 +168,24 @@ class GuardrailsConfig(Strict):
 
 
 class LogConfig(Strict):
-    enabled: bool = True
-    path: Path = Field(Path("var/predictions.sqlite"), description="SQLite file (WAL mode)")
+    enabled: bool = Field(True, description="write predictions to the log (needed by feedback, replay and the "
+                                            "`classguard log` commands); off: nothing is written")
+    path: Path = Field(Path("var/predictions.sqlite"), description="SQLite file (WAL mode); unused in fleet mode")
     mode: Literal["all", "sampled", "flagged"] = Field("all", description="which unflagged predictions to keep")
     sample_share: float = Field(0.1, ge=0.0, le=1.0, description="with mode=sampled: share of unflagged ones")
     store_image_hash: bool = Field(False, description="SHA-256 of each upload (never the image itself)")
     retention_days: float = Field(7.0, gt=0.0, description="rows older than this are deleted")
     max_rows: int = Field(1_000_000, ge=1, description="the oldest rows beyond this are deleted")
-    retention_check_seconds: float = Field(30.0, gt=0.0)
+    retention_check_seconds: float = Field(30.0, gt=0.0, description="how often retention_days and max_rows are "
+                                                                     "enforced")
     flush_seconds: float = Field(0.5, gt=0.0, le=60.0, description="how often queued rows are written")
     busy_timeout_seconds: float = Field(5.0, gt=0.0, le=60.0, description="wait for a locked database, then count a failure")
     queue_size: int = Field(50_000, ge=1, description="rows waiting to be written; more are dropped, counted")
     hold_feedback_seconds: float = Field(120.0, ge=0.0, le=86_400.0,
-                                         description="a label for an answer not written yet is held this long")
+                                         description="a label whose answer is not written yet is held this long "
+                                                     "(POST /feedback answers 202 `held`; more than max_held_feedback "
+                                                     "waiting: 503 `hold_full`); 0, or a log.mode other than `all`, "
+                                                     "turns holding off")
     max_held_feedback: int = Field(10_000, ge=0, description="labels held at once; more are refused, counted")
 
 
@@ -166,15 +194,22 @@ class FleetConfig(Strict):
     the monitor windows. Unset `database_url` keeps the embedded single-host default (SQLite)."""
 
     database_url: SecretStr | None = Field(None, description="postgresql:// URL; set, every replica shares it")
-    replica: str | None = Field(None, description="this replica's name in logs and the store (default: host name)")
-    connect_timeout_seconds: float = Field(3.0, gt=0.0, le=60.0, description="give up connecting after this")
-    statement_timeout_seconds: float = Field(5.0, gt=0.0, le=300.0, description="cancel a store statement after this")
+    replica: str | None = Field(None, description="this replica's name: the log's `replica` column, audit rows "
+                                                    "and the connections' application_name (default: the host name)")
+    connect_timeout_seconds: float = Field(3.0, gt=0.0, le=60.0,
+                                           description="give up connecting after this; also sets the TCP keepalives "
+                                                       "that find a silent database")
+    statement_timeout_seconds: float = Field(5.0, gt=0.0, le=300.0,
+                                             description="cancel a store statement after this; with "
+                                                         "connect_timeout_seconds it bounds an unacknowledged send")
     startup_wait_seconds: float = Field(60.0, ge=0.0, le=3_600.0,
-                                        description="a replica starting while the database is away waits this long")
+                                        description="a replica starting while the database is away, or before "
+                                                    "its schema is migrated, waits this long")
     # Off: replicas connect as a role without CREATE on the schema and only check its version;
     # `classguard db migrate` (the owner role) creates and upgrades it. On: a replica whose URL
     # names the owner role migrates at start-up (one host, demos, trials).
-    migrate: bool = Field(False, description="create or upgrade the schema at start-up (needs the owner role)")
+    migrate: bool = Field(False, description="create or upgrade the schema at start-up (needs the owner role); off: "
+                                             "run `classguard db migrate` before the replicas start")
 
     @field_validator("database_url")
     @classmethod
@@ -218,14 +253,18 @@ class Settings(BaseSettings):
                                       frozen=True, hide_input_in_errors=True)
 
     models: ModelsConfig = ModelsConfig()
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run: `auto` takes CUDA when "
+                                                   "available, else the CPU; `cuda` without a GPU fails at start-up")
     half_precision: bool = Field(False, description="float16 weights on CUDA")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
-    workers: int = Field(1, ge=1, le=64)
-    top_k: int = Field(3, ge=1, le=20)
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes on this host, each with its own "
+                                                     "copy of the models")
+    top_k: int = Field(3, ge=1, le=20, description="labels with their probabilities in each answer")
     access_log: bool = Field(False, description="BentoML's per-request INFO log (costs throughput)")
-    admin_token: SecretStr | None = Field(None, description="bearer token of the /admin routes; unset: they are off")
-    feedback_token: SecretStr | None = Field(None, description="bearer token of POST /feedback; unset: it is off")
+    admin_token: SecretStr | None = Field(None, description="bearer token of the /admin routes, at least "
+                                                            f"{MIN_TOKEN_LENGTH} characters; unset: they answer 404")
+    feedback_token: SecretStr | None = Field(None, description="bearer token of POST /feedback, at least "
+                                                               f"{MIN_TOKEN_LENGTH} characters; unset: it answers 404")
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     subgroups: SubgroupsConfig = SubgroupsConfig()

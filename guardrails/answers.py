@@ -76,9 +76,7 @@ class SuppressLabels:
                  regions: Sequence[str] | None = None) -> None:
         if not labels:
             raise ValueError("suppress_labels needs at least one label")
-        if not 0.0 <= floor <= 1.0:
-            raise ValueError(f"floor must be within [0, 1], got {floor}")
-        self.labels, self.floor = tuple(labels), floor
+        self.labels, self.floor = tuple(labels), _checked_floor(floor)
         self.subgroups, self.regions = _names(subgroups), _names(regions)
         self.passed = Decision(self.name, "pass", "answer is not a suppressed label")
 
@@ -101,6 +99,12 @@ class SuppressLabels:
         answers.suppressed[passed] |= hidden
         answers.add(np.flatnonzero(passed), self.passed)
         answers.each(self, requests, np.flatnonzero(hit))
+
+
+def _checked_floor(floor: float) -> float:
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be within [0, 1], got {floor}")
+    return floor
 
 
 def _fallback(name: str, answer: Answer, suppressed: frozenset[int], floor: float, why: str) -> Answer:
@@ -151,7 +155,7 @@ class ConfusionGuard:
                  subgroups: Sequence[str] | None = None, regions: Sequence[str] | None = None) -> None:
         if action not in ("abstain", "suppress"):
             raise ValueError(f"action must be 'abstain' or 'suppress', got {action!r}")
-        self.action, self.floor = action, floor
+        self.action, self.floor = action, _checked_floor(floor)
         self.pairs = _names(pairs)
         self.subgroups, self.regions = _names(subgroups), _names(regions)
 

@@ -9,6 +9,8 @@ import numpy as np
 from guardrails.columns import RequestColumns
 from guardrails.core import Decision, Request, bucket
 
+MAX_TIMEOUT_MS = 60_000.0  # a route waiting longer than a minute for its target is a stuck request
+
 
 class Route:
     """Answer matching requests with `target`. A request matches when every given condition
@@ -26,8 +28,8 @@ class Route:
                  regions: Sequence[str] | None = None) -> None:
         if canary is not None and not 0.0 <= canary <= 1.0:
             raise ValueError(f"canary must be a share within [0, 1], got {canary}")
-        if timeout_ms <= 0:
-            raise ValueError("timeout_ms must be positive")
+        if not 0.0 < timeout_ms <= MAX_TIMEOUT_MS:
+            raise ValueError(f"timeout_ms must be within (0, {MAX_TIMEOUT_MS:g}], got {timeout_ms}")
         self.target, self.timeout_s = target, timeout_ms / 1000.0
         self.subgroups = frozenset(subgroups) if subgroups else None
         self.flags = frozenset(flags) if flags else None

@@ -16,6 +16,7 @@ Validation data:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib
 import json
@@ -25,6 +26,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+HELP = "import your own classifier and profile it"
+# the usage above is this command's --help
+PARSER = {"description": __doc__, "formatter_class": argparse.RawDescriptionHelpFormatter}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 

@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -59,87 +60,106 @@ class ChainContext:
         return frozenset({LOW_CONFIDENCE_FLAG, *map(confusion_flag, self.pairs)})
 
 
+def default_of(guardrail: type, parameter: str):
+    """A guardrail parameter's default, as its constructor states it: the spec below repeats
+    no default of its own."""
+    return inspect.signature(guardrail).parameters[parameter].default
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    guardrail: ClassVar[type]
 
     @model_validator(mode="after")
-    def _no_empty_lists(self) -> "_Spec":
+    def _valid(self) -> "_Spec":
         # `subgroups: []` had been read as "no condition" and routed every request: a list that
         # names nothing is refused, and a field left out is the way to say "every request"
         empty = [name for name, value in self if isinstance(value, list) and not value]
         if empty:
             raise ValueError(f"{self.type}: {', '.join(empty)} must name at least one value; leave "
                              f"{'them' if len(empty) > 1 else 'it'} out to not restrict by {'them' if len(empty) > 1 else 'it'}")
+        # Ranges and conditions are checked once, by the constructor: building the guardrail
+        # is the check, so a profile and a direct call are refused with the same message
+        self.build()
         return self
+
+    def build(self):
+        return self.guardrail(**self.model_dump(exclude={"type"}, exclude_none=True))
 
 
 class AllowAllSpec(_Spec):
+    guardrail = AllowAll
     type: Literal["allow_all"]
 
 
 class SuppressLabelsSpec(_Spec):
+    guardrail = SuppressLabels
     type: Literal["suppress_labels"]
     labels: list[str] = Field(min_length=1, max_length=MAX_NAMES)
-    floor: float = Field(0.5, ge=0.0, le=1.0)
-    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
-    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
+    floor: float = default_of(SuppressLabels, "floor")
+    subgroups: list[str] | None = Field(default_of(SuppressLabels, "subgroups"), max_length=MAX_NAMES)
+    regions: list[str] | None = Field(default_of(SuppressLabels, "regions"), max_length=MAX_NAMES)
 
 
 class AbstainSpec(_Spec):
+    guardrail = Abstain
     type: Literal["abstain"]
-    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
-    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
-
-    @model_validator(mode="after")
-    def _conditioned(self) -> "AbstainSpec":
-        if not self.subgroups and not self.regions:
-            raise ValueError("abstain needs subgroups or regions (abstaining on every request answers nothing)")
-        return self
+    subgroups: list[str] | None = Field(default_of(Abstain, "subgroups"), max_length=MAX_NAMES)
+    regions: list[str] | None = Field(default_of(Abstain, "regions"), max_length=MAX_NAMES)
 
 
 class AbstainBelowSpec(_Spec):
+    guardrail = AbstainBelow
     type: Literal["abstain_below"]
-    threshold: float = Field(ge=0.0, le=1.0)
-    per_subgroup: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict,
-                                                                             max_length=MAX_NAMES)
+    threshold: float
+    # {} rather than the constructor's None: the empty mapping is part of hashed, audited chains
+    per_subgroup: dict[str, float] = Field(default_factory=dict, max_length=MAX_NAMES)
 
 
 class ConfusionGuardSpec(_Spec):
+    guardrail = ConfusionGuard
     type: Literal["confusion_guard"]
-    action: Literal["abstain", "suppress"] = "abstain"
-    floor: float = Field(0.5, ge=0.0, le=1.0)
-    pairs: list[str] | None = Field(None, max_length=MAX_NAMES)
-    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
-    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
+    action: str = default_of(ConfusionGuard, "action")
+    floor: float = default_of(ConfusionGuard, "floor")
+    pairs: list[str] | None = Field(default_of(ConfusionGuard, "pairs"), max_length=MAX_NAMES)
+    subgroups: list[str] | None = Field(default_of(ConfusionGuard, "subgroups"), max_length=MAX_NAMES)
+    regions: list[str] | None = Field(default_of(ConfusionGuard, "regions"), max_length=MAX_NAMES)
 
 
 class RouteSpec(_Spec):
+    guardrail = Route
     type: Literal["route"]
     target: str
-    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
-    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
-    flags: list[str] | None = Field(None, max_length=MAX_NAMES)
-    alerts: list[Literal["representation", "class_drift", "confidence", "known_confusion"]] | None = None
-    canary: float | None = Field(None, ge=0.0, le=1.0)
-    timeout_ms: float = Field(1000.0, gt=0.0, le=60_000.0)
+    subgroups: list[str] | None = Field(default_of(Route, "subgroups"), max_length=MAX_NAMES)
+    regions: list[str] | None = Field(default_of(Route, "regions"), max_length=MAX_NAMES)
+    flags: list[str] | None = Field(default_of(Route, "flags"), max_length=MAX_NAMES)
+    alerts: list[Literal["representation", "class_drift", "confidence", "known_confusion"]] | None = \
+        default_of(Route, "alerts")
+    canary: float | None = default_of(Route, "canary")
+    timeout_ms: float = default_of(Route, "timeout_ms")
 
 
 class ShadowSpec(_Spec):
+    guardrail = Shadow
     type: Literal["shadow"]
     model: str
-    share: float = Field(1.0, ge=0.0, le=1.0)
-    subgroups: list[str] | None = Field(None, max_length=MAX_NAMES)
-    regions: list[str] | None = Field(None, max_length=MAX_NAMES)
+    share: float = default_of(Shadow, "share")
+    subgroups: list[str] | None = Field(default_of(Shadow, "subgroups"), max_length=MAX_NAMES)
+    regions: list[str] | None = Field(default_of(Shadow, "regions"), max_length=MAX_NAMES)
 
 
 GuardrailSpec = Annotated[Union[AllowAllSpec, SuppressLabelsSpec, AbstainSpec, AbstainBelowSpec, ConfusionGuardSpec,
                                 RouteSpec, ShadowSpec], Field(discriminator="type")]
+# type name -> guardrail class, read off the specs
+BUILDERS = {spec.model_fields["type"].annotation.__args__[0]: spec.guardrail
+            for spec in (AllowAllSpec, SuppressLabelsSpec, AbstainSpec, AbstainBelowSpec, ConfusionGuardSpec,
+                         RouteSpec, ShadowSpec)}
 CHAIN = TypeAdapter(Annotated[list[GuardrailSpec], Field(min_length=1, max_length=MAX_CHAIN)])
-BUILDERS = {"allow_all": AllowAll, "suppress_labels": SuppressLabels, "abstain": Abstain, "abstain_below": AbstainBelow,
-            "confusion_guard": ConfusionGuard, "route": Route, "shadow": Shadow}
 
 
-class Profiles(_Spec):
+class Profiles(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     active: str
     profiles: dict[str, list[GuardrailSpec]]
 
@@ -183,7 +203,7 @@ def compile_chain(specs: list, profile: str, context: ChainContext) -> Chain:
     specs = CHAIN.validate_python(specs)
     for spec in specs:
         _check_names(spec, context)
-    guardrails = [BUILDERS[s.type](**s.model_dump(exclude={"type"}, exclude_none=True)) for s in specs]
+    guardrails = [spec.build() for spec in specs]
     data = CHAIN.dump_python(specs, mode="json", exclude_none=True)
     return Chain(guardrails, profile=profile, config_hash=_hash(data), specs=data)
 

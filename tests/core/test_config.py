@@ -88,3 +88,85 @@ def test_fleet_mode_is_one_setting(monkeypatch):
     monkeypatch.setenv("CLASSGUARD_FLEET__DATABASE_URL", "postgresql://cg:pw@db.internal:5432/classguard")
     settings = Settings()
     assert settings.fleet.enabled and "pw" not in repr(settings.fleet)
+
+
+# Stated although equal to the code's default, each for a reason
+STATED_DEFAULTS = {
+    ("models", "primary"): "the file names the models this deployment serves",
+    ("models", "others"): "the file names the models this deployment serves",
+}
+
+
+def _stated_keys(data: dict, path: tuple = ()):
+    """(section, key) paths of the YAML, down to a Settings field (a dict-typed field such as
+    subgroups.attributes is one key)."""
+    for name, value in data.items():
+        if isinstance(value, dict) and (*path, name) in _SECTIONS:
+            yield from _stated_keys(value, (*path, name))
+        else:
+            yield (*path, name)
+
+
+_SECTIONS = {(name,) for name, field in Settings.model_fields.items() if hasattr(field.annotation, "model_fields")}
+
+
+def _at(settings, path: tuple):
+    from pydantic_core import to_jsonable_python
+
+    for name in path:
+        settings = getattr(settings, name)
+    return to_jsonable_python(settings)
+
+
+def _defaults(monkeypatch, tmp_path) -> Settings:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    monkeypatch.setenv("CLASSGUARD_CONFIG", str(empty))
+    return Settings()
+
+
+def test_shipped_yaml_states_no_default(monkeypatch, tmp_path):
+    """config/classguard.yaml sets only values that differ from the code's defaults (or are
+    on the named list above): a default is stated once, in core/config.py."""
+    import yaml
+
+    from core.config import DEFAULT_CONFIG
+
+    monkeypatch.delenv("CLASSGUARD_CONFIG", raising=False)
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    shipped, defaults = Settings(), _defaults(monkeypatch, tmp_path)
+    repeated = [".".join(p) for p in _stated_keys(data) if p not in STATED_DEFAULTS
+                and _at(shipped, p) == _at(defaults, p)]
+    assert not repeated, f"config/classguard.yaml repeats the code's default for {repeated}"
+    assert set(STATED_DEFAULTS) <= set(_stated_keys(data)), "an allow-listed key is no longer stated"
+
+
+def test_shipped_yaml_gives_the_recorded_settings(monkeypatch):
+    """Loading config/classguard.yaml gives the effective settings recorded in
+    shipped_settings.json (taken when the file still stated every default): trimming it changed
+    nothing, and a changed code default shows up here."""
+    import json
+    from pathlib import Path
+
+    monkeypatch.delenv("CLASSGUARD_CONFIG", raising=False)
+    expected = json.loads((Path(__file__).parent / "shipped_settings.json").read_text())
+    assert Settings().model_dump(mode="json") == expected
+
+
+def test_every_setting_is_described():
+    """Every setting (sections aside), and every field of a map's or list's entries, has a
+    description: they are the docs' configuration reference."""
+    import typing
+
+    def undescribed(model, prefix=""):
+        for name, field in model.model_fields.items():
+            if hasattr(field.annotation, "model_fields"):
+                yield from undescribed(field.annotation, f"{prefix}{name}.")
+                continue
+            if not field.description:
+                yield prefix + name
+            for item in typing.get_args(field.annotation)[-1:]:
+                if hasattr(item, "model_fields"):  # dict[str, Model] or list[Model]
+                    yield from undescribed(item, f"{prefix}{name}[].")
+
+    assert not list(undescribed(Settings))

@@ -22,7 +22,7 @@ def test_every_shipped_profile_compiles():
 
 @pytest.mark.parametrize("chain, message", [
     ([{"type": "no_such_guardrail"}], "does not match any of the expected tags"),
-    ([{"type": "suppress_labels", "labels": ["0"], "floor": 2}], "less than or equal to 1"),
+    ([{"type": "suppress_labels", "labels": ["0"], "floor": 2}], r"floor must be within \[0, 1\], got 2"),
     ([{"type": "suppress_labels", "labels": []}], "at least 1 item"),
     ([{"type": "route", "target": "missing-model"}], "not loaded"),
     ([{"type": "shadow", "model": "missing-model"}], "not loaded"),
@@ -136,3 +136,42 @@ def test_region_conditions_compile_into_every_guardrail_that_takes_them():
     plain = [{"type": "route", "target": "classguard-retrained"}]
     assert (compile_chain(plain, "p", REGIONS).config_hash
             == compile_chain([{**plain[0], "regions": None}], "p", REGIONS).config_hash)
+
+
+def test_spec_defaults_are_the_constructors_defaults():
+    """Every parameter a guardrail's spec may leave out defaults to what the guardrail's own
+    constructor states (one place holds each default), for every guardrail type."""
+    import inspect
+
+    from runtime.chain_config import BUILDERS, CHAIN
+
+    for kind, guardrail in BUILDERS.items():
+        spec = CHAIN.validate_python([{"type": kind, **MINIMAL[kind]}])[0]
+        assert set(spec.model_fields) - {"type"} == set(inspect.signature(guardrail).parameters), kind
+        for name, parameter in inspect.signature(guardrail).parameters.items():
+            if parameter.default is inspect.Parameter.empty or name in MINIMAL[kind]:
+                continue
+            # per_subgroup: the spec's {} is the constructor's None (the mapping is hashed as {})
+            expected = {} if (kind, name) == ("abstain_below", "per_subgroup") else parameter.default
+            assert getattr(spec, name) == expected, (kind, name)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "confusion_guard", "floor": -0.1}, r"floor must be within \[0, 1\]"),
+    ({"type": "confusion_guard", "action": "shout"}, "action must be 'abstain' or 'suppress'"),
+    ({"type": "abstain_below", "threshold": 1.5}, r"thresholds must be within \[0, 1\]"),
+    ({"type": "abstain_below", "threshold": 0.5, "per_subgroup": {"capture=phone": -1}}, "thresholds must be"),
+    ({"type": "route", "target": "classguard-retrained", "canary": 2}, r"canary must be a share within \[0, 1\]"),
+    ({"type": "route", "target": "classguard-retrained", "timeout_ms": 0}, r"timeout_ms must be within \(0, 60000\]"),
+    ({"type": "route", "target": "classguard-retrained", "timeout_ms": 60_001}, "timeout_ms must be within"),
+    ({"type": "shadow", "model": "classguard-retrained", "share": 1.01}, r"share must be within \[0, 1\]"),
+])
+def test_a_profile_is_refused_with_the_constructors_message(spec, message):
+    """Ranges are checked once, in the guardrail's constructor: a profile out of range is refused
+    with the message a direct call gets."""
+    from runtime.chain_config import BUILDERS
+
+    with pytest.raises(ValidationError, match=message):
+        compile_chain([spec], "x", CONTEXT)
+    with pytest.raises(ValueError, match=message):
+        BUILDERS[spec["type"]](**{k: v for k, v in spec.items() if k != "type"})

@@ -1,0 +1,1 @@
+"""One module a `classguard` command: HELP, add_arguments(parser) and run(args)."""

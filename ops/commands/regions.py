@@ -1,0 +1,32 @@
+"""`classguard regions`: the embedding's regions in recent traffic, ranked by excess share x error
+(GET /admin/regions, as a table or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ops.common import admin_call, count
+
+HELP = "the primary's embedding regions in recent traffic, worst first"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
+    parser.add_argument("--since", default="15m", help="15m, 2h, 1d or Unix seconds")
+    parser.add_argument("--until")
+    parser.add_argument("--top", type=count(1, 65), default=10, help="the N highest-ranked regions")
+    parser.add_argument("--exemplars", type=count(0, 50), default=5, help="newest request ids shown per region")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from store import region_report
+
+    query = {"since": args.since, "top": args.top, "exemplars": args.exemplars,
+             **({"until": args.until} if args.until else {})}
+    body = admin_call(args.url, f"regions?{urllib.parse.urlencode(query)}")
+    print(body.decode() if args.format == "json" else region_report.render(json.loads(body)))
+    return 0
