@@ -123,6 +123,7 @@ bench-resnet: venv
 
 bench-hostile: train
 	$(BIN)/python -m benchmarks.hostile
+	$(BIN)/python -m benchmarks.image_memory
 
 bench-fleet: train
 	$(BIN)/python -m benchmarks.fleet

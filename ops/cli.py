@@ -19,7 +19,7 @@ import sys
 
 from ops import import_model
 from ops.commands import db, drift_report, guardrails, log, profile, regions, replay, train
-from ops.common import admin_call, is_store_error  # noqa: F401 - admin_call: what scripts import from here
+from ops.common import is_store_error
 
 # name -> module with HELP, add_arguments(parser) and run(args); optional PARSER: add_parser's keywords
 COMMANDS = {"train": train, "import-model": import_model, "profile": profile, "drift-report": drift_report,

@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from core import metrics
-from core.keys import subgroup_key
 
 OTHER = "other"
 Deriver = Callable[[np.ndarray], str]

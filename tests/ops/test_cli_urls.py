@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from ops.cli import admin_call, main
+from ops.cli import main
+from ops.common import admin_call
 
 
 @pytest.fixture(autouse=True)

@@ -53,7 +53,7 @@ MINIMAL = {"allow_all": {}, "suppress_labels": {"labels": ["0"]}, "abstain": {"s
 
 
 def _list_fields():
-    from runtime.chain_config import BUILDERS, GuardrailSpec  # noqa: F401
+    from runtime.chain_config import GuardrailSpec
     from typing import get_args
 
     specs = get_args(get_args(GuardrailSpec)[0])

@@ -2,18 +2,16 @@
 converting the whole image at once answered (the version before strips, kept below as the
 reference): the test split, and every mode, size and bit depth drawn here."""
 
-import io
-import struct
 import subprocess
 import sys
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from core.config import LimitsConfig
+from harness.uploads import encoded, png_of_zeros, text_bomb
 from core.errors import InputError
 from monitors.reference import InputSpec
 from runtime.preprocess import decode_image, to_pixels
@@ -46,36 +44,6 @@ def reference_pixels(image: Image.Image, spec: InputSpec) -> np.ndarray:
         image = image.resize((spec.width, spec.height), Image.Resampling.BOX)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if spec.channels == 1 else array.transpose(2, 0, 1)
-
-
-def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def png_of_zeros(width: int, height: int, depth: int, colour: int, channels: int) -> bytes:
-    """A PNG of zeros, written row by row (Pillow cannot write 16-bit colour): what a
-    decompression bomb looks like, 77 KB for the 6300 x 6300 16-bit grey one."""
-    row = b"\0" + bytes(width * channels * depth // 8)
-    packer = zlib.compressobj(9)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-
-
-def text_bomb() -> bytes:
-    """An 8 x 8 PNG with 66 compressed text chunks of 1 MB each (Pillow's cap is 64 MB in all)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    png = encoded(Image.new("L", (8, 8)))
-    text = zlib.compress(b"a" * 1_000_000, 9)
-    return png[:33] + b"".join(chunk(b"zTXt", b"k%d\0\0" % i + text) for i in range(66)) + png[33:]
 
 
 def drawn_images(seed: int = 0) -> list[Image.Image]:
@@ -159,6 +127,7 @@ import sys
 from runtime.preprocess import decode_image, to_pixels
 from monitors.reference import InputSpec
 from core.config import LimitsConfig
+from harness.uploads import encoded, png_of_zeros, text_bomb
 limits = LimitsConfig()
 data = open(sys.argv[1], "rb").read()
 def hwm():
