@@ -69,7 +69,7 @@ def engine_with_precomputed_outputs(tmp: str, env: dict[str, str] = EVERYTHING_O
     engine = Engine(settings)
     endpoints = ClassifyEndpoints(serving=engine.serving, resolver=engine.resolver, spec=engine.spec,
                                   limits=settings.limits, model_tag=engine.primary.tag,
-                                  hash_images=settings.log.store_image_hash)
+                                  keep_images=settings.log.store_image_hash or settings.capture.policy != "off")
     test = build_incident().test
     n = max(BATCHES)  # every batch measured is a prefix of these
     unit = (test.images[:n].astype(np.float32) / 255.0)[:, None]

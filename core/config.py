@@ -189,6 +189,32 @@ class LogConfig(Strict):
     max_held_feedback: int = Field(10_000, ge=0, description="labels held at once; more are refused, counted")
 
 
+class CaptureConfig(Strict):
+    """Which answers keep their input image, and within what. Images users send may be personal
+    data: capture is off unless an operator turns it on, every kept image can be erased, and
+    reading one needs the admin token (docs: "Captured inputs")."""
+
+    policy: Literal["off", "flagged", "stratified", "all"] = Field(
+        "off", description="which answers keep their input: `flagged` (a monitor flag, a guardrail action, an "
+        "abstention, the `novel` region), `stratified` (any answer, up to `per_stratum` per model x subgroup x "
+        "region per `stratum_seconds`, so a group at 2% of traffic is kept as well as one at 60%), `all`; only "
+        "answers the prediction log keeps (log.mode)")
+    keep: Literal["originals", "thumbnails"] = Field(
+        "originals", description="`thumbnails`: keep only a small PNG of each input, never the upload itself")
+    per_stratum: int = Field(200, ge=1, le=1_000_000, description="inputs kept per model x subgroup x region in "
+                             "each `stratum_seconds` (flagged and stratified policies; per worker process)")
+    stratum_seconds: float = Field(3_600.0, ge=1.0, le=604_800.0,
+                                   description="the period `per_stratum` counts over")
+    max_original_bytes: int = Field(1_000_000, ge=1_024, le=100_000_000,
+                                    description="a larger upload (or one not PNG, JPEG, WebP, GIF, BMP or TIFF) "
+                                    "keeps only its thumbnail")
+    thumbnail_side: int = Field(64, ge=8, le=512, description="longest side of a thumbnail, in pixels")
+    max_bytes: int = Field(256_000_000, ge=1_000_000, description="bytes of captured inputs in the store in all; "
+                           "the oldest are evicted beyond it")
+    queue_bytes: int = Field(32_000_000, ge=100_000, description="bytes of inputs waiting to be written per "
+                             "worker; more are dropped, counted")
+
+
 class FleetConfig(Strict):
     """Fleet mode: replicas share one PostgreSQL for the log, feedback, the guardrail chain and
     the monitor windows. Unset `database_url` keeps the embedded single-host default (SQLite)."""
@@ -271,7 +297,15 @@ class Settings(BaseSettings):
     monitors: MonitorsConfig = MonitorsConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     log: LogConfig = LogConfig()
+    capture: CaptureConfig = CaptureConfig()
     fleet: FleetConfig = FleetConfig()
+
+    @model_validator(mode="after")
+    def _capture_needs_the_log(self) -> "Settings":
+        # a captured input is kept beside its log row (retention, erasure and export follow the row)
+        if self.capture.policy != "off" and not self.log.enabled:
+            raise ValueError("capture.policy needs the prediction log (log.enabled: true)")
+        return self
 
     @field_validator("admin_token", "feedback_token")
     @classmethod

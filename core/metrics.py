@@ -66,7 +66,7 @@ ANOMALY_KINDS = ("low_confidence", "known_confusion")
 FALLBACK_REASONS = ("timeout", "error")
 SHADOW_OUTCOMES = ("agree", "flip")
 SWAP_OUTCOMES = ("applied", "refused", "sync_failed", "audit_failed")
-LOG_STAGES = ("write", "retention", "flush", "join")
+LOG_STAGES = ("write", "retention", "flush", "join", "evict")
 FEEDBACK_OUTCOMES = ("correct", "wrong", "abstained")
 
 
@@ -261,6 +261,22 @@ LOG_DROPPED = Counter("classguard_log_rows_dropped", "Prediction-log rows lost: 
                       "failed in a way a retry would not fix.")
 LOG_ERRORS = Counter("classguard_log_errors", "Failed prediction-log operations (a write is retried at the next "
                      "flush), by stage.", ["stage"])
+
+# -- captured inputs -------------------------------------------------------------------------
+CAPTURE_REASONS = ("flagged", "stratified", "all")
+CAPTURE_DROP_REASONS = ("queue_full", "unreadable", "write_failed")
+ORIGINAL_SKIP_REASONS = ("too_large", "format")
+INPUTS_CAPTURED = Counter("classguard_inputs_captured", "Input images written to the store, by why they were kept "
+                          "(flagged answer, a stratum's budget, or every answer).", ["reason"])
+INPUTS_DROPPED = Counter("classguard_inputs_dropped", "Inputs chosen for capture but not kept: the capture queue "
+                         "was full, the image could not be read again, or the write failed.", ["reason"])
+INPUTS_ORIGINAL_SKIPPED = Counter("classguard_inputs_original_skipped", "Captured inputs kept as a thumbnail only, "
+                                  "because the upload was over capture.max_original_bytes or not a kept format.",
+                                  ["reason"])
+INPUTS_EVICTED = Counter("classguard_inputs_evicted", "Captured inputs deleted to stay within capture.max_bytes.")
+INPUTS_ERASED = Counter("classguard_inputs_erased", "Captured inputs erased on request (admin route or CLI).")
+INPUTS_BYTES = Gauge("classguard_inputs_stored_bytes", "Bytes of captured inputs in the store (the whole store's, "
+                     "as this worker last measured it).", multiprocess_mode="livemostrecent")
 
 # -- ground truth ------------------------------------------------------------------------------
 FEEDBACK = Counter(

@@ -10,6 +10,9 @@
     classguard replay PROFILE [--file CHAIN.yaml] [--since 1h]   what a chain would have answered
     classguard regions [--since 15m] [--url URL]   the embedding's regions, ranked by excess share x error
     classguard db migrate [--database-url URL]   create or upgrade the fleet database's schema (owner role)
+    classguard inputs list|show ID|erase   captured input images (capture.policy)
+    classguard dataset export --region r05 -o DIR   captured inputs and their labels as a training set
+    classguard incident --since 30m -o incident.html   the incident page as one HTML file
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import argparse
 import sys
 
 from ops import import_model
-from ops.commands import db, drift_report, guardrails, log, profile, regions, replay, train
+from ops.commands import dataset, db, drift_report, guardrails, incident, inputs, log, profile, regions, replay, train
 from ops.common import is_store_error
 
 # name -> module with HELP, add_arguments(parser) and run(args); optional PARSER: add_parser's keywords
 COMMANDS = {"train": train, "import-model": import_model, "profile": profile, "drift-report": drift_report,
-            "guardrails": guardrails, "log": log, "replay": replay, "regions": regions, "db": db}
+            "guardrails": guardrails, "log": log, "replay": replay, "regions": regions, "db": db,
+            "inputs": inputs, "dataset": dataset, "incident": incident}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,8 @@ def is_store_error(exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.Error)
 
 
-def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float = 120) -> bytes:
+def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float = 120, method: str | None = None,
+               missing_ok: bool = False) -> bytes:
     """One authenticated admin request (token from CLASSGUARD_ADMIN_TOKEN) to an http(s) `url`.
 
     A URL that is not http:// or https:// is a ValueError; a service that cannot be reached, does
@@ -63,7 +64,7 @@ def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float 
     if body is not None:
         data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
     target = f"{url.rstrip('/')}/admin/{path}"
-    request = urllib.request.Request(target, data=data, headers=headers)
+    request = urllib.request.Request(target, data=data, headers=headers, method=method)
     shown = target.split("?", 1)[0]
 
     class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -76,6 +77,8 @@ def admin_call(url: str, path: str, *, body: dict | None = None, timeout: float 
         with opener.open(request, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
+        if missing_ok and exc.code == 404:  # `missing_ok`: a 404 answers b""
+            return b""
         raise RuntimeError(f"{exc.code}: {exc.read().decode(errors='replace')}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason

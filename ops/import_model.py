@@ -80,7 +80,8 @@ def read_npz(path: Path, class_names: Sequence[str] | None) -> tuple[list[Any], 
 def read_dir(path: Path, class_names: Sequence[str] | None) -> tuple[list[Any], np.ndarray, dict[str, np.ndarray], list[str]]:
     from PIL import Image
 
-    names = list(class_names or sorted(p.name for p in path.iterdir() if p.is_dir()))
+    # a folder whose name starts with `_` is not a class (`classguard dataset export` keeps unlabelled inputs in `_unlabelled`)
+    names = list(class_names or sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("_")))
     if not names:
         raise ValueError(f"{path} has no class folders")
     table: dict[str, dict[str, str]] = {}

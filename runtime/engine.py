@@ -83,7 +83,8 @@ class Engine:
         # labels wait for their answers only when every answer is written (log.mode: all)
         self.hold = (Hold(settings.log.hold_feedback_seconds, settings.log.max_held_feedback)
                      if settings.log.mode == "all" else Hold(seconds=0))
-        self.log = PredictionLog(settings.log, self.db, self.replica) if settings.log.enabled else NoLog()
+        self.log = (PredictionLog(settings.log, self.db, self.replica, settings.capture) if settings.log.enabled
+                    else NoLog())
         if settings.log.enabled:
             labels_of, pairs = self.labels_of(), self.pairs()
             self.log.after_write = lambda conn: join_held(conn, labels_of, pairs, self.hold)
@@ -128,6 +129,14 @@ class Engine:
             metrics.FEEDBACK_HELD.labels(outcome)
         for component in metrics.STORE_COMPONENTS:
             metrics.STORE_ERRORS.labels(component)
+        for reason in metrics.CAPTURE_REASONS:
+            metrics.INPUTS_CAPTURED.labels(reason)
+        for reason in metrics.CAPTURE_DROP_REASONS:
+            metrics.INPUTS_DROPPED.labels(reason)
+        for reason in metrics.ORIGINAL_SKIP_REASONS:
+            metrics.INPUTS_ORIGINAL_SKIPPED.labels(reason)
+        metrics.INPUTS_EVICTED.inc(0)
+        metrics.INPUTS_ERASED.inc(0)
         metrics.FLEET_VIEW_DEGRADED.set(0)
         metrics.MONITOR_DROPPED.inc(0)
         metrics.MONITOR_EVENTS.inc(0)

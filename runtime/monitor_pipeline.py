@@ -72,6 +72,7 @@ class NoMonitors:
     """The off switch: same interface, does nothing; asking for its events says it is off."""
 
     alerts: dict[str, frozenset[str]] = {}
+    alarming: list[tuple[str, str, str, str, str]] = []
     subgroups: list[str] = []
 
     def model_index(self, model: str) -> int:
@@ -128,6 +129,7 @@ class MonitorPipeline:
         self.recent: deque[tuple] = deque(maxlen=config.report_events)
         self._last_publish = -float("inf")  # time.monotonic() of the last publish
         self.alerts: dict[str, frozenset[str]] = {}  # subgroup -> monitors alarming for it, as last published
+        self.alarming: list[tuple[str, str, str, str, str]] = []  # (monitor, statistic, model, subgroup, pair)
         self._pair_names = [p.name for p in self.pairs]
         if fleet is not None:
             self._measure_clock()
@@ -281,6 +283,7 @@ class MonitorPipeline:
             if s.alarm and s.subgroup:
                 alarming.setdefault(s.subgroup, set()).add(s.monitor)
         self.alerts = {k: frozenset(v) for k, v in alarming.items()}
+        self.alarming = [(s.monitor, s.statistic, s.model, s.subgroup, s.pair) for s in results.scores if s.alarm]
         self._last_publish = time.monotonic()
         metrics.MONITOR_LAST_RUN.set(now)
         metrics.MONITOR_RUN_DURATION.observe(time.perf_counter() - started)

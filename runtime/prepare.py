@@ -127,7 +127,9 @@ class PreparedBatch:
     pixels: np.ndarray  # N x C x H x W, normalised
     subgroups: list[dict[str, str]]
     refused: dict[int, InputError]
-    images: list[bytes] | None  # each ready image as sent, for the log's hash (None: not kept)
+    # each ready image as sent (an upload's bytes, or the array's row), for the log's hash and
+    # capture (None: not kept)
+    images: list[bytes] | list[np.ndarray] | None
 
 
 def parse_context(raw: str | bytes | None, limit: int) -> dict[str, Any] | None:
@@ -244,7 +246,7 @@ class Preparer:
                       keep_images: bool) -> PreparedBatch:
         """A decoded array's images with their contexts: normalised in one piece, subgroups per
         image; one bad context fails only its own image. `keep_images`: each ready image's
-        [0, 1] float32 bytes, for the log's hash."""
+        [0, 1] float32 row (a view), for the log's hash and capture."""
         limit = self.limits.max_context_bytes
         contexts = [attempt(parse_context, raw, limit) for raw in raw_contexts]
         refused = {i: c for i, c in enumerate(contexts) if isinstance(c, InputError)}
@@ -252,7 +254,7 @@ class Preparer:
         unit = unit if len(slots) == len(unit) else unit[slots]
         subgroups = self.resolver.resolve_many([contexts[i] for i in slots], unit) if slots else []
         return PreparedBatch(slots, normalise(unit, self.spec), subgroups, refused,
-                             [u.tobytes() for u in unit] if keep_images else None)
+                             list(unit) if keep_images else None)
 
 
 async def decode_in_pool(decode: Callable[[Opened], Decoded], opened: Sequence[Opened | InputError],

@@ -6,6 +6,10 @@
     GET  /admin/predictions/{id}           one answer by its request id (or the client's correlation id)
     GET  /admin/predictions-summary        flags per subgroup in the log
     GET  /admin/regions?since=15m&until=&top=10&exemplars=5   regions of the embedding, ranked
+    GET  /admin/inputs                     captured inputs (metadata, oldest first, a page at a time)
+    GET  /admin/inputs/{id}[?thumbnail=1]  one captured input, re-encoded as PNG;  DELETE: erase it
+    DELETE /admin/inputs?since=&until=     erase the captured inputs of a time range
+    GET  /admin/incident?since=30m         the incident page: one self-contained HTML file
 
 Off unless CLASSGUARD_ADMIN_TOKEN is set (they answer 404); with it, every request needs
 `Authorization: Bearer <token>`, compared in constant time.
@@ -54,6 +58,11 @@ ROUTES = [  # path under MOUNT, method, Admin method
     ("/predictions/{request_id}", "GET", "show_prediction"),
     ("/predictions-summary", "GET", "prediction_summary"),
     ("/regions", "GET", "regions"),
+    ("/inputs", "GET", "list_inputs"),
+    ("/inputs", "DELETE", "erase_inputs"),
+    ("/inputs/{request_id}", "GET", "show_input"),
+    ("/inputs/{request_id}", "DELETE", "erase_input"),
+    ("/incident", "GET", "incident"),
 ]
 
 
@@ -87,10 +96,11 @@ class Admin:
 
     def __init__(self, *, token: SecretStr | None, max_body_bytes: int, chain: GuardrailRuntime,
                  models: Mapping[str, ServedModel], primary: str, monitors: MonitorPipeline | NoMonitors,
-                 log: PredictionLog | NoLog, regions: list[str] | None = None, log_mode: str = "all") -> None:
+                 log: PredictionLog | NoLog, regions: list[str] | None = None, log_mode: str = "all",
+                 capture_policy: str = "off") -> None:
         self.token, self.max_body_bytes, self.chain = token, max_body_bytes, chain
         self.models, self.primary, self.monitors, self.log = models, primary, monitors, log
-        self.region_names, self.log_mode = list(regions or []), log_mode
+        self.region_names, self.log_mode, self.capture_policy = list(regions or []), log_mode, capture_policy
 
     def authorize(self, request: Request) -> None:
         require_bearer(request, self.token, off_reason="admin_disabled", variable="CLASSGUARD_ADMIN_TOKEN")
@@ -265,6 +275,112 @@ class Admin:
 
         return await self._guarded(request, work)
 
+    async def list_inputs(self, request: Request) -> Response:
+        """Captured inputs with their answers and true labels, oldest first, at most 1,000 a page:
+        ?since=&until=&region=&subgroup=&model=&flag=&labelled=1&limit=100&after=&totals=1. The
+        next page: `after` set to `next_after`, until it is null. `totals=1`: also how many
+        matching answers kept their input and have a label."""
+        from store import inputs
+
+        async def work():
+            p = request.query_params
+            limit = _count(p.get("limit", "100"), "limit", 1, inputs.MAX_PAGE)
+            filters = dict(since=_time(p, "since"), until=_time(p, "until"), region=_text(p, "region"),
+                           subgroup=_text(p, "subgroup"), model=_text(p, "model"), flag=_text(p, "flag"),
+                           labelled=p.get("labelled") in ("1", "true"), after=_id(p.get("after"), "after"),
+                           limit=limit)
+            rows = await off_loop(self._read, inputs.query, **filters)
+            body = {"count": len(rows), "inputs": rows,
+                    "next_after": rows[-1]["request_id"] if len(rows) == limit else None}
+            if p.get("totals") in ("1", "true"):  # what an export reports: answers without input or label
+                body["totals"] = await off_loop(self._read, inputs.totals, **{
+                    k: filters[k] for k in ("since", "until", "region", "subgroup", "model", "flag")})
+            return body
+
+        return await self._guarded(request, work)
+
+    async def show_input(self, request: Request) -> Response:
+        """The captured input as a PNG made anew from its pixels: an upload that was also HTML,
+        SVG or script comes back as pixels only. ?thumbnail=1: its thumbnail."""
+        from store import inputs
+
+        async def work():
+            key = _id(request.path_params["request_id"], "request id")
+            row = await off_loop(self._read, inputs.get, key)
+            if row is None:
+                raise InputError("not_found", "no captured input has this request id (capture may be off, the "
+                                 "answer not picked, or the input evicted or erased)")
+            body = await asyncio.to_thread(inputs.as_png, row,
+                                           thumbnail_only=request.query_params.get("thumbnail") in ("1", "true"))
+            return Response(body, media_type="image/png", headers=IMAGE_HEADERS)
+
+        return await self._guarded(request, work)
+
+    async def erase_input(self, request: Request) -> Response:
+        from store import inputs
+
+        async def work():
+            key = _id(request.path_params["request_id"], "request id")
+            forgotten = self._forget({key})
+            erased = await off_loop(self._read, inputs.erase, request_ids=[key])
+            if not erased and not forgotten:
+                raise InputError("not_found", "no captured input has this request id: nothing to erase")
+            return {"request_id": key, "erased": erased + forgotten}
+
+        return await self._guarded(request, work)
+
+    async def erase_inputs(self, request: Request) -> Response:
+        """DELETE ?since=&until=: every captured input of answers in the range (one of them at least)."""
+        from store import inputs
+
+        async def work():
+            since, until = _time(request.query_params, "since"), _time(request.query_params, "until")
+            if since is None and until is None:
+                raise InputError("bad_parameter", "give since and/or until (15m, 2h, 1d or Unix seconds), or "
+                                 "erase one input at /admin/inputs/{request_id}")
+            await off_loop(self.log.flush, retention=False)  # this worker's queued inputs are in range too
+            return {"since": since, "until": until,
+                    "erased": await off_loop(self._read, inputs.erase, since=since, until=until)}
+
+        return await self._guarded(request, work)
+
+    def _forget(self, request_ids: set[str]) -> int:
+        capture = getattr(self.log, "capture", None)
+        return capture.forget(request_ids) if capture is not None else 0
+
+    async def incident(self, request: Request) -> Response:
+        """The incident page of ?since=30m&until= (self-contained HTML; dashboards.incident_page)."""
+        from dashboards.incident_page import CONTENT_SECURITY_POLICY, render
+        from runtime.incident import gather
+
+        async def work():
+            now = CLOCK.now()
+            since = _time(request.query_params, "since", "30m")
+            until = _time(request.query_params, "until") or now
+            if until <= since:
+                raise InputError("bad_parameter", "until must come after since")
+            primary = self.models[self.primary]
+            await off_loop(self.log.flush, retention=False)  # this worker's newest answers are on it
+            history = await off_loop(self._history)
+            page = await off_loop(
+                gather, self._read, since=since, until=until, now=now, service=primary.tag, log_mode=self.log_mode,
+                capture_policy=self.capture_policy, training_shares=dict(primary.profile.training_subgroup_shares),
+                temperatures={name: float(m.profile.temperature) for name, m in self.models.items()},
+                region_names=self.region_names,
+                region_references=primary.codebook.regions if self.region_names else [],
+                alarming=list(self.monitors.alarming), history=history)
+            body = await asyncio.to_thread(render, page)
+            return Response(body, media_type="text/html; charset=utf-8",
+                            headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, **NO_SNIFF})
+
+        return await self._guarded(request, work)
+
+    def _history(self) -> list[dict]:
+        try:
+            return self.chain.store.history(20)
+        except (StoreUnavailable, OSError):
+            return []
+
     def _read(self, fn, *args, **kwargs):
         try:
             return self.log.read(fn, *args, **kwargs)
@@ -277,6 +393,25 @@ class Admin:
     def _refuse(exc: InputError) -> Response:
         metrics.REJECTED.labels("admin", exc.reason).inc()
         return error_response(exc)
+
+
+NO_SNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+IMAGE_HEADERS = {**NO_SNIFF, "Content-Security-Policy": "default-src 'none'"}
+
+
+def _id(value: str | None, name: str) -> str | None:
+    if value is not None and not is_lookup_id(value):
+        raise InputError("bad_parameter", f"{name} is 1-80 of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _time(params, name: str, default: str | None = None) -> float | None:
+    from store.prediction_log import parse_since
+
+    try:
+        return parse_since(params.get(name, default))
+    except ValueError as exc:
+        raise InputError("bad_parameter", f"{name}: {exc}") from None
 
 
 def _json(value) -> bytes:

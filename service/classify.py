@@ -44,9 +44,9 @@ def context_texts(raw: list[Any]) -> list[str | bytes | None]:
 
 class ClassifyEndpoints:
     def __init__(self, *, serving: Serving, resolver: SubgroupResolver, spec: InputSpec, limits: LimitsConfig,
-                 model_tag: str, hash_images: bool) -> None:
+                 model_tag: str, keep_images: bool) -> None:
         self.serving, self.limits, self.model_tag = serving, limits, model_tag
-        self.hash_images = hash_images  # the log hashes each image: hand it the bytes
+        self.keep_images = keep_images  # the log hashes or captures each image: hand it the rows of arrays
         self.preparer = Preparer(resolver=resolver, spec=spec, limits=limits)
 
     async def classify(self, request: Request) -> JSONResponse:
@@ -92,7 +92,7 @@ class ClassifyEndpoints:
             # one .npy upload of N images: decoded and normalised in one piece, subgroups per image
             unit = await self.preparer.decode_array(arrays[0].data)
             raw_contexts = context_texts(batch_contexts(fields, len(unit)))
-            n, batch = len(unit), self.preparer.prepare_array(unit, raw_contexts, keep_images=self.hash_images)
+            n, batch = len(unit), self.preparer.prepare_array(unit, raw_contexts, keep_images=self.keep_images)
         else:
             uploads = image_uploads(fields, "images")
             raw_contexts = context_texts(batch_contexts(fields, len(uploads)))

@@ -38,14 +38,14 @@ class Classguard:
         engine = self.engine = Engine(settings)
         self.endpoints = ClassifyEndpoints(serving=engine.serving, resolver=engine.resolver, spec=engine.spec,
                                            limits=settings.limits, model_tag=engine.primary.tag,
-                                           hash_images=settings.log.store_image_hash)
+                                           keep_images=settings.log.store_image_hash or settings.capture.policy != "off")
         self.feedback_endpoint = FeedbackEndpoint(
             token=settings.feedback_token, log=engine.log, limits=settings.limits, labels_of=engine.labels_of(),
             pairs=engine.pairs(), hold=engine.hold)
         self.admin = admin.Admin(token=settings.admin_token, max_body_bytes=settings.limits.max_admin_body_bytes,
                                  chain=engine.guardrails, models=engine.models, primary=engine.primary.name,
                                  monitors=engine.monitors, log=engine.log, regions=engine.regions,
-                                 log_mode=settings.log.mode)
+                                 log_mode=settings.log.mode, capture_policy=settings.capture.policy)
         self._tasks: list = []
 
     @bentoml.on_startup

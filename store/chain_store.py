@@ -49,6 +49,22 @@ class ChainStore:
     def is_empty(self) -> bool:
         return not self.shared_file.exists()
 
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` entries of the audit log, newest first (what FleetChainStore's gives)."""
+        from collections import deque
+
+        if not self.audit_log.exists():
+            return []
+        with open(self.audit_log) as f:
+            lines = deque(f, maxlen=limit)
+        rows = []
+        for line in reversed(lines):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash mid-write
+        return rows
+
     def publish(self, record: dict[str, Any], audit_entry: dict[str, Any]) -> None:
         """Make `record` the shared chain and append `audit_entry` to the audit log (under the lock).
         A failed audit write is counted, never fatal: the chain is already active."""

@@ -7,8 +7,9 @@ counts it. Background (a thread, every `flush_seconds`): one transaction inserts
 failed write (the store away, the file locked) keeps its rows for the next flush, up to the
 queue's size. After each write, labels that arrived before their answers are joined
 (`after_write`). Retention (age and row count) is enforced every `retention_check_seconds`.
-Each worker writes through its own connection. Raw images are never stored; an optional
-SHA-256 of the upload is.
+Each worker writes through its own connection. Images are kept only when capture is on
+(store.capture picks them, store.inputs writes them in the same transaction as their rows);
+else an optional SHA-256 of the upload is all that is stored of them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
@@ -28,9 +29,10 @@ import orjson
 
 from core import metrics
 from core.clock import CLOCK
-from core.config import LogConfig
+from core.config import CaptureConfig, LogConfig
 from guardrails.core import bucket
 from store import sql_sqlite
+from store.capture import Capture, Pending
 from store.clock import store_now
 from store.database import Database, SqliteDatabase, dialect_of, off_loop
 from store.model_store import split_tag
@@ -49,6 +51,10 @@ connect = sql_sqlite.connect  # a SQLite log file, opened (and its schema brough
 def _json(value: Any) -> str:
     """Compact JSON text for a log column (orjson: a row's three columns in 1.2 us, json.dumps 13 us)."""
     return orjson.dumps(value).decode()
+
+
+def _sha256(image: bytes | np.ndarray) -> str:
+    return hashlib.sha256(image if isinstance(image, bytes) else image.tobytes()).hexdigest()
 
 
 def is_flagged(response: dict[str, Any]) -> bool:
@@ -79,8 +85,10 @@ class NoLog:
 
 
 class PredictionLog:
-    def __init__(self, config: LogConfig, database: Database | None = None, replica: str | None = None) -> None:
+    def __init__(self, config: LogConfig, database: Database | None = None, replica: str | None = None,
+                 capture: CaptureConfig | None = None) -> None:
         self.config = config
+        self.capture = Capture(capture or CaptureConfig())
         self.db = database or SqliteDatabase(config.path, config.busy_timeout_seconds)
         self.replica = replica
         self._queue: deque[tuple] = deque()
@@ -103,16 +111,20 @@ class PredictionLog:
 
     # -- request path ------------------------------------------------------------------------
     def record_many(self, responses: Sequence[dict[str, Any]], probs: Sequence[np.ndarray], config_hash: str,
-                    models: Sequence[str], subgroups: Sequence[str], images: Sequence[bytes] | None = None,
+                    models: Sequence[str], subgroups: Sequence[str],
+                    images: Sequence[bytes | np.ndarray] | None = None,
                     regions: Sequence[str | None] | None = None) -> None:
         """Queue a batch's answered predictions; each `models` entry is name:version, each `regions`
-        entry the primary's region of the image (None when it has none). One clock reading (fleet
-        time: replicas' rows compare by it, in lookups and retention), each model tag split once,
-        the drops of a full queue counted once."""
+        entry the primary's region of the image (None when it has none), each `images` entry the
+        upload (or the array row) it answered. One clock reading (fleet time: replicas' rows
+        compare by it, in lookups and retention), each model tag split once, the drops of a full
+        queue counted once."""
         now, dropped, rows = CLOCK.now(), 0, []
         room = self.config.queue_size - len(self._queue)
         versions: dict[str, tuple[str, str]] = {}
         hash_images = images is not None and self.config.store_image_hash
+        capture = self.capture if images is not None and self.capture.enabled else None
+        captured: list[Pending] = []
         for i, response in enumerate(responses):
             flagged = is_flagged(response)
             if not flagged and not self._sampled(response["request_id"]):
@@ -122,17 +134,25 @@ class PredictionLog:
                 continue
             model = models[i]
             name_version = versions.get(model) or versions.setdefault(model, split_tag(model))
+            region = regions[i] if regions is not None else None
+            if capture is not None:
+                reason = capture.reason(name_version[0], subgroups[i], region, flagged, now)
+                if reason is not None:
+                    captured.append(Pending(response["request_id"], now, name_version[0], subgroups[i], region,
+                                            reason, images[i]))  # type: ignore[index]
             rows.append((
                 response["request_id"], response.get("correlation_id"), now, subgroups[i], *name_version,
                 response["label"], int(response["abstained"]), float(response["confidence"]), int(flagged),
                 _json(response["flags"]), _json(response["guardrails"]), _json(response["top_k"]),
                 np.asarray(probs[i], dtype=np.float32).tobytes(), config_hash,
-                hashlib.sha256(images[i]).hexdigest() if hash_images else None,  # type: ignore[index]
-                self.replica, regions[i] if regions is not None else None,
+                _sha256(images[i]) if hash_images else None,  # type: ignore[index]
+                self.replica, region,
             ))
         self._queue.extend(rows)
         if dropped:
             metrics.LOG_DROPPED.inc(dropped)
+        if captured:
+            self.capture.offer(captured)
 
     def _sampled(self, request_id: str) -> bool:
         if self.config.mode == "all":
@@ -202,7 +222,12 @@ class PredictionLog:
             metrics.LOG_DROPPED.inc(len(rows) - room)
 
     def _write(self, rows: list[tuple]) -> int:
+        from store import inputs
+
         sql = self.db.sql
+        # captured inputs made ready (thumbnails encoded) before the transaction, written in it:
+        # an input is never in the store without its answer's row
+        stored = self.capture.prepared(self.capture.take()) if self.capture.enabled else []
         try:
             with self._conn.transaction():
                 start = 0
@@ -210,7 +235,10 @@ class PredictionLog:
                     chunk = rows[start:start + size]
                     self._conn.execute(sql.insert_predictions(COLUMNS, size), [v for row in chunk for v in row])
                     start += size
+                inputs.insert(self._conn, stored)
         except self.db.transient:
+            if stored:  # best effort: the rows are kept for the next flush, the images are not
+                metrics.INPUTS_DROPPED.labels("write_failed").inc(len(stored))
             # locked, disk full, I/O error, the database away: conditions that pass
             metrics.LOG_ERRORS.labels("write").inc()
             self._failed = True
@@ -221,11 +249,22 @@ class PredictionLog:
         except self.db.errors:  # anything else would fail again: drop the batch, counted
             metrics.LOG_ERRORS.labels("write").inc()
             metrics.LOG_DROPPED.inc(len(rows))
+            if stored:
+                metrics.INPUTS_DROPPED.labels("write_failed").inc(len(stored))
             log.warning("dropped %d log rows that could not be written", len(rows), exc_info=True)
             return 0
         self._failed = False
         metrics.LOG_WRITTEN.inc(len(rows))
+        if stored:
+            for reason, n in Counter(s.pending.reason for s in stored).items():
+                metrics.INPUTS_CAPTURED.labels(reason).inc(n)
+            # over the byte budget: the oldest inputs go (the whole store's, in a fleet)
+            self._guarded("evict", lambda: self._evict(inputs))
         return len(rows)
+
+    def _evict(self, inputs) -> None:
+        with self._conn.transaction():
+            inputs.evict(self._conn, self.capture.config.max_bytes)
 
     def _guarded(self, stage: str, fn: Callable[..., Any], *args: Any) -> bool:
         try:
@@ -258,6 +297,7 @@ class PredictionLog:
                 cutoff = max(cutoff, newest_kept[0])
             self._conn.execute("DELETE FROM feedback WHERE request_id IN "
                                "(SELECT request_id FROM predictions WHERE ts < ?)", (cutoff,))
+            self._conn.execute("DELETE FROM inputs WHERE ts < ?", (cutoff,))  # stamped as their rows are
             self._conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: migrations started together run once
-SCHEMA_VERSION = 1  # the schema this code needs; `classguard db migrate` brings a database to it
+SCHEMA_VERSION = 2  # the schema this code needs; `classguard db migrate` brings a database to it
 
 # Version 1: every table, written so that it also brings up to date a database made by a release
 # before versioning (those created the tables from every connection: the tables without a
@@ -100,10 +100,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT array_agg(coalesce(x, 0) - coalesce(y, 0) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY t(x, y, i) $$;
 """
 
+# Version 2: captured input images (capture.policy), a row per kept input beside its prediction.
+INPUTS = """
+CREATE TABLE IF NOT EXISTS inputs (
+    request_id  text PRIMARY KEY,
+    ts          double precision NOT NULL,
+    model       text NOT NULL,
+    subgroup    text NOT NULL,
+    region      text,
+    reason      text NOT NULL,
+    media_type  text,
+    original    bytea,
+    thumbnail   bytea NOT NULL,
+    bytes       integer NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inputs_ts ON inputs (ts);
+"""
+
 # (version, DDL bringing the schema from the version before to it), oldest first. A new version
 # only adds (tables, nullable columns, indexes), so replicas of the version before keep serving
 # on it through a rolling update: migrate first, then roll the replicas.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA), (2, INPUTS))
 
 # -- query fragments (one `?` each) -------------------------------------------------------------
 HAS_FLAG = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(flags::jsonb) AS f(v) WHERE f.v = ?)"
@@ -119,6 +136,12 @@ def insert_predictions(columns: tuple[str, ...], n_rows: int) -> str:
     # a row written again (a flush retried after a lost commit acknowledgement) is kept once
     row = f"({', '.join('?' * len(columns))})"
     return (f"INSERT INTO predictions ({', '.join(columns)}) VALUES {', '.join([row] * n_rows)} "
+            "ON CONFLICT (request_id) DO NOTHING")
+
+
+def insert_inputs(columns: tuple[str, ...]) -> str:
+    # written again (a retried flush): kept once
+    return (f"INSERT INTO inputs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             "ON CONFLICT (request_id) DO NOTHING")
 
 

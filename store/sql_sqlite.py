@@ -51,12 +51,26 @@ CREATE TABLE IF NOT EXISTS maintenance (
     task        TEXT PRIMARY KEY,
     last_run    REAL NOT NULL
 );
+-- captured input images (capture.policy), a row per kept input, deleted with its prediction
+CREATE TABLE IF NOT EXISTS inputs (
+    request_id  TEXT PRIMARY KEY,
+    ts          REAL NOT NULL,
+    model       TEXT NOT NULL,
+    subgroup    TEXT NOT NULL,
+    region      TEXT,
+    reason      TEXT NOT NULL,
+    media_type  TEXT,
+    original    BLOB,
+    thumbnail   BLOB NOT NULL,
+    bytes       INTEGER NOT NULL
+);
 """
 INDEXES = """
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts);
 CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
 CREATE INDEX IF NOT EXISTS predictions_correlation ON predictions (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inputs_ts ON inputs (ts);
 """
 
 # -- query fragments (one `?` each) -------------------------------------------------------------
@@ -76,6 +90,10 @@ def insert_predictions(columns: tuple[str, ...], n_rows: int) -> str:
     # a row written again (a retried flush) replaces itself: ids are minted by the service
     row = f"({', '.join('?' * len(columns))})"
     return f"INSERT OR REPLACE INTO predictions ({', '.join(columns)}) VALUES {', '.join([row] * n_rows)}"
+
+
+def insert_inputs(columns: tuple[str, ...]) -> str:
+    return f"INSERT OR REPLACE INTO inputs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 class Connection(sqlite3.Connection):

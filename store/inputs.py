@@ -1,0 +1,152 @@
+"""Captured input images in the store (table `inputs`, beside `predictions`), keyed by the
+answer's request id: written in the prediction log's transaction, deleted with its log row by
+retention, evicted oldest first beyond capture.max_bytes, erased on request.
+
+Reading one back always gives a PNG re-encoded from the pixels (`as_png`): whatever bytes a
+client uploaded (a PNG with HTML after its end, say) never reach a browser as they came.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from core import metrics
+from store.capture import NPY, Stored, png, thumbnail, to_uint8
+from store.database import dialect_of
+from store.prediction_log import check_limit, where
+
+COLUMNS = ("request_id", "ts", "model", "subgroup", "region", "reason", "media_type", "original", "thumbnail",
+           "bytes")
+MAX_PAGE = 1_000
+EVICT_CHUNK = 500  # oldest rows looked at per eviction round
+
+
+def insert(conn: Any, stored: Sequence[Stored]) -> int:
+    """Write captured inputs (inside the caller's transaction); bytes written."""
+    if not stored:
+        return 0
+    rows = [(s.pending.request_id, s.pending.ts, s.pending.model, s.pending.subgroup, s.pending.region,
+             s.pending.reason, s.media_type, s.original, s.thumbnail, s.size) for s in stored]
+    sql = dialect_of(conn).insert_inputs(COLUMNS)
+    for row in rows:
+        conn.execute(sql, row)
+    return sum(s.size for s in stored)
+
+
+def stored_bytes(conn: Any) -> int:
+    return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM inputs").fetchone()[0])
+
+
+def evict(conn: Any, max_bytes: int) -> int:
+    """Delete the oldest inputs until the store holds at most `max_bytes` of them; how many went."""
+    total, evicted = stored_bytes(conn), 0
+    while total > max_bytes:
+        oldest = conn.execute("SELECT request_id, bytes FROM inputs ORDER BY ts, request_id LIMIT ?",
+                              (EVICT_CHUNK,)).fetchall()
+        if not oldest:
+            break
+        doomed = []
+        for request_id, size in oldest:
+            if total <= max_bytes:
+                break
+            doomed.append(request_id)
+            total -= size
+        _delete(conn, doomed)
+        evicted += len(doomed)
+    metrics.INPUTS_BYTES.set(total)
+    if evicted:
+        metrics.INPUTS_EVICTED.inc(evicted)
+    return evicted
+
+
+def _delete(conn: Any, request_ids: Sequence[str]) -> int:
+    gone = 0
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start:start + 500]
+        gone += conn.execute(f"DELETE FROM inputs WHERE request_id IN ({', '.join('?' * len(chunk))})",
+                             chunk).rowcount
+    return gone
+
+
+def erase(conn: Any, *, request_ids: Sequence[str] = (), since: float | None = None,
+          until: float | None = None) -> int:
+    """Delete the inputs of these requests, or of every request answered in [since, until];
+    how many were deleted."""
+    if not request_ids and since is None and until is None:
+        raise ValueError("name the inputs to erase: request ids, or a time range (since and/or until)")
+    with conn.transaction():
+        if request_ids:
+            gone = _delete(conn, list(request_ids))
+        else:
+            clause, args = where([("ts >= ?", since), ("ts <= ?", until)])
+            gone = conn.execute(f"DELETE FROM inputs {clause}", args).rowcount
+    if gone:
+        metrics.INPUTS_ERASED.inc(gone)
+    return gone
+
+
+def get(conn: Any, request_id: str) -> dict[str, Any] | None:
+    row = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM inputs WHERE request_id = ?", (request_id,)).fetchone()
+    return dict(zip(COLUMNS, row)) if row else None
+
+
+def query(conn: Any, *, since: float | None = None, until: float | None = None, region: str | None = None,
+          subgroup: str | None = None, model: str | None = None, flag: str | None = None, labelled: bool = False,
+          after: str | None = None, limit: int = 100, thumbnails: bool = False) -> list[dict[str, Any]]:
+    """Captured inputs with their logged answer and true label (where feedback arrived), oldest
+    first (exports read in a stable order); `after`: continue after that request id."""
+    check_limit(limit)
+    clause, args = where([
+        ("i.ts >= ?", since), ("i.ts <= ?", until), ("i.region = ?", region), ("i.subgroup = ?", subgroup),
+        ("i.model = ?", model), (dialect_of(conn).HAS_FLAG, flag or None),
+        ("f.label IS NOT NULL AND ? = 1", 1 if labelled else None),
+        ("(i.ts, i.request_id) > (SELECT ts, request_id FROM inputs WHERE request_id = ?)", after),
+    ])
+    extra = ", i.thumbnail" if thumbnails else ""
+    rows = conn.execute(
+        "SELECT i.request_id, i.ts, i.model, i.subgroup, i.region, i.reason, i.media_type, i.bytes, p.label, "
+        f"p.model_version, p.flags, p.correlation_id, f.label{extra} FROM inputs i "
+        "LEFT JOIN predictions p USING (request_id) LEFT JOIN feedback f USING (request_id) "
+        f"{clause} ORDER BY i.ts, i.request_id LIMIT ?", (*args, int(limit))).fetchall()
+    import json
+
+    out = []
+    for r in rows:
+        item = {"request_id": r[0], "ts": r[1], "model": r[2], "subgroup": r[3], "region": r[4], "reason": r[5],
+                "media_type": r[6], "bytes": r[7], "predicted": r[8], "model_version": r[9],
+                "flags": json.loads(r[10]) if r[10] else [], "correlation_id": r[11], "truth": r[12]}
+        if thumbnails:
+            item["thumbnail"] = bytes(r[13])
+        out.append(item)
+    return out
+
+
+def as_png(row: dict[str, Any], *, thumbnail_only: bool = False, side: int = 64) -> bytes:
+    """The stored input as a PNG made anew from its pixels (its thumbnail when asked, or when
+    only the thumbnail was kept)."""
+    from PIL import Image
+
+    if thumbnail_only or row["original"] is None:
+        return png(Image.open(io.BytesIO(bytes(row["thumbnail"]))))  # re-encoded: what is served is ours
+    data = bytes(row["original"])
+    if row["media_type"] == NPY:
+        return png(Image.fromarray(to_uint8(np.load(io.BytesIO(data), allow_pickle=False))))
+    image = Image.open(io.BytesIO(data))
+    return thumbnail(image, max(image.size))  # full size, first frame, 8-bit grey or RGB
+
+
+def totals(conn: Any, *, since: float | None = None, until: float | None = None, region: str | None = None,
+           subgroup: str | None = None, model: str | None = None, flag: str | None = None) -> dict[str, int]:
+    """Of the logged answers matching the filters: how many there are, how many kept their input,
+    how many have a true label, and how many have both (what an export can train on)."""
+    clause, args = where([("p.ts >= ?", since), ("p.ts <= ?", until), ("p.region = ?", region),
+                          ("p.subgroup = ?", subgroup), ("p.model = ?", model),
+                          (dialect_of(conn).HAS_FLAG.replace("flags", "p.flags"), flag or None)])
+    answers, captured, labelled, both = conn.execute(
+        "SELECT COUNT(*), COUNT(i.request_id), COUNT(f.label), "
+        "SUM(CASE WHEN i.request_id IS NOT NULL AND f.label IS NOT NULL THEN 1 ELSE 0 END) FROM predictions p "
+        "LEFT JOIN inputs i USING (request_id) LEFT JOIN feedback f USING (request_id) " + clause, args).fetchone()
+    return {"answers": answers, "captured": captured, "labelled": labelled, "captured_and_labelled": both or 0}
