@@ -24,6 +24,7 @@ MAX_ROWS = 100_000  # newest logged answers of the window read for the page
 MAX_BUCKETS = 90
 SHEET_SIZE = 24  # inputs on one contact sheet
 SHEETS = {"region": 3, "subgroup": 2, "flag": 2}  # sheets of each kind, the worst first
+TOP_REGIONS = 15  # rows of the regions table: the ranking's first
 
 
 def read_window(conn: Any, since: float, until: float, limit: int = MAX_ROWS) -> list[tuple]:
@@ -70,7 +71,7 @@ def gather(read: Callable[..., Any], *, since: float, until: float, now: float, 
         "regions": [{"name": r["region"], "answers": r["answers"], "live_share": r["live_share"],
                      "training_share": r["training_share"], "estimated_accuracy": r["estimated_accuracy"],
                      "realized_accuracy": r["realized_accuracy"], "labelled": r["labelled"], "score": r["score"]}
-                    for r in ranked],
+                    for r in ranked[:TOP_REGIONS]],
         "sheets": sheets, "traces": traces,
         "confusion": ({"model": "every model answering", "labels": labels,
                        "counts": [[t, e, n] for (t, e), n in sorted(counts.items())]} if counts else None),
