@@ -2,7 +2,8 @@
 endpoint, (b) classguard with monitors, guardrails (allow_all) and the log off, (c)
 classguard with everything on: monitors (region monitors included), the demo's suppression
 chain, a 10% shadow, the prediction log; (d) the same as (c) with the region monitors off,
-so (c)/(d) is what the regions cost.
+so (c)/(d) is what the regions cost; (e) the same as (c) with input capture on (`stratified`
+at its default budget), so (e)/(c) is what capture costs.
 
     make bench            (or: python -m benchmarks.throughput --duration 5 --rounds 3)
 
@@ -48,6 +49,8 @@ TARGETS = {  # name: (bentoml serve target, environment)
                                       "CLASSGUARD_MONITORS__REGIONS": "true"}),
     "(d) all on, regions off": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on",
                                       "CLASSGUARD_MONITORS__REGIONS": "false"}),
+    "(e) all on + capture": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on",
+                                   "CLASSGUARD_MONITORS__REGIONS": "true", "CLASSGUARD_CAPTURE__POLICY": "stratified"}),
 }
 SEQUENTIAL_REQUESTS = 600  # per target and round, one in flight: the latency figures
 
@@ -149,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         ms = np.array(latencies[n])
         results[n]["sequential"] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
                                     "p99_ms": round(float(np.percentile(ms, 99)), 3), "requests": len(ms)}
-    a, b, c_, d = names
+    a, b, c_, d, e = names
     ratios = {}
     for c in map(str, args.concurrency):
         per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[b][c])]
         regions_per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[d][c])]
+        capture_per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[e][c], runs[c_][c])]
         ratios[c] = {
             "c_over_a": round(results[c_][c]["requests_per_s"] / results[a][c]["requests_per_s"], 3),
             "c_over_b": round(results[c_][c]["requests_per_s"] / results[b][c]["requests_per_s"], 3),
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             "c_over_d": round(results[c_][c]["requests_per_s"] / results[d][c]["requests_per_s"], 3),
             "c_over_d_per_round": [round(x, 3) for x in regions_per_round],
             "cpu_us_added_by_regions": round(results[c_][c]["cpu_us_per_request"] - results[d][c]["cpu_us_per_request"], 1),
+            "e_over_c": round(results[e][c]["requests_per_s"] / results[c_][c]["requests_per_s"], 3),
+            "e_over_c_per_round": [round(x, 3) for x in capture_per_round],
+            "cpu_us_added_by_capture": round(results[e][c]["cpu_us_per_request"] - results[c_][c]["cpu_us_per_request"], 1),
         }
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
               "device": "cpu", "duration_s": args.duration, "rounds": args.rounds, "results": results,
@@ -184,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
               f"CPU added by everything on {r['cpu_us_added_c_minus_b']:+.0f} us/request")
         print(f"    regions: (c)/(d) {r['c_over_d']:.3f}x (rounds: {', '.join(f'{x:.2f}' for x in r['c_over_d_per_round'])}); "
               f"CPU added by the region monitors {r['cpu_us_added_by_regions']:+.0f} us/request")
+        print(f"    capture: (e)/(c) {r['e_over_c']:.3f}x (rounds: {', '.join(f'{x:.2f}' for x in r['e_over_c_per_round'])}); "
+              f"CPU added by capture (stratified) {r['cpu_us_added_by_capture']:+.0f} us/request")
     seq = {n: results[n]["sequential"] for n in names}
     print(f"p99 added by everything on, (c) - (b): {seq[c_]['p99_ms'] - seq[b]['p99_ms']:+.2f} ms; "
           f"p50 {seq[c_]['p50_ms'] - seq[b]['p50_ms']:+.2f} ms")

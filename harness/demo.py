@@ -11,7 +11,12 @@ from the service's /metrics (accuracy and wrong answers against the known test l
 4. route phone to the retrained model: phone accuracy recovers, scanner unchanged;
 5. a new scanner sensor arrives that no attribute describes (`capture` still says scanner):
    the region monitors name its region of the embedding, `classguard regions` ranks it first,
-   and a route on that region sends it to a model trained with that sensor's images.
+   and a route on that region sends it to a model trained with that sensor's images
+   (made with the same synthetic transform: information no operator has, shown for comparison);
+6. Bob's loop, the fix production can make: capture (stratified) keeps the regions' images,
+   the labeller labels 400 of them, `classguard dataset export` writes them, the incident's
+   architecture is retrained on them, the service restarts with it, shadows it, routes the
+   regions to it; a curve shows what 50, 100, 200 and 400 labels buy.
 
 Then the true labels arrive (POST /feedback) and an on-call walkthrough runs the real CLI on
 the prediction log: the requests behind the alert, one trace, the replay of a fix over the
@@ -28,7 +33,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import promtext
+from harness import harvest, promtext
 from harness.prometheus import Prometheus, available
 from harness.server import Server
 from harness.traffic import NEW_SENSOR, holdout_samples, new_sensor_samples, run, stream, with_new_sensor
@@ -49,6 +54,9 @@ SENSOR_MODEL = "classguard-sensor"
 SENSOR_CHAIN = Path("artifacts/demo-route-new-sensor.yaml")
 ROUTED_REGIONS = 3  # step 5 routes the ranking's first three regions
 REGIONS_REPORT = Path("artifacts/demo-regions.json")  # GET /admin/regions as step 5 read it
+INCIDENT_PAGE = Path("artifacts/demo-incident.html")  # GET /admin/incident after step 5
+HARVEST_CHAINS = {"shadow_harvested": Path("artifacts/demo-shadow-harvested.yaml"),
+                  "route_harvested": Path("artifacts/demo-route-harvested.yaml")}
 SUPPRESSED = {"0", "7", "4"}  # the labels suppress_phone_confusions withholds on phone
 
 
@@ -157,11 +165,15 @@ def main() -> int:
            "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_LOG__PATH": str(DB),
            "CLASSGUARD_MONITORS__REGIONS": "true",
            "CLASSGUARD_MODELS__OTHERS": f'["classguard-retrained:latest", "{SENSOR_MODEL}:latest"]',
-           "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl"}
+           "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl",
+           # Bob's loop: inputs kept per model x subgroup x region; the demo's "hour" is a minute
+           "CLASSGUARD_CAPTURE__POLICY": "stratified", "CLASSGUARD_CAPTURE__PER_STRATUM": "200",
+           "CLASSGUARD_CAPTURE__STRATUM_SECONDS": "60"}
     started_at: dict[str, float] = {}
     answered = []
     print(f"starting bentoml serve (log: {LOG}) ...", file=sys.stderr)
-    with Server(log_path=LOG, env=env) as server, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(Server(log_path=LOG, env=env))
         print(f"each step: {len(samples)} test-split images ({PHONE_SHARE:.0%} phone, no subgroup sent) "
               f"to {server.url}/classify\n")
         watch = None
@@ -182,6 +194,10 @@ def main() -> int:
         if results is None:
             return 1
         answered += results
+        server = bobs_loop(server, env, token, samples, started_at)
+        if server is None:
+            return 1
+        stack.callback(server.stop)
         first_alert = None
         if watch is not None:
             first_alert = next(iter(sorted(watch.seen.items(), key=lambda kv: kv[1])), None)
@@ -255,6 +271,55 @@ def new_sensor_step(url: str, token: str, samples, started_at: dict[str, float])
     started_at["route_new_sensor"] = time.time()
     again = play(url, shifted, f"5. route regions {', '.join(names)} to {SENSOR_MODEL}   [profile route_new_sensor")
     return None if again is None else results + again
+
+
+def bobs_loop(server: Server, env: dict[str, str], token: str, samples, started_at: dict[str, float]):
+    """Step 6: harvest the named regions' images from production, label, export, retrain, restart
+    with the retrained model, shadow it, route the regions to it. The running server, or None."""
+    import httpx
+
+    shifted = with_new_sensor(samples, new_sensor_samples(), NEW_SENSOR_SHARE, seed=8)
+    names = [r["region"] for r in json.loads(REGIONS_REPORT.read_text())["regions"]]
+    page = httpx.get(f"{server.url}/admin/incident", params={"since": started_at["allow_all"]},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    INCIDENT_PAGE.write_bytes(page.content)
+    print(f"$ classguard incident --since <step 1> -o {INCIDENT_PAGE}   (alarms, regions, captured inputs; "
+          "open it in a browser)\n")
+    print(f"6. Bob's loop: production keeps flowing; capture (stratified, 200 a stratum a minute) keeps the "
+          f"inputs of {', '.join(names)}\n")
+    harvest.harvest(server.url, token, names, PHONE_SHARE, NEW_SENSOR_SHARE, lambda *a: cli(*a, token=token))
+    harvest.retrain()
+    port = server.port
+    server.stop()
+    print(f"restarting the service with {harvest.HARVESTED_MODEL} loaded ...\n", file=sys.stderr)
+    env = {**env, "CLASSGUARD_MODELS__OTHERS": f'["classguard-retrained:latest", "{SENSOR_MODEL}:latest", '
+                                               f'"{harvest.HARVESTED_MODEL}:latest"]'}
+    server = Server(log_path=LOG.with_name("demo-serve-2.log"), env=env, port=port).__enter__()
+    HARVEST_CHAINS["shadow_harvested"].write_text(
+        "# step 4's route, and the harvested model watched in the shadow of every answer\n"
+        "- {type: route, target: classguard-retrained, subgroups: [capture=phone]}\n"
+        f"- {{type: shadow, model: {harvest.HARVESTED_MODEL}, share: 1.0}}\n")
+    HARVEST_CHAINS["route_harvested"].write_text(
+        "# step 4's route, and the named regions to the model retrained on their harvested images\n"
+        "- {type: route, target: classguard-retrained, subgroups: [capture=phone]}\n"
+        f"- {{type: route, target: {harvest.HARVESTED_MODEL}, regions: [{', '.join(names)}]}}\n")
+    for profile, title in (("shadow_harvested", f"6. shadow {harvest.HARVESTED_MODEL}"),
+                           ("route_harvested", f"6. route regions {', '.join(names)} to {harvest.HARVESTED_MODEL}")):
+        chain = cli("guardrails", "apply", profile, "--file", str(HARVEST_CHAINS[profile]), "--url", server.url,
+                    token=token)
+        print(f"$ classguard guardrails apply {profile} --file {HARVEST_CHAINS[profile]}\n{chain}\n")
+        time.sleep(1.0)
+        started_at[profile] = time.time()
+        if play(server.url, shifted, f"{title}   [profile {profile}") is None:
+            server.stop()
+            return None
+    print("new-sensor accuracy on the test split's new-sensor images, by what the model learnt from "
+          "(offline, the architecture retrained with the first N labels of the export):")
+    for budget, accuracy in harvest.budget_curve():
+        print(f"  {budget:>4} labels: new sensor {accuracy['new_sensor']:.1%}, scanner {accuracy['scanner']:.1%}, "
+              f"phone {accuracy['phone']:.1%}")
+    print()
+    return server
 
 
 def regions_of(results) -> list[str | None]:

@@ -42,6 +42,21 @@ def new_sensor_samples(seed: int = 11) -> list[Sample]:
     return [Sample(encode_png(img), int(y), NEW_SENSOR) for img, y in zip(images, scanner.labels)]
 
 
+def production_samples(new_sensor_seed: int = 5) -> tuple[list[Sample], list[Sample]]:
+    """The harvest's traffic: every training-split digit in both captures, and the training
+    split's scanner digits as the new sensor delivers them. Never the test split: what is
+    harvested and retrained on must not be what the accuracy is measured on."""
+    from runtime.preprocess import encode_png
+    from training.digits import build_incident
+    from training.shifts import blurry_sensor
+
+    train = build_incident().retrained_train
+    both = [Sample(encode_png(img), int(y), str(c)) for img, y, c in zip(train.images, train.labels, train.captures)]
+    scanner = train.where("scanner")
+    images = blurry_sensor(scanner.images, np.random.default_rng(new_sensor_seed))
+    return both, [Sample(encode_png(img), int(y), NEW_SENSOR) for img, y in zip(images, scanner.labels)]
+
+
 def with_new_sensor(samples: list[Sample], sensor: list[Sample], share: float, seed: int = 0) -> list[Sample]:
     """`samples` with a `share` of its scanner images, drawn at random, taken by the new sensor instead."""
     rng = np.random.default_rng(seed)
