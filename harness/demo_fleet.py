@@ -9,6 +9,11 @@ watched until every replica serves it. The per-subgroup table sums the three rep
 the three replicas as three targets with classguard's rules: one alert for the fleet, not one
 per replica. The true labels are posted through replicas that did not serve the answers; the
 on-call walkthrough runs the real CLI against PostgreSQL (`--db URL`).
+
+Then Bob's loop, fleet-wide: a new scanner sensor arrives, the regions name it; production
+traffic flows round-robin with capture on; the labels go through one replica, the export
+through another (`--url`); the retrained model is rolled out (the replicas restart with it),
+shadowed and routed to, through a third.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from harness import promtext
-from harness.demo import PHONE_SHARE, STEPS, STREAM_SIZE, alarms, step_table, swap
+from harness import harvest, promtext
+from harness.demo import NEW_SENSOR_SHARE, PHONE_SHARE, ROUTED_REGIONS, STEPS, STREAM_SIZE, alarms, step_table, swap
 from harness.prometheus import Prometheus, available
 
 REPLICAS = 3
@@ -189,7 +194,10 @@ def main() -> int:
     token = secrets.token_urlsafe(16)
     samples = stream(holdout_samples(), STREAM_SIZE, PHONE_SHARE, seed=7)
     env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_FEEDBACK_TOKEN": token,
-           "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
+           "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_MONITORS__REGIONS": "true",
+           # Bob's loop: inputs kept per model x subgroup x region; the demo's "hour" is a minute
+           "CLASSGUARD_CAPTURE__POLICY": "stratified", "CLASSGUARD_CAPTURE__PER_STRATUM": "200",
+           "CLASSGUARD_CAPTURE__STRATUM_SECONDS": "60"}
     progress("starting PostgreSQL ...")
     with Postgres.start() as pg:
         print(f"PostgreSQL (throwaway, the only thing the replicas share): {pg.url}")
@@ -225,6 +233,11 @@ def main() -> int:
             print("table: answered right / wrong from the responses vs the test labels; every other column: the "
                   "three replicas' /metrics summed.\n")
             walkthrough(pg.url, urls, token, first, started_at, answered, joined)
+            names = harvest_step(urls, token, samples, run)
+        if names is None:
+            return 1
+        if not roll_out_and_route(pg.url, env, token, samples, names, run):
+            return 1
     progress(f"done in {time.monotonic() - begun:.0f} s")
     return 0
 
@@ -401,6 +414,85 @@ def walkthrough(database_url: str, urls: list[str], token: str, first, started_a
     print(cli("log", "confusion", "--subgroup", "capture=phone", "--since", str(started_at["route_phone_to_retrained"]),
               "--db", database_url))
     print()
+
+
+def admin_cli(*args: str, token: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "CLASSGUARD_ADMIN_TOKEN": token}, timeout=300)
+    return (done.stdout + done.stderr).rstrip()
+
+
+def sensor_stream(samples):
+    from harness.traffic import new_sensor_samples, with_new_sensor
+
+    return with_new_sensor(samples, new_sensor_samples(), NEW_SENSOR_SHARE, seed=8)
+
+
+def harvest_step(urls: list[str], token: str, samples, run) -> list[str] | None:
+    """A new sensor arrives (the regions name it); production flows round-robin with capture on;
+    labels through replica-1, the export through replica-2; the retraining. The regions named."""
+    progress("Bob's loop: a new sensor, the regions, the harvest ...")
+    shifted = sensor_stream(samples)
+    before = summed(scrape_all(urls))
+    started = time.time()
+    results, seconds = run(urls, shifted, concurrency=16, send_context=False)
+    if any(r[1] != 200 for r in results):
+        print("new-sensor requests failed", file=sys.stderr)
+        return None
+    time.sleep(2.0)
+    print(f"=== Bob's loop, fleet-wide ===\n\n5. a new scanner sensor arrives, round-robin over the {len(urls)} "
+          f"replicas   [{len(results) / seconds:.0f} req/s]")
+    print("\n".join(step_table(results, before, summed(scrape_all(urls)))) + "\n")
+    print(f"$ classguard regions --since <step 5> --top {ROUTED_REGIONS} --url {urls[0]}")
+    ranking = admin_cli("regions", "--url", urls[0], "--since", str(started), "--top", str(ROUTED_REGIONS),
+                        "--format", "json", token=token)
+    try:
+        names = [r["region"] for r in json.loads(ranking)["regions"]]
+    except (ValueError, KeyError):
+        print(ranking, file=sys.stderr)
+        return None
+    print(f"  ranked first: {', '.join(names)}\n")
+    print(f"6. production keeps flowing round-robin; capture (stratified, 200 a stratum a minute on each worker) "
+          f"keeps the inputs of {', '.join(names)}; labels through {name(1)}, the export through {name(2)}\n")
+    harvest.harvest(urls[1], token, names, PHONE_SHARE, NEW_SENSOR_SHARE, lambda *a: admin_cli(*a, token=token),
+                    traffic_to=urls, export_from=("--url", urls[2]))
+    harvest.retrain()
+    return names
+
+
+def roll_out_and_route(database_url: str, env: dict[str, str], token: str, samples, names: list[str], run) -> bool:
+    """The replicas restart with classguard-harvested loaded (a rollout); the route through replica-0."""
+    from harness.fleet import Fleet
+
+    progress(f"rolling out {harvest.HARVESTED_MODEL}: the replicas restart with it ...")
+    env = {**env, "CLASSGUARD_MODELS__OTHERS": f'["classguard-retrained:latest", "{harvest.HARVESTED_MODEL}:latest"]'}
+    chain = LOGS / "route-harvested.yaml"
+    chain.write_text("- {type: route, target: classguard-retrained, subgroups: [capture=phone]}\n"
+                     f"- {{type: route, target: {harvest.HARVESTED_MODEL}, regions: [{', '.join(names)}]}}\n")
+    with Fleet(REPLICAS, database_url, env=env, log_dir=LOGS / "rolled-out") as fleet:
+        urls = fleet.urls
+        print(f"the {REPLICAS} replicas restarted with {harvest.HARVESTED_MODEL} (the captured inputs, labels and "
+              "log stay in PostgreSQL)")
+        print(f"$ classguard guardrails apply route_harvested --file {chain} --url {urls[0]}")
+        print(admin_cli("guardrails", "apply", "route_harvested", "--file", str(chain), "--url", urls[0],
+                        token=token) + "\n")
+        time.sleep(1.5)
+        before = summed(scrape_all(urls))
+        results, seconds = run(urls, sensor_stream(samples), concurrency=16, send_context=False)
+        if any(r[1] != 200 for r in results):
+            print("requests failed after the rollout", file=sys.stderr)
+            return False
+        time.sleep(2.0)
+        print(f"6. route regions {', '.join(names)} to {harvest.HARVESTED_MODEL}, round-robin   "
+              f"[{len(results) / seconds:.0f} req/s]")
+        print("\n".join(step_table(results, before, summed(scrape_all(urls)))) + "\n")
+    print("new-sensor accuracy on the test split's new-sensor images by labelling budget (offline, the first N "
+          "labels of the export):")
+    for budget, accuracy in harvest.budget_curve():
+        print(f"  {budget:>4} labels: new sensor {accuracy['new_sensor']:.1%}, scanner {accuracy['scanner']:.1%}, "
+              f"phone {accuracy['phone']:.1%}")
+    print()
+    return True
 
 
 if __name__ == "__main__":

@@ -36,13 +36,16 @@ def admin(url: str, token: str, method: str, path: str, **kwargs):
 
 
 def harvest(url: str, token: str, regions: list[str], phone_share: float, new_sensor_share: float,
-            cli: Callable[..., str]) -> dict:
+            cli: Callable[..., str], *, traffic_to: str | list[str] | None = None,
+            export_from: tuple[str, ...] = ()) -> dict:
     """Production traffic with capture on, labels for the named regions' captured inputs within
-    the budget, the export; what happened, in numbers."""
+    the budget, the export; what happened, in numbers. `url` answers the admin and feedback
+    calls; `traffic_to` (default `url`) takes the traffic, round-robin over a list of replicas;
+    `export_from`: the export command's source arguments (`--url URL` or `--db URL`)."""
     both, sensor = production_samples()
     samples = with_new_sensor(stream(both, HARVEST_SIZE, phone_share, seed=21), sensor, new_sensor_share, seed=22)
     started = time.time()
-    results, seconds = run(url, samples, concurrency=16, send_context=False)
+    results, seconds = run(traffic_to or url, samples, concurrency=16, send_context=False)
     ended = time.time()
     failed = [r for r in results if r[1] != 200]
     if failed:
@@ -75,11 +78,11 @@ def harvest(url: str, token: str, regions: list[str], phone_share: float, new_se
           f"({recorded} recorded; {new_labelled} were new-sensor images, the rest what else lives there)\n")
     region_args = [a for region in regions for a in ("--region", region)]
     print(f"$ classguard dataset export {' '.join(region_args)} --since <production> --until <end> --labelled "
-          f"-o {HARVEST_DIR}")
+          f"-o {HARVEST_DIR} {' '.join(export_from)}".rstrip())
     for stale in sorted(HARVEST_DIR.glob("**/*"), reverse=True) if HARVEST_DIR.exists() else []:
         stale.unlink() if stale.is_file() else stale.rmdir()
     print(cli("dataset", "export", *region_args, "--since", str(started), "--until", str(ended), "--labelled",
-              "-o", str(HARVEST_DIR)) + "\n")
+              "-o", str(HARVEST_DIR), *export_from) + "\n")
     return {"requests": len(samples), "captured": everything["captured"], "in_regions": len(captured),
             "new_sensor_kept": new_kept, "labelled": len(chosen), "new_sensor_labelled": new_labelled}
 
