@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
+EXTRA ?= artifacts/harvest
 
-.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean docs
+.PHONY: help venv train retrain serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean docs
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -16,6 +17,7 @@ help:
 	@echo "make docs   - serve the docs site on http://127.0.0.1:8000 (mkdocs; pages under docs/)"
 	@echo "make serve  - serve on http://127.0.0.1:$(PORT)"
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
+	@echo "make retrain EXTRA=DIR - train classguard-harvested on the retrained model's data plus an export (classguard dataset export -o DIR)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
 	@echo "make build-cuda - the same Bento for GPU nodes (bentofile.cuda.yaml)"
@@ -36,6 +38,9 @@ venv: $(BIN)/.installed
 
 train: venv
 	$(BIN)/python -m training.train
+
+retrain: venv
+	$(BIN)/python -m training.train --models harvested --force --extra $(EXTRA)
 
 serve: train
 	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
