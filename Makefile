@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 EXTRA ?= artifacts/harvest
 
-.PHONY: help venv train retrain serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean docs
+.PHONY: help venv train retrain serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet bench-capture build clean docs
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -23,7 +23,7 @@ help:
 	@echo "make build-cuda - the same Bento for GPU nodes (bentofile.cuda.yaml)"
 	@echo "make manifests - render deploy/kubernetes/ from dashboards/ and config/; make deploy-check validates it"
 	@echo "make deploy-dry-run - a rolling update from the rendered Deployment, played on this machine"
-	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / soak"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / bench-capture / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 	@echo "make bench-gpu - the GPU benchmark (an NVIDIA GPU and CUDA torch; not part of bench-all)"
 
@@ -69,7 +69,7 @@ bench-gpu: venv
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
 	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
-		bench-detection bench-hostile bench-fleet bench-footprint bench-regions soak
+		bench-detection bench-hostile bench-fleet bench-footprint bench-regions bench-capture soak
 
 # BentoML refuses a bentofile under a dot-folder (a clone in ~/.cache/...): there, build from a copy
 # of the checkout in a plain temporary folder (harness/build_check.py); elsewhere, build in place.
@@ -140,3 +140,6 @@ bench-footprint: train
 bench-regions: train
 	$(BIN)/python -m benchmarks.regions
 	$(BIN)/python -m benchmarks.region_cost
+
+bench-capture: venv
+	$(BIN)/python -m benchmarks.capture_retention
