@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
+EXTRA ?= artifacts/harvest
 
-.PHONY: help venv train serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet build clean docs
+.PHONY: help venv train retrain serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet bench-capture build clean docs
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -16,12 +17,13 @@ help:
 	@echo "make docs   - serve the docs site on http://127.0.0.1:8000 (mkdocs; pages under docs/)"
 	@echo "make serve  - serve on http://127.0.0.1:$(PORT)"
 	@echo "make train  - train both models into $(BENTOML_HOME) (skips existing)"
+	@echo "make retrain EXTRA=DIR - train classguard-harvested on the retrained model's data plus an export (classguard dataset export -o DIR)"
 	@echo "make bench  - throughput benchmark (classguard vs a minimal BentoML endpoint)"
 	@echo "make build  - bentoml build (a Bento with both models)"
 	@echo "make build-cuda - the same Bento for GPU nodes (bentofile.cuda.yaml)"
 	@echo "make manifests - render deploy/kubernetes/ from dashboards/ and config/; make deploy-check validates it"
 	@echo "make deploy-dry-run - a rolling update from the rendered Deployment, played on this machine"
-	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / soak"
+	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / bench-capture / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 	@echo "make bench-gpu - the GPU benchmark (an NVIDIA GPU and CUDA torch; not part of bench-all)"
 
@@ -36,6 +38,9 @@ venv: $(BIN)/.installed
 
 train: venv
 	$(BIN)/python -m training.train
+
+retrain: venv
+	$(BIN)/python -m training.train --models harvested --force --extra $(EXTRA)
 
 serve: train
 	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
@@ -64,7 +69,7 @@ bench-gpu: venv
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
 	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
-		bench-detection bench-hostile bench-fleet bench-footprint bench-regions soak
+		bench-detection bench-hostile bench-fleet bench-footprint bench-regions bench-capture soak
 
 # BentoML refuses a bentofile under a dot-folder (a clone in ~/.cache/...): there, build from a copy
 # of the checkout in a plain temporary folder (harness/build_check.py); elsewhere, build in place.
@@ -135,3 +140,6 @@ bench-footprint: train
 bench-regions: train
 	$(BIN)/python -m benchmarks.regions
 	$(BIN)/python -m benchmarks.region_cost
+
+bench-capture: venv
+	$(BIN)/python -m benchmarks.capture_retention
