@@ -167,7 +167,7 @@ def main() -> int:
            "CLASSGUARD_MODELS__OTHERS": f'["classguard-retrained:latest", "{SENSOR_MODEL}:latest"]',
            "CLASSGUARD_GUARDRAILS__AUDIT_LOG": "artifacts/demo-guardrail-audit.jsonl",
            # Bob's loop: inputs kept per model x subgroup x region; the demo's "hour" is a minute
-           "CLASSGUARD_CAPTURE__POLICY": "stratified", "CLASSGUARD_CAPTURE__PER_STRATUM": "200",
+           "CLASSGUARD_CAPTURE__POLICY": "stratified", "CLASSGUARD_CAPTURE__PER_STRATUM": "300",
            "CLASSGUARD_CAPTURE__STRATUM_SECONDS": "60"}
     started_at: dict[str, float] = {}
     answered = []
@@ -285,8 +285,10 @@ def bobs_loop(server: Server, env: dict[str, str], token: str, samples, started_
     INCIDENT_PAGE.write_bytes(page.content)
     print(f"$ classguard incident --since <step 1> -o {INCIDENT_PAGE}   (alarms, regions, captured inputs; "
           "open it in a browser)\n")
-    print(f"6. Bob's loop: production keeps flowing; capture (stratified, 200 a stratum a minute) keeps the "
-          f"inputs of {', '.join(names)}\n")
+    # the transform-trained model is information no operator has: production runs on step 4's chain
+    swap(server.url, token, "route_phone_to_retrained")
+    print(f"6. Bob's loop: back on step 4's chain (no model knows the new sensor), production keeps flowing; capture "
+          f"(stratified, 300 a stratum a minute) keeps the inputs of {', '.join(names)}\n")
     harvest.harvest(server.url, token, names, PHONE_SHARE, NEW_SENSOR_SHARE, lambda *a: cli(*a, token=token))
     harvest.retrain()
     port = server.port

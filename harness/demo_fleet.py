@@ -196,7 +196,7 @@ def main() -> int:
     env = {"CLASSGUARD_ADMIN_TOKEN": token, "CLASSGUARD_FEEDBACK_TOKEN": token,
            "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_MONITORS__REGIONS": "true",
            # Bob's loop: inputs kept per model x subgroup x region; the demo's "hour" is a minute
-           "CLASSGUARD_CAPTURE__POLICY": "stratified", "CLASSGUARD_CAPTURE__PER_STRATUM": "200",
+           "CLASSGUARD_CAPTURE__POLICY": "stratified", "CLASSGUARD_CAPTURE__PER_STRATUM": "300",
            "CLASSGUARD_CAPTURE__STRATUM_SECONDS": "60"}
     progress("starting PostgreSQL ...")
     with Postgres.start() as pg:
@@ -452,7 +452,7 @@ def harvest_step(urls: list[str], token: str, samples, run) -> list[str] | None:
         print(ranking, file=sys.stderr)
         return None
     print(f"  ranked first: {', '.join(names)}\n")
-    print(f"6. production keeps flowing round-robin; capture (stratified, 200 a stratum a minute on each worker) "
+    print(f"6. production keeps flowing round-robin; capture (stratified, 300 a stratum a minute on each worker) "
           f"keeps the inputs of {', '.join(names)}; labels through {name(1)}, the export through {name(2)}\n")
     harvest.harvest(urls[1], token, names, PHONE_SHARE, NEW_SENSOR_SHARE, lambda *a: admin_cli(*a, token=token),
                     traffic_to=urls, export_from=("--url", urls[2]))

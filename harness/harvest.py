@@ -74,8 +74,10 @@ def harvest(url: str, token: str, regions: list[str], phone_share: float, new_se
     print(f"production: {len(samples)} requests ({n_new} from the new sensor) at {len(samples) / seconds:.0f} req/s; "
           f"capture kept {everything['captured']} inputs, {len(captured)} in regions {', '.join(regions)} "
           f"({new_kept} of them new-sensor images)")
-    print(f"the labeller labelled the oldest {len(chosen)} captured inputs of those regions through POST /feedback "
-          f"({recorded} recorded; {new_labelled} were new-sensor images, the rest what else lives there)\n")
+    others = len(chosen) - new_labelled
+    print(f"the labeller labelled the oldest {len(chosen)} captured inputs of those regions (budget {LABEL_BUDGET}) "
+          f"through POST /feedback: {recorded} recorded; {new_labelled} were new-sensor images"
+          + (f", {others} other images of those regions" if others else "") + "\n")
     region_args = [a for region in regions for a in ("--region", region)]
     print(f"$ classguard dataset export {' '.join(region_args)} --since <production> --until <end> --labelled "
           f"-o {HARVEST_DIR} {' '.join(export_from)}".rstrip())
