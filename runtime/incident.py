@@ -5,8 +5,9 @@ monitors and the guardrail history of one window (dashboards.incident_page rende
 
 Per subgroup and per region: live share against the training share, the estimated accuracy
 (mean calibrated confidence, the confidence monitor's estimate) against the realized one
-(where true labels arrived); contact sheets of the captured inputs of the worst regions,
-subgroups and the most frequent flags, each linked to its logged answer.
+(where true labels arrived); contact sheets of the captured inputs of the worst regions, of
+the subgroups doing worse than the whole mix and of the most frequent flags, mistakes first,
+each linked to its logged answer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from store import feedback, inputs, prediction_log, region_report
 MAX_ROWS = 100_000  # newest logged answers of the window read for the page
 MAX_BUCKETS = 90
 SHEET_SIZE = 24  # inputs on one contact sheet
+CANDIDATES = inputs.MAX_PAGE  # captured inputs looked at per sheet to pick its most telling SHEET_SIZE
 SHEETS = {"region": 3, "subgroup": 2, "flag": 2}  # sheets of each kind, the worst first
 TOP_REGIONS = 15  # rows of the regions table: the ranking's first
 
@@ -46,12 +48,14 @@ def gather(read: Callable[..., Any], *, since: float, until: float, now: float, 
     subgroups = _subgroups(rows, training_shares, temperatures)
     flag_counts = Counter(f for r in rows for f in json.loads(r[8]))
     wanted = ([("region", r["region"]) for r in ranked[:SHEETS["region"]]]
-              + [("subgroup", s["name"]) for s in sorted(subgroups, key=_worst)[:SHEETS["subgroup"]]]
+              + [("subgroup", s["name"]) for s in _worse_than_the_mix(subgroups)]
               + [("flag", f) for f, _ in flag_counts.most_common(SHEETS["flag"])])
     sheets, traces = [], {}
     for kind, value in wanted:
-        found = read(inputs.query, since=since, until=until, thumbnails=True, limit=SHEET_SIZE, **{kind: value})
+        found = _telling(read(inputs.query, since=since, until=until, limit=CANDIDATES, **{kind: value}))
         if found:
+            pictures = read(thumbnails, [item["request_id"] for item in found])
+            found = [{**item, "thumbnail": pictures.get(item["request_id"])} for item in found]
             sheets.append({"title": f"{kind} {value}", "inputs": found})
             for item in found:
                 traces[item["request_id"]] = None
@@ -77,6 +81,38 @@ def gather(read: Callable[..., Any], *, since: float, until: float, now: float, 
                        "counts": [[t, e, n] for (t, e), n in sorted(counts.items())]} if counts else None),
         "guardrails": [_change(h) for h in history],
     }
+
+
+def thumbnails(conn: Any, request_ids: Sequence[str]) -> dict[str, bytes]:
+    """request id -> its captured input's thumbnail (an input erased meanwhile is left out)."""
+    if not request_ids:
+        return {}
+    marks = ", ".join("?" * len(request_ids))
+    rows = conn.execute(f"SELECT request_id, thumbnail FROM inputs WHERE request_id IN ({marks})", list(request_ids))
+    return {request_id: bytes(picture) for request_id, picture in rows}
+
+
+def _telling(candidates: Sequence[dict]) -> list[dict]:
+    """A sheet's inputs, most telling first: wrong answers, abstentions, flagged and unlabelled,
+    unlabelled, flagged right answers, right answers; newest first within each. Taken as they
+    came (oldest first), a region's sheet showed 24 right answers while its mistakes, the newest,
+    were left off."""
+    def rank(item: dict) -> int:
+        if item["truth"] is not None and item["predicted"] is not None:
+            return 0 if item["truth"] != item["predicted"] else 4 if item["flags"] else 5
+        if item["predicted"] is None:
+            return 1
+        return 2 if item["flags"] else 3
+
+    return sorted(candidates, key=lambda item: (rank(item), -item["ts"]))[:SHEET_SIZE]
+
+
+def _worse_than_the_mix(subgroups: Sequence[dict]) -> list[dict]:
+    """The subgroups doing worse than the whole mix, worst first. The worst two whatever their
+    accuracy gave the scanner group (99% right) a sheet of right answers beside the phone one."""
+    answers = sum(s["answers"] for s in subgroups)
+    mix = sum(_worst(s) * s["answers"] for s in subgroups) / answers if answers else 1.0
+    return sorted((s for s in subgroups if _worst(s) < mix), key=_worst)[:SHEETS["subgroup"]]
 
 
 def _worst(subgroup: dict) -> float:

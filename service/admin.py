@@ -289,6 +289,10 @@ class Admin:
                            subgroup=_text(p, "subgroup"), model=_text(p, "model"), flag=_text(p, "flag"),
                            labelled=p.get("labelled") in ("1", "true"), after=_id(p.get("after"), "after"),
                            limit=limit)
+            if filters["after"] is not None and not await off_loop(self._read, inputs.anchored, filters["after"]):
+                # an empty page would read as the end
+                raise InputError("not_found", "no logged answer has the request id in `after` (it may have aged "
+                                              "out of the log); start again without it")
             rows = await off_loop(self._read, inputs.query, **filters)
             body = {"count": len(rows), "inputs": rows,
                     "next_after": rows[-1]["request_id"] if len(rows) == limit else None}

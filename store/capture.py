@@ -173,14 +173,33 @@ def thumbnail(image: Any, side: int) -> bytes:
 
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
+    white = _white(image)  # of the whole image: resampling overshoots, and a float image's scale hangs on its peak
     image.thumbnail((side, side))  # before any conversion: a JPEG decodes at a reduced scale
-    if image.mode.startswith("I"):  # 16- or 32-bit grey: scaled to 8 bits, not clipped
-        image = image.convert("I").point(lambda v: v / 256).convert("L")
+    if white is not None:  # 16-bit, 32-bit and float grey: scaled to 8 bits, not clipped
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=white, neginf=0.0)
+        image = Image.fromarray(np.clip(values / white * 255.0, 0, 255).astype(np.uint8), mode="L")
     elif image.mode not in ("L", "RGB"):
         rgba = image.convert("RGBA")
         image = Image.new("RGB", rgba.size)  # composited onto black, as the service does
         image.paste(rgba, mask=rgba.getchannel("A"))
     return png(image)
+
+
+def _white(image: Any) -> float | None:
+    """The value a wide image's white stands for, as runtime.preprocess scales it for the model
+    (which this layer cannot import): 65535 for 16-bit; for float, 1 when every finite value is
+    within [-1, 1], else 255; for 32-bit, the largest value (at least 255). None: an 8-bit image.
+    Converted by Pillow instead, a float image in [0, 1] came out black and a 32-bit one wrapped."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    if image.mode not in ("I", "F"):
+        return None
+    values = np.asarray(image)
+    highest = float(np.fmax.reduce(values, axis=None))  # fmax: NaN left out
+    if image.mode == "I":
+        return max(highest, 255.0)
+    peak = max(highest, -float(np.fmin.reduce(values, axis=None)))
+    return 1.0 if peak <= 1.0 else 255.0  # NaN everywhere compares False: 255
 
 
 def png(image: Any) -> bytes:

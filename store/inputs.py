@@ -9,17 +9,20 @@ client uploaded (a PNG with HTML after its end, say) never reach a browser as th
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any, Sequence
 
 import numpy as np
 
 from core import metrics
+from store import sql_sqlite
 from store.capture import NPY, Stored, png, thumbnail, to_uint8
 from store.database import dialect_of
 from store.prediction_log import check_limit, where
 
 COLUMNS = ("request_id", "ts", "model", "subgroup", "region", "reason", "media_type", "original", "thumbnail",
            "bytes")
+log = logging.getLogger("classguard.capture")
 MAX_PAGE = 1_000
 EVICT_CHUNK = 500  # oldest rows looked at per eviction round
 
@@ -77,15 +80,32 @@ def erase(conn: Any, *, request_ids: Sequence[str] = (), since: float | None = N
     how many were deleted."""
     if not request_ids and since is None and until is None:
         raise ValueError("name the inputs to erase: request ids, or a time range (since and/or until)")
+    sqlite = dialect_of(conn) is sql_sqlite
+    if sqlite:  # deleted content zeroed, not left in free pages (the default depends on how SQLite was built)
+        conn.execute("PRAGMA secure_delete = ON")
     with conn.transaction():
         if request_ids:
             gone = _delete(conn, list(request_ids))
         else:
             clause, args = where([("ts >= ?", since), ("ts <= ?", until)])
             gone = conn.execute(f"DELETE FROM inputs {clause}", args).rowcount
+    if gone and sqlite:
+        _truncate_wal(conn)
     if gone:
         metrics.INPUTS_ERASED.inc(gone)
     return gone
+
+
+def _truncate_wal(conn: Any) -> None:
+    """The write-ahead log still holds each erased image as it was inserted (measured: an
+    erased upload's bytes stayed in predictions.sqlite-wal, beside a file that had none):
+    checkpoint it into the (zeroed) database pages and truncate it. A reader in the middle of
+    a long query can keep it from completing; the next erase or SQLite's own checkpoints
+    overwrite it later."""
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        log.warning("erased inputs may stay in the SQLite write-ahead log until its next checkpoint: a reader "
+                    "kept it busy")
 
 
 def get(conn: Any, request_id: str) -> dict[str, Any] | None:
@@ -95,16 +115,23 @@ def get(conn: Any, request_id: str) -> dict[str, Any] | None:
 
 def query(conn: Any, *, since: float | None = None, until: float | None = None, region: str | None = None,
           subgroup: str | None = None, model: str | None = None, flag: str | None = None, labelled: bool = False,
-          after: str | None = None, limit: int = 100, thumbnails: bool = False) -> list[dict[str, Any]]:
+          after: str | tuple[float, str] | None = None, limit: int = 100,
+          thumbnails: bool = False) -> list[dict[str, Any]]:
     """Captured inputs with their logged answer and true label (where feedback arrived), oldest
-    first (exports read in a stable order); `after`: continue after that request id."""
+    first (exports read in a stable order). `after`: continue after the input of that request
+    id, or after that (ts, request id). The request id is looked up among the answers, which
+    outlive their inputs: pages are read oldest first, and the oldest inputs are the ones
+    eviction takes, so the previous page's last input may be gone (an empty page then ended
+    an export early, silently). An answer gone too (retention) matches nothing: see `anchored`."""
     check_limit(limit)
+    anchor = ("(i.ts, i.request_id) > (?, ?)" if isinstance(after, tuple)
+              else "(i.ts, i.request_id) > (SELECT ts, request_id FROM predictions WHERE request_id = ?)")
     clause, args = where([
         ("i.ts >= ?", since), ("i.ts <= ?", until), ("i.region = ?", region), ("i.subgroup = ?", subgroup),
         ("i.model = ?", model), (dialect_of(conn).HAS_FLAG, flag or None),
-        ("f.label IS NOT NULL AND ? = 1", 1 if labelled else None),
-        ("(i.ts, i.request_id) > (SELECT ts, request_id FROM inputs WHERE request_id = ?)", after),
+        ("f.label IS NOT NULL AND ? = 1", 1 if labelled else None), (anchor, after),
     ])
+    args = [v for arg in args for v in (arg if isinstance(arg, tuple) else (arg,))]  # the (ts, id) anchor: two
     extra = ", i.thumbnail" if thumbnails else ""
     rows = conn.execute(
         "SELECT i.request_id, i.ts, i.model, i.subgroup, i.region, i.reason, i.media_type, i.bytes, p.label, "
@@ -122,6 +149,11 @@ def query(conn: Any, *, since: float | None = None, until: float | None = None, 
             item["thumbnail"] = bytes(r[13])
         out.append(item)
     return out
+
+
+def anchored(conn: Any, request_id: str) -> bool:
+    """Whether `query(after=request_id)` can continue after it: its answer is still logged."""
+    return conn.execute("SELECT 1 FROM predictions WHERE request_id = ?", (request_id,)).fetchone() is not None
 
 
 def as_png(row: dict[str, Any], *, thumbnail_only: bool = False, side: int = 64) -> bytes:

@@ -8,7 +8,10 @@ the layout `classguard import-model --val-dir` and `python -m training.train --e
 `manifest.jsonl` (a line per input, oldest first: request id, path, label, answered label,
 model and version, region, subgroup, time) and `subgroups.csv` (path -> subgroup attributes).
 Inputs without a label go to `_unlabelled/` (not a class: both readers skip `_` folders)
-unless --labelled. Nothing is written outside DIR; a DIR that holds other files is refused.
+unless --labelled. Nothing is written outside DIR; a DIR that holds other files is refused, and
+exporting again into DIR first removes the images the earlier export listed (an input erased
+since then must not stay behind as training data). Inputs evicted or erased while the export
+runs are skipped and counted.
 """
 
 from __future__ import annotations
@@ -47,11 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = prepare_folder(args.output)
     source = ApiSource(args.url) if args.url else StoreSource(args.db)
-    written, unlabelled, totals = 0, 0, {"answers": 0, "captured": 0, "labelled": 0, "captured_and_labelled": 0}
+    written, unlabelled, vanished = 0, 0, 0
+    totals = {"answers": 0, "captured": 0, "labelled": 0, "captured_and_labelled": 0}
     with open(out / "manifest.jsonl", "w") as manifest, open(out / "subgroups.csv", "w", newline="") as table:
         attributes = csv.writer(table)
         attributes.writerow(["path", "subgroup"])
-        for region in args.region or [None]:
+        for region in dict.fromkeys(args.region or [None]):  # a region named twice is exported once
             filters = {"region": region, "subgroup": args.subgroup, "model": args.model, "since": args.since,
                        "until": args.until}
             for key, n in source.totals(filters).items():
@@ -59,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
             for row in source.rows(filters, labelled=args.labelled):
                 folder = class_folder(row["truth"]) if row["truth"] is not None else UNLABELLED
                 path = inside(out, Path(folder) / f"{safe_file(row['request_id'])}.png")
+                image = source.png(row["request_id"])
+                if image is None:  # evicted (oldest first: what an export reads first) or erased meanwhile
+                    vanished += 1
+                    continue
                 path.parent.mkdir(exist_ok=True)
-                path.write_bytes(source.png(row["request_id"]))
+                path.write_bytes(image)
                 relative = path.relative_to(out).as_posix()
                 manifest.write(json.dumps({"request_id": row["request_id"], "path": relative, "label": row["truth"],
                                            "answered": row["predicted"], "model": row["model"],
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     unlabelled += 1
     print(f"{out}: {written} labelled inputs in class folders"
-          + (f", {unlabelled} without a label in {UNLABELLED}/" if unlabelled else ""))
+          + (f", {unlabelled} without a label in {UNLABELLED}/" if unlabelled else "")
+          + (f"; {vanished} evicted or erased while exporting, not written" if vanished else ""))
     print(f"of {totals['answers']} logged answers matching: {totals['captured']} kept their input, "
           f"{totals['answers'] - totals['captured']} had no captured input; {totals['labelled']} have a label, "
           f"{totals['captured'] - totals['captured_and_labelled']} captured inputs had no label"
@@ -81,14 +90,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def prepare_folder(path: Path) -> Path:
-    """DIR, made if missing; refused when it holds anything but an earlier export's files."""
+    """DIR, made if missing; refused when it holds anything but an earlier export's files, whose
+    images are removed (an input erased since must not stay behind as training data)."""
     out = path.resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"{path} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not (out / "manifest.jsonl").exists():
         raise ValueError(f"{path} is not empty and holds no earlier export (manifest.jsonl): choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous(out)
     return out
+
+
+def clear_previous(out: Path) -> int:
+    """Delete the PNGs an earlier export listed in its manifest (each checked to lie inside
+    `out`), then the class folders left empty; how many files went."""
+    manifest = out / "manifest.jsonl"
+    if not manifest.exists():
+        return 0
+    gone = 0
+    for line in manifest.read_text().splitlines():
+        try:
+            listed = json.loads(line)["path"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{manifest} is not an export's manifest: choose an empty folder") from None
+        target = inside(out, Path(str(listed)))
+        if target.suffix == ".png" and target.is_file():
+            target.unlink()
+            gone += 1
+    for folder in out.iterdir():
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
+    return gone
 
 
 def class_folder(label: str) -> str:
@@ -136,15 +169,14 @@ class StoreSource:
             yield from page
             if len(page) < PAGE:
                 return
-            after = page[-1]["request_id"]
+            after = (page[-1]["ts"], page[-1]["request_id"])  # holds even when that input and its answer are gone
 
-    def png(self, request_id: str) -> bytes:
+    def png(self, request_id: str) -> bytes | None:
+        """The input as PNG; None when it is no longer stored."""
         from store import inputs
 
         row = inputs.get(self.conn, request_id)
-        if row is None:
-            raise RuntimeError(f"captured input {request_id} was erased or evicted while exporting; export again")
-        return inputs.as_png(row)
+        return None if row is None else inputs.as_png(row)
 
 
 class ApiSource:
@@ -167,5 +199,5 @@ class ApiSource:
                 return
             after = page["next_after"]
 
-    def png(self, request_id: str) -> bytes:
-        return admin_call(self.url, f"inputs/{urllib.parse.quote(request_id, safe='')}")
+    def png(self, request_id: str) -> bytes | None:
+        return admin_call(self.url, f"inputs/{urllib.parse.quote(request_id, safe='')}", missing_ok=True) or None
