@@ -27,16 +27,36 @@ MAX_PAGE = 1_000
 EVICT_CHUNK = 500  # oldest rows looked at per eviction round
 
 
+TOMBSTONE_SECONDS = 3_600.0  # how long an erasure keeps refusing late writes of what it named
+# An input is written only if no erasure named it: an erasure on one worker (or replica) cannot
+# reach another worker's queue, which writes what it holds within a flush; the erasure's record
+# (a tombstone) makes that write a no-op, and retention deletes anything that slipped past.
+NOT_ERASED = ("NOT EXISTS (SELECT 1 FROM erased_inputs e WHERE e.request_id = ?) "
+              "AND NOT EXISTS (SELECT 1 FROM erased_ranges r WHERE ? BETWEEN r.since AND r.until)")
+
+
 def insert(conn: Any, stored: Sequence[Stored]) -> int:
-    """Write captured inputs (inside the caller's transaction); bytes written."""
+    """Write captured inputs (inside the caller's transaction), except those an erasure named;
+    bytes offered."""
     if not stored:
         return 0
     rows = [(s.pending.request_id, s.pending.ts, s.pending.model, s.pending.subgroup, s.pending.region,
-             s.pending.reason, s.media_type, s.original, s.thumbnail, s.size) for s in stored]
-    sql = dialect_of(conn).insert_inputs(COLUMNS)
+             s.pending.reason, s.media_type, s.original, s.thumbnail, s.size, s.pending.request_id, s.pending.ts)
+            for s in stored]
+    sql = dialect_of(conn).insert_inputs(COLUMNS, NOT_ERASED)
     for row in rows:
         conn.execute(sql, row)
     return sum(s.size for s in stored)
+
+
+def forget_erasures(conn: Any, now: float) -> None:
+    """Retention's share: inputs an erasure named that were written anyway (a write racing the
+    erasure's transaction) are deleted; tombstones past TOMBSTONE_SECONDS are dropped."""
+    conn.execute("DELETE FROM inputs WHERE request_id IN (SELECT request_id FROM erased_inputs)")
+    conn.execute("DELETE FROM inputs WHERE EXISTS (SELECT 1 FROM erased_ranges r WHERE inputs.ts BETWEEN r.since "
+                 "AND r.until)")
+    conn.execute("DELETE FROM erased_inputs WHERE ts < ?", (now - TOMBSTONE_SECONDS,))
+    conn.execute("DELETE FROM erased_ranges WHERE ts < ?", (now - TOMBSTONE_SECONDS,))
 
 
 def stored_bytes(conn: Any) -> int:
@@ -76,19 +96,29 @@ def _delete(conn: Any, request_ids: Sequence[str]) -> int:
 
 def erase(conn: Any, *, request_ids: Sequence[str] = (), since: float | None = None,
           until: float | None = None) -> int:
-    """Delete the inputs of these requests, or of every request answered in [since, until];
-    how many were deleted."""
+    """Delete the inputs of these requests, or of every request answered in [since, until] (until:
+    now, by the store's clock, when not given); how many were deleted. The erasure is recorded
+    for TOMBSTONE_SECONDS, so an input still queued on another worker or replica is not
+    written after it."""
+    from store.clock import store_now
+
     if not request_ids and since is None and until is None:
         raise ValueError("name the inputs to erase: request ids, or a time range (since and/or until)")
     sqlite = dialect_of(conn) is sql_sqlite
     if sqlite:  # deleted content zeroed, not left in free pages (the default depends on how SQLite was built)
         conn.execute("PRAGMA secure_delete = ON")
+    now = store_now(conn)
     with conn.transaction():
         if request_ids:
-            gone = _delete(conn, list(request_ids))
+            ids = list(dict.fromkeys(request_ids))
+            for request_id in ids:
+                conn.execute(dialect_of(conn).UPSERT_ERASED_INPUT, (request_id, now))
+            gone = _delete(conn, ids)
         else:
-            clause, args = where([("ts >= ?", since), ("ts <= ?", until)])
-            gone = conn.execute(f"DELETE FROM inputs {clause}", args).rowcount
+            until = min(until, now) if until is not None else now
+            since = since if since is not None else 0.0
+            conn.execute("INSERT INTO erased_ranges (since, until, ts) VALUES (?, ?, ?)", (since, until, now))
+            gone = conn.execute("DELETE FROM inputs WHERE ts >= ? AND ts <= ?", (since, until)).rowcount
     if gone and sqlite:
         _truncate_wal(conn)
     if gone:

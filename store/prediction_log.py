@@ -285,6 +285,8 @@ class PredictionLog:
         (left behind, feedback grew without bound and refused labels for reused ids). Ages are
         by the store's clock: a replica whose clock ran ahead had deleted the fleet's fresh rows
         (and claimed the task for as long as it ran ahead)."""
+        from store import inputs
+
         now = store_now(self._conn) if now is None else now
         with self._conn.transaction():  # the claim commits at once: no lock held through the deletes
             if not claim(self._conn, "retention", now, self.config.retention_check_seconds):
@@ -298,6 +300,7 @@ class PredictionLog:
             self._conn.execute("DELETE FROM feedback WHERE request_id IN "
                                "(SELECT request_id FROM predictions WHERE ts < ?)", (cutoff,))
             self._conn.execute("DELETE FROM inputs WHERE ts < ?", (cutoff,))  # stamped as their rows are
+            inputs.forget_erasures(self._conn, now)
             self._conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
 
 

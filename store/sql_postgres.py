@@ -115,6 +115,17 @@ CREATE TABLE IF NOT EXISTS inputs (
     bytes       integer NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inputs_ts ON inputs (ts);
+-- erasures, remembered for a while: a write of what they named, still queued elsewhere, is refused
+CREATE TABLE IF NOT EXISTS erased_inputs (
+    request_id  text PRIMARY KEY,
+    ts          double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erased_ranges (
+    id          bigserial PRIMARY KEY,
+    since       double precision NOT NULL,
+    until       double precision NOT NULL,
+    ts          double precision NOT NULL
+);
 """
 
 # (version, DDL bringing the schema from the version before to it), oldest first. A new version
@@ -139,9 +150,16 @@ def insert_predictions(columns: tuple[str, ...], n_rows: int) -> str:
             "ON CONFLICT (request_id) DO NOTHING")
 
 
-def insert_inputs(columns: tuple[str, ...]) -> str:
-    # written again (a retried flush): kept once
-    return (f"INSERT INTO inputs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+UPSERT_ERASED_INPUT = ("INSERT INTO erased_inputs (request_id, ts) VALUES (?, ?) "
+                       "ON CONFLICT (request_id) DO UPDATE SET ts = excluded.ts")
+
+
+def insert_inputs(columns: tuple[str, ...], condition: str) -> str:
+    """One input, written unless `condition` (its own `?`s follow the columns') is false; written
+    again (a retried flush): kept once. Typed: a SELECT's parameters are not typed by the columns."""
+    types = {"ts": "double precision", "original": "bytea", "thumbnail": "bytea", "bytes": "integer"}
+    values = ", ".join(f"?::{types.get(c, 'text')}" for c in columns)
+    return (f"INSERT INTO inputs ({', '.join(columns)}) SELECT {values} WHERE {condition} "
             "ON CONFLICT (request_id) DO NOTHING")
 
 

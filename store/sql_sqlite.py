@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS inputs (
     thumbnail   BLOB NOT NULL,
     bytes       INTEGER NOT NULL
 );
+-- erasures, remembered for a while: a write of what they named, still queued elsewhere, is refused
+CREATE TABLE IF NOT EXISTS erased_inputs (
+    request_id  TEXT PRIMARY KEY,
+    ts          REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erased_ranges (
+    id          INTEGER PRIMARY KEY,
+    since       REAL NOT NULL,
+    until       REAL NOT NULL,
+    ts          REAL NOT NULL
+);
 """
 INDEXES = """
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
@@ -92,8 +103,14 @@ def insert_predictions(columns: tuple[str, ...], n_rows: int) -> str:
     return f"INSERT OR REPLACE INTO predictions ({', '.join(columns)}) VALUES {', '.join([row] * n_rows)}"
 
 
-def insert_inputs(columns: tuple[str, ...]) -> str:
-    return f"INSERT OR REPLACE INTO inputs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+UPSERT_ERASED_INPUT = ("INSERT INTO erased_inputs (request_id, ts) VALUES (?, ?) "
+                       "ON CONFLICT (request_id) DO UPDATE SET ts = excluded.ts")
+
+
+def insert_inputs(columns: tuple[str, ...], condition: str) -> str:
+    """One input, written unless `condition` (its own `?`s follow the columns') is false."""
+    return (f"INSERT OR REPLACE INTO inputs ({', '.join(columns)}) SELECT {', '.join('?' * len(columns))} "
+            f"WHERE {condition}")
 
 
 class Connection(sqlite3.Connection):

@@ -218,10 +218,6 @@ def test_a_time_range_erase_through_b_leaves_no_rows_in_the_range_then_none_at_a
     assert owner_rows(fleet, "SELECT COUNT(*) FROM predictions")[0][0] == answers
 
 
-# Re-enable (delete the mark) once an erasure reaches inputs still queued on another replica.
-@pytest.mark.skip(reason="bug: an erase through B does not reach inputs A has answered but not yet written "
-                         "(service/admin.py erase_input / erase_inputs forget and flush only B's own queue); "
-                         "A's next flush writes them after the erase")
 def test_an_erase_through_b_at_once_after_a_answered_still_erases(fleet):
     """Inputs erased through B the moment A answered them, by id and by time range, are not in
     PostgreSQL once A has written those answers: an erasure does not lose a race with a flush."""
@@ -233,5 +229,4 @@ def test_an_erase_through_b_at_once_after_a_answered_still_erases(fleet):
     ids = [by_id, *in_range]
     wait_until(lambda: owner_rows(fleet, "SELECT COUNT(*) FROM predictions WHERE request_id = ANY(%s)", ids)
                == [(3,)], timeout=FLUSH_WAIT_S, message="A writing its 3 answers")
-    # found on main: [(3,)] -- A's flush writes the inputs after B's erase answered 404 / "erased": 0
     assert owner_rows(fleet, "SELECT COUNT(*) FROM inputs WHERE request_id = ANY(%s)", ids) == [(0,)]

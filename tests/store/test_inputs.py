@@ -354,3 +354,33 @@ def test_wide_images_are_kept_as_the_model_saw_them_not_clipped(name):
     np.testing.assert_array_equal(small, seen)
     row = {"original": upload, "media_type": "image/png", "thumbnail": b""}
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(inputs.as_png(row)))), seen)
+
+
+def test_an_erasure_on_another_worker_refuses_the_queued_write_of_what_it_named(tmp_path):
+    """Inputs still queued on one worker when another worker erases them, by id or by time range,
+    are not written by the first worker's next flush; an answer after the range still is."""
+    writer, eraser = new_log(tmp_path, policy="all"), new_log(tmp_path, policy="all")
+    since = time.time()
+    by_id, in_range = answer(writer, 1), answer(writer, 2)
+    assert eraser.read(inputs.erase, request_ids=[by_id]) == 0  # nothing written yet: nothing deleted
+    assert eraser.read(inputs.erase, since=since) == 0
+    time.sleep(0.01)
+    after = answer(writer, 3)
+    writer.flush()
+    nothing_left(tmp_path / "p.sqlite", [by_id, in_range])
+    assert sorted(kept(tmp_path)) == [after]
+
+
+def test_retention_deletes_what_slipped_past_an_erasure_and_expires_its_record(tmp_path):
+    """An input written despite its erasure's record (a write racing the erasure) is deleted by the
+    next retention round; records older than TOMBSTONE_SECONDS are dropped."""
+    log = new_log(tmp_path, policy="all")
+    rid = answer(log, 1)
+    log.flush()
+    conn = connect(tmp_path / "p.sqlite")
+    conn.execute("INSERT INTO erased_inputs (request_id, ts) VALUES (?, ?)", (rid, time.time()))
+    conn.execute("INSERT INTO erased_inputs (request_id, ts) VALUES ('old', ?)", (time.time() - 2 * 3600,))
+    conn.commit()
+    log.flush(now=time.time() + 60)  # a retention round (the rows are younger than retention_days)
+    nothing_left(tmp_path / "p.sqlite", [rid])
+    assert [r for (r,) in conn.execute("SELECT request_id FROM erased_inputs")] == [rid]

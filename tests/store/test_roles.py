@@ -82,7 +82,8 @@ def test_migrate_as_owner_creates_the_schema_and_a_second_run_changes_nothing(ro
     with psycopg.connect(roles["owner"]) as conn:
         owners = dict(conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"))
     assert set(owners) == {"classguard_schema", "predictions", "feedback", "held_feedback", "maintenance",
-                           "guardrail_chain", "window_part", "window_total", "inputs"}
+                           "guardrail_chain", "window_part", "window_total", "inputs", "erased_inputs",
+                           "erased_ranges"}
     assert set(owners.values()) == {"classguard_owner"}
     code, said = migrate(roles["owner"], capsys)
     assert code == 0 and "already at version 2; nothing changed" in said, said
