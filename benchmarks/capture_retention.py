@@ -14,8 +14,9 @@ oldest beyond that (as store.inputs.evict does), whatever the policy. Compared:
 - all: every answer kept, the oldest evicted: the newest 1,000.
 
 `span` is the minutes from the first kept input to the last: the stratified policy takes each
-stratum's first `per_stratum` answers of a period, so a common stratum's inputs are all from
-the first seconds of each hour, and `all` keeps only the last minutes.
+stratum's first `per_stratum` answers of its first period, then samples a stratum that outran
+its budget at the rate that spreads the budget over the next period; `all` keeps only the last
+minutes.
 
 Results: a table on stdout (per policy, then per stratum) and artifacts/bench_capture_retention.json.
 """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -68,14 +69,17 @@ class Stored:
 class Capture:
     """One worker's capture policy and queue."""
 
-    def __init__(self, config: CaptureConfig) -> None:
+    def __init__(self, config: CaptureConfig, seed: int | None = None) -> None:
         self.config = config
         self.enabled = config.policy != "off"
         self._queue: deque[Pending] = deque()
         self._queued_bytes = 0
         self._lock = threading.Lock()
         self._period = -1
-        self._kept: dict[tuple[str, str, str | None], int] = {}  # this period's count per stratum
+        self._kept: dict[tuple[str, str, str | None], int] = {}  # this period's inputs kept per stratum
+        self._seen: dict[tuple[str, str, str | None], int] = {}  # this period's answers per stratum
+        self._last: dict[tuple[str, str, str | None], int] = {}  # the period before's answers per stratum
+        self._random = random.Random(seed)
 
     def reason(self, model: str, subgroup: str, region: str | None, flagged: bool, now: float) -> str | None:
         """Why this answer's input is kept (a metrics.CAPTURE_REASONS value), or None."""
@@ -87,10 +91,20 @@ class Capture:
             return None
         period = int(now // self.config.stratum_seconds)
         if period != self._period:  # a new period: every stratum's budget is whole again
-            self._period, self._kept = period, {}
+            self._last = self._seen if period == self._period + 1 else {}
+            self._period, self._kept, self._seen = period, {}, {}
         stratum = (model, subgroup, region)
-        kept = self._kept.get(stratum, 0)
-        if kept >= self.config.per_stratum:
+        self._seen[stratum] = self._seen.get(stratum, 0) + 1
+        kept, budget = self._kept.get(stratum, 0), self.config.per_stratum
+        if kept >= budget:
+            return None
+        # A stratum that outran its budget in the period before is sampled at the rate that spreads
+        # the budget over this one (a quarter over, so it fills): first-come would keep only the
+        # first minutes of every hour, and nothing of an incident that starts after them. A new
+        # stratum (a group that just appeared), and any in the first period, is kept from its
+        # first answer.
+        expected = self._last.get(stratum, 0)
+        if expected > budget and self._random.random() * expected > 1.25 * budget:
             return None
         self._kept[stratum] = kept + 1
         return "flagged" if flagged else "stratified"

@@ -79,7 +79,7 @@ def test_flagged_policy_keeps_only_flagged_abstained_and_novel(tmp_path):
 
 def test_stratified_caps_each_stratum_per_period_and_resets_next_period():
     """per_stratum=2: the third answer of a model x subgroup x region in one period is not kept,
-    another stratum has its own budget, and the next period starts whole again."""
+    another stratum has its own budget, and a later period starts whole again."""
     capture = Capture(CaptureConfig(policy="stratified", per_stratum=2, stratum_seconds=60))
     phone = [capture.reason("base", "capture=phone", "r01", False, now=t) for t in (0, 1, 2)]
     assert phone == ["stratified", "stratified", None]
@@ -87,9 +87,23 @@ def test_stratified_caps_each_stratum_per_period_and_resets_next_period():
     assert capture.reason("base", "capture=phone", "r02", False, now=4) == "stratified"
     assert capture.reason("other", "capture=phone", "r01", False, now=5) == "stratified"
     assert capture.reason("base", "capture=phone", "r01", True, now=6) is None  # flagged, but the stratum is full
-    assert capture.reason("base", "capture=phone", "r01", True, now=60) == "flagged"
-    assert capture.reason("base", "capture=phone", "r01", False, now=61) == "stratified"
-    assert capture.reason("base", "capture=phone", "r01", False, now=62) is None
+    assert capture.reason("base", "capture=phone", "r01", True, now=120) == "flagged"  # a period later
+    assert capture.reason("base", "capture=phone", "r01", False, now=121) == "stratified"
+    assert capture.reason("base", "capture=phone", "r01", False, now=122) is None
+
+
+def test_stratified_spreads_a_busy_strata_budget_over_the_next_period():
+    """A stratum that answered 1,000 times in a period keeps its first 50 in the first period, and
+    in the next about 50 spread over the whole period (not its first minutes); a stratum new in
+    the second period is kept from its first answer."""
+    capture = Capture(CaptureConfig(policy="stratified", per_stratum=50, stratum_seconds=3600), seed=1)
+    times = np.linspace(0, 3600, 1000, endpoint=False)
+    first = [t for t in times if capture.reason("base", "capture=phone", "r01", False, now=t)]
+    assert len(first) == 50 and max(first) < 200
+    second = [t for t in times + 3600 if capture.reason("base", "capture=phone", "r01", False, now=t)]
+    assert 40 <= len(second) <= 50 and min(second) < 3600 + 600 and max(second) > 3600 + 2400
+    new = [t for t in times[:5] + 3600 if capture.reason("base", "capture=scanner", "r09", False, now=t)]
+    assert len(new) == 5
 
 
 def test_stratified_log_stores_per_stratum_inputs(tmp_path):
