@@ -143,3 +143,4 @@ bench-regions: train
 
 bench-capture: venv
 	$(BIN)/python -m benchmarks.capture_retention
+	$(BIN)/python -m benchmarks.capture_cost
