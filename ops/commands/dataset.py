@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                     written += 1
                 else:
                     unlabelled += 1
-    print(f"{out}: {written} labelled inputs in class folders"
+    print(f"{args.output}: {written} labelled inputs in class folders"
           + (f", {unlabelled} without a label in {UNLABELLED}/" if unlabelled else "")
           + (f"; {vanished} evicted or erased while exporting, not written" if vanished else ""))
     print(f"of {totals['answers']} logged answers matching: {totals['captured']} kept their input, "
