@@ -466,6 +466,7 @@ def roll_out_and_route(database_url: str, env: dict[str, str], token: str, sampl
 
     progress(f"rolling out {harvest.HARVESTED_MODEL}: the replicas restart with it ...")
     env = {**env, "CLASSGUARD_MODELS__OTHERS": f'["classguard-retrained:latest", "{harvest.HARVESTED_MODEL}:latest"]'}
+    (LOGS / "rolled-out").mkdir(parents=True, exist_ok=True)
     chain = LOGS / "route-harvested.yaml"
     chain.write_text("- {type: route, target: classguard-retrained, subgroups: [capture=phone]}\n"
                      f"- {{type: route, target: {harvest.HARVESTED_MODEL}, regions: [{', '.join(names)}]}}\n")
