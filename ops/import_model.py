@@ -101,6 +101,22 @@ def read_dir(path: Path, class_names: Sequence[str] | None) -> tuple[list[Any], 
     return images, np.array(labels, dtype=np.int64), subgroups, names
 
 
+def infer_input(images: Sequence[Any]) -> tuple[int, int, int]:
+    """(height, width, channels) of the validation images: the most common size, and 3 channels
+    when any image has colour (an RGB image whose bands are all equal counts as grey)."""
+    from collections import Counter
+
+    height, width = Counter((im.height, im.width) for im in images).most_common(1)[0][0]
+    return height, width, 3 if any(_has_colour(im) for im in images) else 1
+
+
+def _has_colour(image: Any) -> bool:
+    if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return False
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]))
+
+
 def parse_shares(text: str | None) -> dict[str, float] | None:
     """'capture=scanner:0.97,capture=phone:0.03' -> {'capture=scanner': 0.97, ...}."""
     if not text:
@@ -122,9 +138,9 @@ def import_model(
     val_npz: Path | None = None,
     val_dir: Path | None = None,
     labels: Sequence[str] | None = None,
-    height: int = 8,
-    width: int = 8,
-    channels: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+    channels: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     training_shares: dict[str, float] | None = None,
@@ -136,15 +152,33 @@ def import_model(
     from runtime.preprocess import normalise, to_unit_array
     from store.model_store import reference_rows, save_to_store
 
-    spec = InputSpec(height=height, width=width, channels=channels,
-                     mean=tuple(mean or (0.0,) * channels), std=tuple(std or (1.0,) * channels))
     if (val_npz is None) == (val_dir is None):
         raise ValueError("give exactly one of --val-npz and --val-dir")
     images, y, subgroups, names = read_npz(val_npz, labels) if val_npz else read_dir(val_dir, labels)
     if len(images) == 0:
         raise ValueError("the validation set is empty")
+    found_height, found_width, found_channels = infer_input(images)
+    height, width = height or found_height, width or found_width
+    channels = channels or found_channels
+    if mean is not None and len(mean) != channels or std is not None and len(std) != channels:
+        raise ValueError(f"--mean and --std take one value per channel ({channels})")
+    spec = InputSpec(height=height, width=width, channels=channels,
+                     mean=tuple(mean or (0.0,) * channels), std=tuple(std or (1.0,) * channels))
     batch = np.stack([normalise(to_unit_array(im, spec), spec) for im in images]).astype(np.float32)
-    scripted = load_module(torchscript, state_dict, module, module_kwargs or {}, torch.from_numpy(batch[:1]))
+    try:
+        scripted = load_module(torchscript, state_dict, module, module_kwargs or {}, torch.from_numpy(batch[:1]))
+        with torch.inference_mode():  # one forward pass before anything else: a wrong input shape is a sentence
+            probe = scripted(torch.from_numpy(batch[:1]))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValueError(f"the model does not take {channels} x {height} x {width} input (torch: {first[:200]}); "
+                         "set --input-size HEIGHTxWIDTH and --channels to what it was trained on") from None
+    if probe.ndim != 2 or probe.shape[1] != len(names):
+        raise ValueError(f"the model answers {tuple(probe.shape[1:])} scores an image, the validation set names "
+                         f"{len(names)} classes ({', '.join(names[:10])}); give --labels in the model's output order")
+    print(f"{name}: input {channels} x {height} x {width} (" + ("as given" if (height, width, channels) != (
+        found_height, found_width, found_channels) else "read from the validation images") + "), mean "
+        f"{list(spec.mean)}, std {list(spec.std)}; {len(names)} classes", file=sys.stderr)
     with torch.inference_mode():
         logits = torch.cat([scripted(torch.from_numpy(batch[i:i + 256])) for i in range(0, len(batch), 256)])
     keys = [subgroup_key({a: str(v[i]) for a, v in sorted(subgroups.items())}) or "all" for i in range(len(y))]
@@ -182,20 +216,33 @@ def add_arguments(parser: Any) -> None:
     data.add_argument("--val-dir", type=Path)
     spec = parser.add_argument_group("input")
     spec.add_argument("--labels", type=lambda s: s.split(","), help="class names in output order, comma-separated")
-    spec.add_argument("--input-size", default="8x8", help="HEIGHTxWIDTH the model takes")
-    spec.add_argument("--channels", type=int, default=1, choices=(1, 3))
-    spec.add_argument("--mean", type=lambda s: [float(v) for v in s.split(",")])
-    spec.add_argument("--std", type=lambda s: [float(v) for v in s.split(",")])
+    spec.add_argument("--input-size", help="HEIGHTxWIDTH the model takes (default: the validation images' most "
+                                           "common size)")
+    spec.add_argument("--channels", type=int, choices=(1, 3),
+                      help="default: 3 when any validation image has colour, else 1")
+    spec.add_argument("--mean", type=lambda s: [float(v) for v in s.split(",")],
+                      help="per channel, subtracted from pixels scaled to [0, 1] (default: 0 for each channel)")
+    spec.add_argument("--std", type=lambda s: [float(v) for v in s.split(",")],
+                      help="per channel, divides them after (default: 1 for each channel)")
     spec.add_argument("--training-shares", help="subgroup shares of the training set, "
                                                 "e.g. 'capture=scanner:0.97,capture=phone:0.03'")
 
 
+def input_size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit()) or not 1 <= int(height) <= 4096 or not 1 <= int(width) <= 4096:
+        raise ValueError(f"--input-size is HEIGHTxWIDTH, e.g. 28x28, not {text!r}")
+    return int(height), int(width)
+
+
 def run(args: Any) -> int:
-    height, _, width = args.input_size.lower().partition("x")
+    height, width = input_size(args.input_size)
     tag = import_model(
         args.name, torchscript=args.torchscript, state_dict=args.state_dict, module=args.module,
         module_kwargs=args.module_kwargs, val_npz=args.val_npz, val_dir=args.val_dir, labels=args.labels,
-        height=int(height), width=int(width), channels=args.channels, mean=args.mean, std=args.std,
+        height=height, width=width, channels=args.channels, mean=args.mean, std=args.std,
         training_shares=parse_shares(args.training_shares),
     )
     print(tag)

@@ -80,6 +80,74 @@ def test_bad_import_fails_with_a_message(tmp_path):
     assert done.returncode == 2 and "no `images` array" in done.stderr
 
 
+class ColourNet(torch.nn.Module):
+    """A small CNN on 16 x 16 RGB images with three classes (red, green, blue): its first
+    convolution takes 3 channels, so an input of another shape fails inside torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8 * 16 * 16, 3)
+        with torch.no_grad():  # answers the brightest channel: a model that is right, with no training
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            for c in range(3):
+                self.conv.weight[c, c, 1, 1] = 1.0
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+            for c in range(3):
+                self.head.weight[c, c * 256:(c + 1) * 256] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def colour_folder(root, n: int = 6):
+    """A validation folder per class of 16 x 16 RGB PNGs, each mostly its class's colour."""
+    rng = np.random.default_rng(3)
+    for c, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (16, 16, 3)).astype(np.uint8)
+            img[..., c] = 200 + rng.integers(0, 50, (16, 16))
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def test_the_documented_import_line_reads_size_and_channels_from_the_images(tmp_path):
+    """`classguard import-model my-colors --torchscript model.ts --val-dir val/ --labels red,green,blue`,
+    as the docs write it, imports a 16 x 16 RGB model: the input is read from the images (not the
+    digits' 8 x 8 grey) and recorded in the profile."""
+    torch.jit.script(ColourNet()).save(str(tmp_path / "model.ts"))
+    colour_folder(tmp_path / "val")
+    home = {"BENTOML_HOME": str(tmp_path / "home")}
+    done = run_module("ops.cli", "import-model", "my-colors", "--torchscript", str(tmp_path / "model.ts"),
+                      "--val-dir", str(tmp_path / "val"), "--labels", "red,green,blue", env=home)
+    assert done.returncode == 0, done.stderr
+    assert "input 3 x 16 x 16 (read from the validation images)" in done.stderr
+    profile = json.loads(run_module("ops.cli", "profile", "my-colors:latest", env=home).stdout)
+    assert profile["input_spec"] == {"height": 16, "width": 16, "channels": 3, "mean": [0.0] * 3, "std": [1.0] * 3}
+    assert profile["labels"] == ["red", "green", "blue"] and profile["subgroups"]["all"]["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--channels", "1"], "does not take 1 x 16 x 16 input"),
+    (["--input-size", "8x8"], "does not take 3 x 8 x 8 input"),
+    (["--labels", "red,green"], "the validation set names 2 classes"),
+])
+def test_a_model_input_mismatch_is_one_line_naming_the_flag(tmp_path, flags, says):
+    """A model given input it does not take (or class names it does not answer) fails in one
+    line that names what to set, with exit code 2 and no traceback; nothing is stored."""
+    torch.jit.script(ColourNet()).save(str(tmp_path / "model.ts"))
+    colour_folder(tmp_path / "val", n=2)
+    args = ["--labels", "red,green,blue", *flags] if "--labels" not in flags else flags
+    done = run_module("ops.cli", "import-model", "bad", "--torchscript", str(tmp_path / "model.ts"),
+                      "--val-dir", str(tmp_path / "val"), *args, env={"BENTOML_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "home" / "models" / "bad").exists()
+
+
 @pytest.mark.integration
 def test_imported_model_is_served(byom_home, tmp_path):
     """`bentoml serve` with the imported model as primary classifies a bright image as bright."""
