@@ -315,12 +315,7 @@ def bobs_loop(server: Server, env: dict[str, str], token: str, samples, started_
         if play(server.url, shifted, f"{title}   [profile {profile}") is None:
             server.stop()
             return None
-    print("new-sensor accuracy on the test split's new-sensor images, by what the model learnt from "
-          "(offline, the architecture retrained with the first N labels of the export):")
-    for budget, accuracy in harvest.budget_curve():
-        print(f"  {budget:>4} labels: new sensor {accuracy['new_sensor']:.1%}, scanner {accuracy['scanner']:.1%}, "
-              f"phone {accuracy['phone']:.1%}")
-    print()
+    harvest.print_budget_curve()
     return server
 
 

@@ -428,21 +428,29 @@ def sensor_stream(samples):
     return with_new_sensor(samples, new_sensor_samples(), NEW_SENSOR_SHARE, seed=8)
 
 
+def play_round_robin(urls: list[str], samples, run, title: str) -> bool:
+    """Send `samples` round-robin over the replicas and print the step's table (the replicas'
+    /metrics summed); False when requests failed."""
+    before = summed(scrape_all(urls))
+    results, seconds = run(urls, samples, concurrency=16, send_context=False)
+    if any(r[1] != 200 for r in results):
+        print(f"{title}: requests failed", file=sys.stderr)
+        return False
+    time.sleep(2.0)  # monitors publish
+    print(f"{title}   [{len(results) / seconds:.0f} req/s]")
+    print("\n".join(step_table(results, before, summed(scrape_all(urls)))) + "\n")
+    return True
+
+
 def harvest_step(urls: list[str], token: str, samples, run) -> list[str] | None:
     """A new sensor arrives (the regions name it); production flows round-robin with capture on;
     labels through replica-1, the export through replica-2; the retraining. The regions named."""
     progress("Bob's loop: a new sensor, the regions, the harvest ...")
-    shifted = sensor_stream(samples)
-    before = summed(scrape_all(urls))
     started = time.time()
-    results, seconds = run(urls, shifted, concurrency=16, send_context=False)
-    if any(r[1] != 200 for r in results):
-        print("new-sensor requests failed", file=sys.stderr)
+    print("=== Bob's loop, fleet-wide ===\n")
+    if not play_round_robin(urls, sensor_stream(samples), run,
+                            f"5. a new scanner sensor arrives, round-robin over the {len(urls)} replicas"):
         return None
-    time.sleep(2.0)
-    print(f"=== Bob's loop, fleet-wide ===\n\n5. a new scanner sensor arrives, round-robin over the {len(urls)} "
-          f"replicas   [{len(results) / seconds:.0f} req/s]")
-    print("\n".join(step_table(results, before, summed(scrape_all(urls)))) + "\n")
     print(f"$ classguard regions --since <step 5> --top {ROUTED_REGIONS} --url {urls[0]}")
     ranking = admin_cli("regions", "--url", urls[0], "--since", str(started), "--top", str(ROUTED_REGIONS),
                         "--format", "json", token=token)
@@ -478,21 +486,10 @@ def roll_out_and_route(database_url: str, env: dict[str, str], token: str, sampl
         print(admin_cli("guardrails", "apply", "route_harvested", "--file", str(chain), "--url", urls[0],
                         token=token) + "\n")
         time.sleep(1.5)
-        before = summed(scrape_all(urls))
-        results, seconds = run(urls, sensor_stream(samples), concurrency=16, send_context=False)
-        if any(r[1] != 200 for r in results):
-            print("requests failed after the rollout", file=sys.stderr)
+        if not play_round_robin(urls, sensor_stream(samples), run,
+                                f"6. route regions {', '.join(names)} to {harvest.HARVESTED_MODEL}, round-robin"):
             return False
-        time.sleep(2.0)
-        print(f"6. route regions {', '.join(names)} to {harvest.HARVESTED_MODEL}, round-robin   "
-              f"[{len(results) / seconds:.0f} req/s]")
-        print("\n".join(step_table(results, before, summed(scrape_all(urls)))) + "\n")
-    print("new-sensor accuracy on the test split's new-sensor images by labelling budget (offline, the first N "
-          "labels of the export):")
-    for budget, accuracy in harvest.budget_curve():
-        print(f"  {budget:>4} labels: new sensor {accuracy['new_sensor']:.1%}, scanner {accuracy['scanner']:.1%}, "
-              f"phone {accuracy['phone']:.1%}")
-    print()
+    harvest.print_budget_curve()
     return True
 
 

@@ -117,3 +117,12 @@ def budget_curve() -> list[tuple[int, dict]]:
         first = Split(labelled.images[:budget], labelled.labels[:budget], labelled.captures[:budget])
         curve.append((budget, new_sensor_accuracy(fit_with_extra(first))))
     return curve
+
+
+def print_budget_curve() -> None:
+    print("new-sensor accuracy on the test split's new-sensor images, by labelling budget (offline, the "
+          "architecture retrained with the first N labels of the export):")
+    for budget, accuracy in budget_curve():
+        print(f"  {budget:>4} labels: new sensor {accuracy['new_sensor']:.1%}, scanner {accuracy['scanner']:.1%}, "
+              f"phone {accuracy['phone']:.1%}")
+    print()

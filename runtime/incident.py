@@ -17,8 +17,6 @@ import math
 from collections import Counter, defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from store import feedback, inputs, prediction_log, region_report
 
 MAX_ROWS = 100_000  # newest logged answers of the window read for the page
@@ -134,22 +132,10 @@ def _subgroups(rows: Sequence[tuple], training: Mapping[str, float], temperature
     for name, found in sorted(members.items()):
         answered = [(r[4], r[6]) for r in found if r[6] is not None and r[4] is not None]
         out.append({"name": name, "answers": len(found), "live_share": len(found) / len(rows),
-                    "training_share": training.get(name), "estimated_accuracy": _estimated(found, temperatures),
+                    "training_share": training.get(name), "estimated_accuracy": region_report.estimated_accuracy(found, temperatures),
                     "realized_accuracy": (sum(a == t for a, t in answered) / len(answered)) if answered else None,
                     "labelled": len(answered)})
     return out
-
-
-def _estimated(rows: Sequence[tuple], temperatures: Mapping[str, float]) -> float:
-    by_model: dict[tuple[str, int], list[bytes]] = defaultdict(list)
-    for row in rows:
-        blob = bytes(row[5])
-        by_model[row[3], len(blob)].append(blob)
-    total = 0.0
-    for (model, _), blobs in by_model.items():
-        probs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-        total += float(region_report.calibrated_confidence(probs, temperatures.get(model, 1.0)).sum())
-    return total / len(rows)
 
 
 def _timeline(rows: Sequence[tuple], since: float, until: float) -> dict:

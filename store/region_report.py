@@ -58,7 +58,7 @@ def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
         members[row[1]].append(row)
     report = []
     for region, found in members.items():
-        estimated = _estimated_accuracy(found, temperatures)
+        estimated = estimated_accuracy(found, temperatures)
         answered = [(label, truth) for _, _, _, _, label, _, truth in found if truth is not None and label is not None]
         reference = references[index[region]] if region in index else None
         training_share = _number(reference.share) if reference is not None else None
@@ -87,7 +87,8 @@ def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
     return report
 
 
-def _estimated_accuracy(rows: list[tuple], temperatures: Mapping[str, float]) -> float:
+def estimated_accuracy(rows: Sequence[tuple], temperatures: Mapping[str, float]) -> float:
+    """Mean calibrated top-class probability of rows laid out as read_rows gives them."""
     # grouped by model and row width: versions of one model may differ in their classes, and
     # one reshape over mixed widths cut rows across answers
     by_model: dict[tuple[str, int], list[bytes]] = defaultdict(list)
