@@ -59,6 +59,12 @@ SUBGROUP_CLAIMS = Counter(
     ["attribute", "claimed", "derived", "outcome"],
 )
 
+SUBGROUP_DERIVE_FAILURES = Counter(
+    "classguard_subgroup_derive_failures", "Images whose subgroup deriver raised (`raised`) or gave a value outside "
+    "the attribute's declared set (`unknown`); either way the image's value is `other` and it is answered.",
+    ["attribute", "reason"],
+)
+
 
 ABSTAINED = "abstained"  # the predicted_class of an answer withheld by a guardrail
 # the closed label-value sets below are stated here once; start-up creates each series at zero

@@ -3,7 +3,9 @@ each replica of a fleet, as its own target) with classguard's rules, for tests a
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +35,8 @@ class Prometheus:
     discovery does in a cluster); Prometheus watches the file and hands changes to its scrapers
     at most every 5 s, as it does with any discovery."""
 
-    def __init__(self, target: str | Sequence[str], *, interval: str = "1s", discovered: bool = False) -> None:
+    def __init__(self, target: str | Sequence[str], *, interval: str = "1s", discovered: bool = False,
+                 hold: str | None = None) -> None:
         urls = [target] if isinstance(target, str) else list(target)
         if not urls and not discovered:
             raise ValueError("Prometheus needs at least one target")
@@ -41,6 +44,7 @@ class Prometheus:
         self.target = self.targets[0] if self.targets else None
         self.discovered = discovered
         self.interval = interval
+        self.hold = hold  # every alert's `for:` set to this (e.g. "5s"): the rules' expressions, held shorter
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -53,9 +57,13 @@ class Prometheus:
             job = {"job_name": "classguard", "file_sd_configs": [{"files": [str(self._targets_file)]}]}
         else:
             job = {"job_name": "classguard", "static_configs": [{"targets": self.targets}]}
+        alerts = RULES / "alerts.yml"
+        if self.hold is not None:
+            alerts = root / "alerts.yml"
+            alerts.write_text(re.sub(r"(?m)^(\s+)for: \S+$", rf"\g<1>for: {self.hold}", (RULES / "alerts.yml").read_text()))
         config = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
-            "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
+            "rule_files": [str(RULES / "recording.yml"), str(alerts)],
             "scrape_configs": [job],
         }
         (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -118,3 +126,45 @@ class Prometheus:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"no {metric} scraped within {timeout}s")
+
+
+def watch(target: str, *, alert: str, subgroup: str | None, hold: str | None, timeout: float) -> int:
+    """Print each alert's state as it changes until `alert` (on `subgroup`, if given) fires: 0,
+    or 1 when it has not fired within `timeout` seconds."""
+    seen: dict[tuple[str, str], str] = {}
+    with Prometheus(target, hold=hold) as prom:
+        prom.wait_for_samples()
+        print(f"prometheus on {prom.url} scrapes {target} with classguard's rules" +
+              (f" (every alert held {hold})" if hold else ""), flush=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for a in prom.alerts():
+                key = (a["labels"]["alertname"], a["labels"].get("subgroup", ""))
+                if seen.get(key) != a["state"]:
+                    seen[key] = a["state"]
+                    where = f"{{subgroup={key[1]!r}}}" if key[1] else ""
+                    print(f"{key[0]}{where} {a['state']} value={float(a['value']):.3g}", flush=True)
+            if any(name == alert and state == "firing" and subgroup in (None, sub)
+                   for (name, sub), state in seen.items()):
+                return 0
+            time.sleep(1.0)
+    print(f"{alert} did not fire within {timeout:.0f} s", flush=True)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.prometheus", description=watch.__doc__)
+    parser.add_argument("target", help="the service's URL, e.g. http://127.0.0.1:3000")
+    parser.add_argument("--until-firing", dest="alert", default="ClassguardSubgroupOverRepresented")
+    parser.add_argument("--subgroup", help="the alert's subgroup label, e.g. camera=phone")
+    parser.add_argument("--hold", help="every alert's `for:` (default: the rules' own, minutes)")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    if not available():
+        print("prometheus is not installed (Debian: apt-get install prometheus)")
+        return 2
+    return watch(args.target, alert=args.alert, subgroup=args.subgroup, hold=args.hold, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,8 +57,9 @@ class Server:
     which would silently reset the metrics of another server sharing that home."""
 
     def __init__(self, target: str = ".", *, env: dict[str, str] | None = None, port: int | None = None,
-                 startup_timeout: float = 90.0, log_path: Path | None = None) -> None:
+                 startup_timeout: float = 90.0, log_path: Path | None = None, own_files: bool = True) -> None:
         self.target = target
+        self.own_files = own_files
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
@@ -72,9 +73,11 @@ class Server:
         self.home = Path(self._home.name)
         (self.home / "models").symlink_to(store.resolve(), target_is_directory=True)
         self.env["BENTOML_HOME"] = str(self.home)
-        # its own prediction log and audit log too, unless the caller names them
-        self.env.setdefault("CLASSGUARD_LOG__PATH", str(self.home / "predictions.sqlite"))
-        self.env.setdefault("CLASSGUARD_GUARDRAILS__AUDIT_LOG", str(self.home / "guardrail-audit.jsonl"))
+        # its own prediction log and audit log too, unless the caller names them (or `own_files`
+        # is off: the configuration's paths, as a user's `bentoml serve` would have them)
+        if self.own_files:
+            self.env.setdefault("CLASSGUARD_LOG__PATH", str(self.home / "predictions.sqlite"))
+            self.env.setdefault("CLASSGUARD_GUARDRAILS__AUDIT_LOG", str(self.home / "guardrail-audit.jsonl"))
         bentoml = str(Path(sys.executable).with_name("bentoml"))
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(

@@ -2,6 +2,8 @@
 
     classguard train [--force]            train the incident's two models into the store
     classguard import-model NAME ...      bring your own torch classifier (see --help)
+    classguard init TAG -o DIR            a starting configuration for a stored model (its subgroups,
+                                          suggested known confusions, guardrail examples)
     classguard profile TAG                print a stored model's reference profile as JSON
     classguard drift-report [--url URL]   fetch the Evidently drift report of recent traffic
     classguard guardrails show            the running service's active guardrail chain
@@ -21,11 +23,12 @@ import argparse
 import sys
 
 from ops import import_model
-from ops.commands import dataset, db, drift_report, guardrails, incident, inputs, log, profile, regions, replay, train
+from ops.commands import (dataset, db, drift_report, guardrails, incident, init, inputs, log, profile, regions, replay,
+                          train)
 from ops.common import is_store_error
 
 # name -> module with HELP, add_arguments(parser) and run(args); optional PARSER: add_parser's keywords
-COMMANDS = {"train": train, "import-model": import_model, "profile": profile, "drift-report": drift_report,
+COMMANDS = {"train": train, "import-model": import_model, "init": init, "profile": profile, "drift-report": drift_report,
             "guardrails": guardrails, "log": log, "replay": replay, "regions": regions, "db": db,
             "inputs": inputs, "dataset": dataset, "incident": incident}
 

@@ -1,7 +1,9 @@
 """Bring your own model: import a torch classifier and profile it on your validation set.
 
     classguard import-model NAME (--torchscript FILE | --state-dict FILE --module pkg.mod:Class)
-                            (--val-npz FILE | --val-dir DIR) [options]
+                            (--val-npz FILE | --val-dir DIR) [--write-config DIR] [options]
+
+--write-config DIR writes a starting configuration for it (`classguard init`'s).
 
 The validation images go through exactly the preprocessing the service applies to uploads,
 so the stored profile describes what the service will see.
@@ -226,6 +228,9 @@ def add_arguments(parser: Any) -> None:
                       help="per channel, divides them after (default: 1 for each channel)")
     spec.add_argument("--training-shares", help="subgroup shares of the training set, "
                                                 "e.g. 'capture=scanner:0.97,capture=phone:0.03'")
+    from ops.commands.init import add_write_arguments
+
+    add_write_arguments(parser.add_argument_group("configuration (`classguard init`)"), required=False)
 
 
 def input_size(text: str | None) -> tuple[int | None, int | None]:
@@ -246,4 +251,8 @@ def run(args: Any) -> int:
         training_shares=parse_shares(args.training_shares),
     )
     print(tag)
+    if args.out is not None:
+        from ops.commands.init import report, write_config
+
+        report(write_config(f"{args.name}:latest", args.out, derive=dict(args.derive), force=args.force))
     return 0

@@ -29,3 +29,14 @@ def captures_from_border(batch: np.ndarray) -> list[str]:
 
 
 capture_from_border.batch = captures_from_border  # type: ignore[attr-defined]
+
+
+def camera_maker(pixels: np.ndarray, facts) -> str:
+    """The camera maker the upload's EXIF names, as one lowercase word (`apple`, `samsung`,
+    `canon`), or `other` when it names none (a screenshot, a scan, an image whose metadata was
+    stripped). Declare the makers you expect as the attribute's values: any other maker is
+    counted as `unknown` and served as `other`."""
+    if not facts.camera:
+        return "other"
+    word = "".join(c for c in facts.camera.split()[0].lower() if c.isalnum() or c in "_.-")
+    return word[:32] or "other"

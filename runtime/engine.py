@@ -121,6 +121,8 @@ class Engine:
                     metrics.KNOWN_CONFUSIONS.labels(pair.name, model, key)
         for labels in self.resolver.claim_labels():
             metrics.SUBGROUP_CLAIMS.labels(*labels)
+        for labels in self.resolver.failure_labels():
+            metrics.SUBGROUP_DERIVE_FAILURES.labels(*labels)
         for outcome in metrics.SWAP_OUTCOMES:
             metrics.GUARDRAIL_SWAPS.labels(outcome)
         for stage in metrics.LOG_STAGES:

@@ -28,7 +28,7 @@ from core.errors import InputError
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
 from runtime.preprocess import load, metadata_bytes, normalise, open_image, refuse_costly, to_pixels
-from runtime.subgroups import SubgroupResolver
+from runtime.subgroups import ImageFacts, SubgroupResolver, camera_of
 
 _DECODE_IN_THREAD_BYTES = 256 * 1024  # bigger uploads (a batch's, in all) are read off the event loop
 # Images whose preparation (decoding included) takes at most this, a batch's in all, are prepared
@@ -109,6 +109,7 @@ class Opened:
     cost: int  # bytes preparing it takes (`preparing_bytes`)
     context: dict[str, Any] | None
     image: Image.Image | None  # the header read, kept unless it carries much text (read again then)
+    facts: ImageFacts | None = None  # gathered only when a subgroup deriver reads them
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Decoded:
 
     pixels: np.ndarray
     context: dict[str, Any] | None
+    facts: ImageFacts | None = None
 
 
 @dataclass
@@ -172,16 +174,18 @@ class Preparer:
         except InputError:
             image.close()
             raise
+        facts = ImageFacts(image.width, image.height, image.format or "unknown",
+                           camera_of(image)) if self.resolver.wants_facts else None
         if metadata_bytes(image) > _KEEP_HEADER_TEXT_BYTES:
             image.close()
-            return Opened(data, cost, context, None)
-        return Opened(data, cost, context, image)
+            return Opened(data, cost, context, None, facts)
+        return Opened(data, cost, context, image, facts)
 
     def pixels(self, opened: Opened) -> Decoded:
         """Decode and reduce to the model's input; the full-size image is released on return."""
         image, opened.image = opened.image or self._header(opened.data), None
         try:
-            return Decoded(to_pixels(load(image), self.spec), opened.context)
+            return Decoded(to_pixels(load(image), self.spec), opened.context, opened.facts)
         finally:
             image.close()
 
@@ -198,7 +202,7 @@ class Preparer:
 
     def _prepared(self, decoded: Decoded) -> Prepared:
         unit = decoded.pixels.astype(np.float32) / np.float32(255.0)
-        return Prepared(normalise(unit, self.spec), self.resolver.resolve(decoded.context, unit))
+        return Prepared(normalise(unit, self.spec), self.resolver.resolve(decoded.context, unit, decoded.facts))
 
     async def prepare_async(self, data: bytes, raw_context: str | bytes | None) -> Prepared:
         """`prepare`: the header read in the pool if the upload is large, the pixels decoded in
@@ -228,7 +232,7 @@ class Preparer:
             return PreparedBatch([], np.zeros((0, self.spec.channels, self.spec.height, self.spec.width), np.float32),
                                  [], refused, [])
         unit = np.stack([d.pixels for _, d in ready]).astype(np.float32) / np.float32(255.0)
-        subgroups = self.resolver.resolve_many([d.context for _, d in ready], unit)
+        subgroups = self.resolver.resolve_many([d.context for _, d in ready], unit, [d.facts for _, d in ready])
         slots = [i for i, _ in ready]
         return PreparedBatch(slots, normalise(unit, self.spec), subgroups, refused, [uploads[i] for i in slots])
 
@@ -252,7 +256,8 @@ class Preparer:
         refused = {i: c for i, c in enumerate(contexts) if isinstance(c, InputError)}
         slots = [i for i, c in enumerate(contexts) if not isinstance(c, InputError)]
         unit = unit if len(slots) == len(unit) else unit[slots]
-        subgroups = self.resolver.resolve_many([contexts[i] for i in slots], unit) if slots else []
+        facts = [ImageFacts(unit.shape[3], unit.shape[2], "npy")] * len(slots)  # an array has no header
+        subgroups = self.resolver.resolve_many([contexts[i] for i in slots], unit, facts) if slots else []
         return PreparedBatch(slots, normalise(unit, self.spec), subgroups, refused,
                              list(unit) if keep_images else None)
 

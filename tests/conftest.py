@@ -14,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_module(module: str, *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env={**os.environ, **env},
+def run_module(module: str, *args: str, env: dict[str, str], timeout: float = 300,
+               cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout)
 
 

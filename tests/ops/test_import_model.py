@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.example_model import build_model
 from harness.server import Server
 from runtime.preprocess import encode_png
 from tests.conftest import run_module
@@ -80,28 +81,6 @@ def test_bad_import_fails_with_a_message(tmp_path):
     assert done.returncode == 2 and "no `images` array" in done.stderr
 
 
-class ColourNet(torch.nn.Module):
-    """A small CNN on 16 x 16 RGB images with three classes (red, green, blue): its first
-    convolution takes 3 channels, so an input of another shape fails inside torch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 16 * 16, 3)
-        with torch.no_grad():  # answers the brightest channel: a model that is right, with no training
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            for c in range(3):
-                self.conv.weight[c, c, 1, 1] = 1.0
-            self.head.weight.zero_()
-            self.head.bias.zero_()
-            for c in range(3):
-                self.head.weight[c, c * 256:(c + 1) * 256] = 1.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).flatten(1))
-
-
 def colour_folder(root, n: int = 6):
     """A validation folder per class of 16 x 16 RGB PNGs, each mostly its class's colour."""
     rng = np.random.default_rng(3)
@@ -118,7 +97,7 @@ def test_the_documented_import_line_reads_size_and_channels_from_the_images(tmp_
     """`classguard import-model my-colors --torchscript model.ts --val-dir val/ --labels red,green,blue`,
     as the docs write it, imports a 16 x 16 RGB model: the input is read from the images (not the
     digits' 8 x 8 grey) and recorded in the profile."""
-    torch.jit.script(ColourNet()).save(str(tmp_path / "model.ts"))
+    build_model().save(str(tmp_path / "model.ts"))
     colour_folder(tmp_path / "val")
     home = {"BENTOML_HOME": str(tmp_path / "home")}
     done = run_module("ops.cli", "import-model", "my-colors", "--torchscript", str(tmp_path / "model.ts"),
@@ -138,7 +117,7 @@ def test_the_documented_import_line_reads_size_and_channels_from_the_images(tmp_
 def test_a_model_input_mismatch_is_one_line_naming_the_flag(tmp_path, flags, says):
     """A model given input it does not take (or class names it does not answer) fails in one
     line that names what to set, with exit code 2 and no traceback; nothing is stored."""
-    torch.jit.script(ColourNet()).save(str(tmp_path / "model.ts"))
+    build_model().save(str(tmp_path / "model.ts"))
     colour_folder(tmp_path / "val", n=2)
     args = ["--labels", "red,green,blue", *flags] if "--labels" not in flags else flags
     done = run_module("ops.cli", "import-model", "bad", "--torchscript", str(tmp_path / "model.ts"),

@@ -90,3 +90,82 @@ def test_resolve_many_equals_resolve_image_by_image():
     for attributes in (ATTRS, prefer):
         resolver = SubgroupResolver(attributes)
         assert resolver.resolve_many(contexts, pixels) == [resolver.resolve(c, p) for c, p in zip(contexts, pixels)]
+
+
+def _failures(attribute, reason):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("classguard_subgroup_derive_failures_total",
+                                     {"attribute": attribute, "reason": reason}) or 0.0
+
+
+def flaky(pixels):
+    """Raises on dark images, answers `lens` for bright ones, `zoom` (undeclared) for grey ones."""
+    level = float(pixels.mean())
+    if level < 0.1:
+        raise ZeroDivisionError("dark image")
+    return "lens" if level > 0.6 else "zoom"
+
+
+def broken_batch(pixels):
+    raise RuntimeError("batch form broken")
+
+
+def flaky_with_broken_batch(pixels):
+    return flaky(pixels)
+
+
+flaky_with_broken_batch.batch = broken_batch
+
+
+def maker_from_facts(pixels, facts):
+    return "wide" if facts.width > 2 * facts.height else "other"
+
+
+def test_a_deriver_that_raises_or_answers_an_undeclared_value_gives_other_and_is_counted():
+    """A raising deriver and one giving a value outside the declared set both resolve to
+    `other` (the request is answered) and are counted by reason, per image, for the single
+    and the batch forms; a broken `batch` form falls back to the deriver image by image."""
+    grey = np.full((1, 8, 8), 0.4, np.float32)
+    pixels = np.stack([DARK, BRIGHT, grey])
+    for path in ("tests.runtime.test_subgroups:flaky", "tests.runtime.test_subgroups:flaky_with_broken_batch"):
+        resolver = SubgroupResolver({"optics": AttributeConfig(values=["lens"], derive=path)})
+        assert set(resolver.failure_labels()) == {("optics", "raised"), ("optics", "unknown")}
+        raised, unknown = _failures("optics", "raised"), _failures("optics", "unknown")
+        assert [r["optics"] for r in resolver.resolve_many([None] * 3, pixels)] == ["other", "lens", "other"]
+        assert resolver.resolve(None, DARK) == {"optics": "other"}
+        assert _failures("optics", "raised") == raised + 2 and _failures("optics", "unknown") == unknown + 1
+
+
+def test_a_deriver_taking_facts_reads_the_uploads_header():
+    """A deriver with a second parameter gets each image's ImageFacts; one without never does."""
+    from runtime.derived import camera_maker
+    from runtime.subgroups import ImageFacts
+
+    resolver = SubgroupResolver({"shape": AttributeConfig(values=["wide"], derive="tests.runtime.test_subgroups:maker_from_facts"),
+                                 "capture": ATTRS["capture"]})
+    assert resolver.wants_facts and resolver.with_facts == {"shape"}
+    facts = [ImageFacts(400, 100, "PNG"), ImageFacts(100, 100, "JPEG")]
+    assert [r["shape"] for r in resolver.resolve_many([None, None], np.stack([DARK, DARK]), facts)] == ["wide", "other"]
+    assert not SubgroupResolver(ATTRS).wants_facts
+    assert camera_maker(DARK, ImageFacts(1, 1, "JPEG", "Apple iPhone 12")) == "apple"
+    assert camera_maker(DARK, ImageFacts(1, 1, "JPEG", "NIKON CORPORATION NIKON D5")) == "nikon"
+    assert camera_maker(DARK, ImageFacts(1, 1, "PNG")) == "other"
+
+
+def test_the_camera_is_read_from_a_jpegs_exif():
+    """`camera_of` reads EXIF Make and Model from an upload's header; an image without EXIF has none."""
+    import io
+
+    from PIL import Image
+
+    from runtime.subgroups import camera_of
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Apple", "iPhone 12"
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "JPEG", exif=exif)
+    assert camera_of(Image.open(io.BytesIO(out.getvalue()))) == "Apple iPhone 12"
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "PNG")
+    assert camera_of(Image.open(io.BytesIO(out.getvalue()))) is None
