@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := true
 PORT ?= 3000
 EXTRA ?= artifacts/harvest
 
-.PHONY: help venv train retrain serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet bench-capture build clean docs
+.PHONY: help venv train retrain serve demo demo-fleet test manifests deploy-check deploy-dry-run build-cuda bench-footprint bench-regions bench-gpu bench bench-all bench-detection bench-streaming bench-monitors bench-guardrails bench-estimate bench-log soak bench-batch bench-resnet bench-hostile bench-fleet bench-capture build clean docs
 
 help:
 	@echo "make demo   - set up, train, serve, replay the incident, print the table"
@@ -23,6 +23,7 @@ help:
 	@echo "make build-cuda - the same Bento for GPU nodes (bentofile.cuda.yaml)"
 	@echo "make manifests - render deploy/kubernetes/ from dashboards/ and config/; make deploy-check validates it"
 	@echo "make deploy-dry-run - a rolling update from the rendered Deployment, played on this machine"
+	@echo "make bench-streaming - the monitors against river and Alibi Detect at one false-alarm rate (builds .venv-alibi)"
 	@echo "make bench-detection / bench-monitors / bench-guardrails / bench-estimate / bench-log / bench-batch / bench-resnet / bench-hostile / bench-fleet / bench-footprint / bench-regions / bench-capture / soak"
 	@echo "make bench-all - every benchmark above, one after the other (JSON under artifacts/)"
 	@echo "make bench-gpu - the GPU benchmark (an NVIDIA GPU and CUDA torch; not part of bench-all)"
@@ -69,7 +70,7 @@ bench-gpu: venv
 # every benchmark in turn; one that fails (say, no wrk) does not stop the others
 bench-all: train
 	$(MAKE) --keep-going bench bench-batch bench-resnet bench-monitors bench-log bench-guardrails bench-estimate \
-		bench-detection bench-hostile bench-fleet bench-footprint bench-regions bench-capture soak
+		bench-detection bench-streaming bench-hostile bench-fleet bench-footprint bench-regions bench-capture soak
 
 # BentoML refuses a bentofile under a dot-folder (a clone in ~/.cache/...): there, build from a copy
 # of the checkout in a plain temporary folder (harness/build_check.py); elsewhere, build in place.
@@ -99,10 +100,23 @@ deploy-dry-run: train
 	$(BIN)/python -m harness.rollout
 
 clean:
-	rm -rf $(VENV) .bentoml artifacts .pytest_cache
+	rm -rf $(VENV) .venv-alibi .bentoml artifacts .pytest_cache
 
 bench-detection: train
 	$(BIN)/python -m benchmarks.detection
+
+# river goes into the service's environment (numpy 2 is fine for it); Alibi Detect pins numpy < 2,
+# so it gets an environment of its own that the service never uses
+ALIBI := .venv-alibi
+$(ALIBI)/.installed:
+	$(PYTHON) -m venv $(ALIBI)
+	$(ALIBI)/bin/pip install --quiet --upgrade pip
+	$(ALIBI)/bin/pip install --quiet alibi-detect==0.13.0
+	touch $@
+
+bench-streaming: train $(ALIBI)/.installed
+	$(BIN)/pip install --quiet river==0.26.1
+	$(BIN)/python -m benchmarks.streaming --alibi-python $(ALIBI)/bin/python
 
 bench-monitors: train
 	$(BIN)/python -m benchmarks.monitor_cost
