@@ -317,7 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         if name == "classguard":
             return Classguard(out, settings, knob, args.rate).run
         make = river_factory(name, knob)
-        return lambda stream, watched: run_river(observe(stream, watched, flagged), make)
+        return lambda stream, watched: run_river(observed(stream, watched), make)
+
+    seen: dict[tuple[int, str], tuple[Stream, Observed]] = {}
+
+    def observed(stream: Stream, watched: str) -> Observed:
+        """`observe`, once per stream: the flag is a Python loop over every event, and a
+        calibration replays the same stream ten times (the stream is kept with it, so its id
+        is never reused by another)."""
+        key = (id(stream), watched)
+        if key not in seen:
+            seen[key] = (stream, observe(stream, watched, flagged))
+        return seen[key][1]
 
     calibration = stationary_stream(out, args.calibration_events, args.seed + 1, fires)
     check = stationary_stream(out, args.check_events, args.seed + 2, fires)

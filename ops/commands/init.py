@@ -120,7 +120,7 @@ def render_config(tag: str, profile: Any, out: Path, attributes: Mapping[str, li
                   "  # answered as another, per subgroup; keep the pairs to watch, delete the rest",
                   "  known_confusions:"]
         for c in confusions:
-            lines += [f"    # {c.source} answered as {c.target}: {_rates(c)}",
+            lines += [f"    # {_shown(c.source)} answered as {_shown(c.target)}: {_rates(c)}",
                       f"    - {{source: {_q(c.source)}, target: {_q(c.target)}, margin: 0.3}}"]
     else:
         lines += ["  known_confusions: []   # the validation set shows no confusion between two classes"]
@@ -173,10 +173,10 @@ def render_profiles(tag: str, profile: Any, confusions: Sequence[Confusion]) -> 
         lines += ["  # abstain when unsure", "  abstain_when_unsure:", "    - {type: abstain_below, threshold: 0.5}"]
     if confusions:
         c = next((c for c in confusions if c.worst == worst), confusions[0])
-        target = f"_{worst.replace('=', '_').replace(',', '_')}" if worst else ""
-        lines += [f"  # 2015's fix: never emit {c.target} where the model answers it for {c.source} "
+        on = f"_{_profile_word(worst)}" if worst else ""
+        lines += [f"  # 2015's fix: never emit {_shown(c.target)} where the model answers it for {_shown(c.source)} "
                   f"({c.rate:.1%} in {c.worst}), and abstain on the known confusions there",
-                  f"  suppress_{_profile_word(c.target)}{_profile_word(target)}:",
+                  f"  suppress_{_profile_word(c.target)}{on}:",
                   f"    - {{type: suppress_labels, labels: [{_q(c.target)}]{where}, floor: 0.6}}",
                   f"    - {{type: confusion_guard, action: abstain{where}}}"]
     if worst:
@@ -188,7 +188,14 @@ def render_profiles(tag: str, profile: Any, confusions: Sequence[Confusion]) -> 
 
 
 def _profile_word(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in text)[:24]
+    """A piece of a profile name (ASCII letters, digits, `_.-`: what a profile name may hold)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in text)[:24]
+
+
+def _shown(name: str) -> str:
+    """A class name in a YAML comment: as it is when printable, else quoted (a newline in a
+    folder name would otherwise end the comment and start YAML of its own)."""
+    return name if name.isprintable() else _q(name)
 
 
 def check(config_text: str, profiles_text: str, profile: Any) -> None:
@@ -217,6 +224,7 @@ def check(config_text: str, profiles_text: str, profile: Any) -> None:
 def write_config(tag: str, out: Path, *, derive: Mapping[str, str] | None = None, force: bool = False,
                  pairs: int = SUGGESTED_PAIRS) -> list[Path]:
     """DIR/classguard.yaml and DIR/guardrails.yaml for the stored model `tag`; the paths written."""
+    from core.config import SubgroupsConfig
     from monitors.reference import ReferenceProfile
     from runtime.models import find_stored
     from store.model_store import PROFILE_KEY
@@ -229,17 +237,20 @@ def write_config(tag: str, out: Path, *, derive: Mapping[str, str] | None = None
     if unknown:
         raise ValueError(f"--derive names attribute(s) the validation set does not have: {', '.join(unknown)}; "
                          f"it has: {', '.join(attributes) or 'none'}")
-    for path in derive.values():
-        from runtime.subgroups import load_callable
+    from runtime.subgroups import load_callable
 
+    for path in derive.values():
         try:
             load_callable(path)
         except (ImportError, AttributeError, ValueError) as exc:
             raise ValueError(f"--derive {path}: cannot be imported ({type(exc).__name__}: {exc})") from None
     confusions = suggest_confusions(profile, pairs)
-    config_text = render_config(tag, profile, out, attributes, derive, confusions)
-    profiles_text = render_profiles(tag, profile, confusions)
     try:
+        # the names first: attribute names and values are written into YAML as they are, so
+        # one that could not be a metric label (or could break a line) never reaches the text
+        SubgroupsConfig.model_validate({"attributes": {a: {"values": v} for a, v in attributes.items()}})
+        config_text = render_config(tag, profile, out, attributes, derive, confusions)
+        profiles_text = render_profiles(tag, profile, confusions)
         check(config_text, profiles_text, profile)
     except ValueError as exc:  # e.g. a subgroup value no metric label may carry: say which, write nothing
         first = str(exc).strip().splitlines()

@@ -4,7 +4,6 @@ from its profile, that the service starts with and that names nothing the model 
 from __future__ import annotations
 
 import io
-import os
 import re
 import shlex
 
@@ -56,7 +55,21 @@ def colour_set(root, per_class=40):
     return root
 
 
-def test_the_readme_import_line_works_as_written(tmp_path):
+def test_a_class_name_holding_a_newline_stays_inside_its_comment(tmp_path):
+    """A class name is the operator's folder name: one holding a newline and YAML is quoted in
+    the written comments, so the files parse to the same keys and name it only as a value."""
+    from ops.commands.init import render_config, render_profiles
+
+    names = ("a\nadmin_token: x", "b", "c")
+    profile = profile_of([0, 0, 1, 1], [1, 1, 1, 1], ["light=day", "light=night"] * 2, names=names)
+    confusions = suggest_confusions(profile)
+    config = yaml.safe_load(render_config("m:latest", profile, tmp_path, {"light": ["day", "night"]}, {}, confusions))
+    assert "admin_token" not in config and config["monitors"]["known_confusions"][0]["source"] == names[0]
+    profiles = yaml.safe_load(render_profiles("m:latest", profile, confusions))
+    assert set(profiles) == {"active", "profiles"}
+
+
+def test_the_readme_import_line_works_as_written(tmp_path, monkeypatch):
     """The README's line, run as written on a 16 x 16 RGB TorchScript model and its validation
     folder, imports it and writes a configuration the service's Settings accept, naming the
     model, the validation set's `camera` subgroup and the suggested red->green confusion."""
@@ -75,12 +88,8 @@ def test_the_readme_import_line_works_as_written(tmp_path):
     assert "# red answered as green: camera=phone: 33.3% (4 of 12)" in (written / "classguard.yaml").read_text()
     from core.config import Settings
 
-    old = os.environ.get("CLASSGUARD_CONFIG")
-    os.environ["CLASSGUARD_CONFIG"] = str(written / "classguard.yaml")
-    try:
-        settings = Settings()
-    finally:
-        os.environ.pop("CLASSGUARD_CONFIG") if old is None else os.environ.__setitem__("CLASSGUARD_CONFIG", old)
+    monkeypatch.setenv("CLASSGUARD_CONFIG", str(written / "classguard.yaml"))
+    settings = Settings()
     assert settings.guardrails.profiles_path == (written / "guardrails.yaml").resolve()
     assert settings.log.path == (written / "var" / "predictions.sqlite").resolve()
     profiles = yaml.safe_load((written / "guardrails.yaml").read_text())
