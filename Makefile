@@ -112,6 +112,7 @@ $(ALIBI)/.installed:
 	$(PYTHON) -m venv $(ALIBI)
 	$(ALIBI)/bin/pip install --quiet --upgrade pip
 	$(ALIBI)/bin/pip install --quiet alibi-detect==0.13.0
+	$(ALIBI)/bin/pip install --quiet torch==2.13.0   # MMDDriftOnline's backend; pinned: the CPU wheel, not a CUDA build
 	touch $@
 
 bench-streaming: train $(ALIBI)/.installed

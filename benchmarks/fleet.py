@@ -369,7 +369,7 @@ def window_layout() -> dict[str, Any]:
     profiles = [ReferenceProfile.from_dict(s.info.metadata[PROFILE_KEY]) for s in stored]
     window = window_config(settings.monitors)
     suite = MonitorSuite([s.tag.name for s in stored], profiles, SubgroupResolver(settings.subgroups.attributes).keys(),
-                         confusion_pairs(settings.monitors), window)
+                         confusion_pairs(settings.monitors), window, settings.monitors.regions)
     size = suite.vector_size()
     row = 8 * size + 8  # float8 counts and the bucket id, as FleetWindows.last counts them
     return {"counts_per_bucket": size, "bytes_per_bucket": row, "buckets_in_window": window.n_buckets,

@@ -123,7 +123,7 @@ def default_layout_suite():
     tags = settings.models.tags()
     profiles = [ReferenceProfile.from_dict(find_stored(t).info.metadata[PROFILE_KEY]) for t in tags]
     return MonitorSuite([t.split(":")[0] for t in tags], profiles, SubgroupResolver(settings.subgroups.attributes).keys(),
-                        confusion_pairs(settings.monitors), window_config(settings.monitors))
+                        confusion_pairs(settings.monitors), window_config(settings.monitors), settings.monitors.regions)
 
 
 def full_window(suite, seed: int, now: float) -> dict[int, np.ndarray]:

@@ -5,7 +5,9 @@
 - update: events/s through MonitorSuite.update_many (batches of 1,000, as the pipeline drains);
 - per prediction on the request path: flags + queue append (MonitorPipeline.observe);
 - recompute: every score of a full 5-minute window, for 20 subgroups x 10 classes x 2 models
-  with 3 known-confusion pairs (and for the demo's 3 subgroups).
+  with 3 known-confusion pairs (and for the demo's 3 subgroups);
+- decisions: the same window's decision rules alone (what the pipeline runs after every
+  drain, 10 times a second).
 Each figure twice, side by side in one run: region monitors off and on (K=32 regions of a
 64-wide embedding, `monitors.regions`), with their ratio.
 Results: stdout and artifacts/bench_monitor_cost.json.
@@ -75,6 +77,7 @@ def measure(regions: bool) -> dict[str, float]:
     suite.update_many(events(300_000, 1_000_000.0))  # every bucket of the window filled
     now = 1_000_000.0 + 299.0
     results["recompute_ms_20_subgroups_10_classes_2_models"] = round(1000 * timeit(lambda: suite.results(now), 50), 3)
+    results["decisions_ms_20_subgroups_10_classes_2_models"] = round(1000 * timeit(lambda: suite.decisions(now), 50), 3)
     small, small_events, _, _ = setup(3, regions=regions)
     small.update_many(small_events(30_000, 1_000_000.0))
     results["recompute_ms_3_subgroups"] = round(1000 * timeit(lambda: small.results(now), 100), 3)

@@ -76,6 +76,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from monitors.new_regions import NEW_SLOTS, new_region_names
+
 if TYPE_CHECKING:
     from monitors.regions import Codebook
 
@@ -86,7 +88,11 @@ MODEL = "classguard-baseline"
 MIXES = (0.10, 0.30)
 EVIDENTLY_REFERENCE_ROWS = 2_000  # the classifier method's cost grows with reference + window rows
 EMBEDDING_COLUMNS = [f"e{i:02d}" for i in range(64)]
-RULES = ("cusum", "harm")
+# ranking of the alarmed regions: by evidence (the larger CUSUM), by harm (excess share x
+# validation error), or `narrowest`: by evidence, novel after every other alarmed region (it
+# holds every ordinary outlier besides the group: the runbook's narrower lever comes first)
+RULES = ("cusum", "harm", "narrowest")
+TARGET_PRECISION_10 = 0.7
 TARGET_DELAY_FRACTION, TARGET_PRECISION = 0.5, 0.8
 WARM_UP_EVENTS = 1_000  # the first 10 s of a window: what every restart goes through
 REFERENCES = ("service", "point", "upper95", "validation mix")  # see region_setup
@@ -267,7 +273,8 @@ def region_setup(out: dict, pool: Pool, k: int, novel_quantile: float, seed: int
     if reference == "service":  # what build_profile stores and the service's suite builds
         shares = np.array([r.share for r in codebook.regions])
         rates = np.array([r.low_confidence_rate for r in codebook.regions])
-        return RegionSetup(codebook, codebook.assign(pool.emb), shares, rates, accuracy, service=True)
+        return RegionSetup(codebook, codebook.assign(pool.emb), *with_new_slots(shares, rates, accuracy),
+                           service=True)
     if reference == "validation mix":
         shares = np.array([r.share for r in codebook.regions])
         rates = np.array([r.low_confidence_rate for r in codebook.regions])
@@ -277,21 +284,35 @@ def region_setup(out: dict, pool: Pool, k: int, novel_quantile: float, seed: int
         shares, rates = references_at_mix(codebook, codebook.assign(out["val_emb"]), out["val_keys"],
                                           val_probs.max(axis=1), out["profile"].training_subgroup_shares,
                                           upper=0.95 if reference == "upper95" else None)
-    return RegionSetup(codebook, codebook.assign(pool.emb), shares, rates, accuracy)
+    return RegionSetup(codebook, codebook.assign(pool.emb), *with_new_slots(shares, rates, accuracy))
+
+
+def with_new_slots(shares: np.ndarray, rates: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-region references for the codebook's regions, extended to the new regions' slots as
+    RegionMonitor extends them: share 0, the share-weighted low-confidence rate, no accuracy."""
+    known = ~np.isnan(rates)
+    overall = float(np.sum(shares[known] * rates[known]) / shares[known].sum())
+    return (np.r_[shares, np.zeros(NEW_SLOTS)], np.r_[rates, np.full(NEW_SLOTS, overall)],
+            np.r_[accuracy, np.full(NEW_SLOTS, np.nan)])
 
 
 # --- replay --------------------------------------------------------------------------------
 
 def replay(stream: Stream, pool: Pool, monitors: dict, subgroup_index: dict[bool, int], pool_region: np.ndarray,
-           snapshot: str | None = None) -> dict:
+           snapshot: str | None = None, tracker=None, publish_every: int = 5) -> dict:
     """Feed 1 s buckets to every monitor; alarm onsets (event index) per monitor, the first
-    alarm after the change, and the `snapshot` monitor's scores at that alarm."""
+    alarm after the change, and the `snapshot` monitor's scores at that alarm. With `tracker`
+    (runtime.new_regions.NewRegionTracker), novel events are placed in new regions as the
+    service places them, and new regions are searched for every `publish_every` buckets (the
+    service's publish); the events' regions as placed come back under `region`."""
     events = event_type()
     step = int(RATE)
     n = len(stream)
     t = np.arange(n) / RATE
     subgroup = np.where(stream.phone, subgroup_index[True], subgroup_index[False])
-    region = pool_region[stream.rows]
+    region = pool_region[stream.rows].copy()
+    embeddings = pool.emb[stream.rows] if tracker is not None else None
+    window_s = next(iter(monitors.values())).window.n_buckets * 1.0
     predicted, confidence = pool.predicted[stream.rows], pool.confidence[stream.rows]
     zeros = np.zeros(n, np.int64)
     onsets: dict[str, list[int]] = {name: [] for name in monitors}
@@ -300,9 +321,12 @@ def replay(stream: Stream, pool: Pool, monitors: dict, subgroup_index: dict[bool
     active: dict[str, set] = {name: set() for name in monitors}
     buckets_on = dict.fromkeys(monitors, 0)
     scores_at_first = None
+    first_new, scores_at_new = None, None  # the first alarm naming a new region, and its scores
     for start in range(0, n, step):
         end = min(start + step, n)
         s = slice(start, end)
+        if tracker is not None:
+            region[s] = tracker.place(embeddings[s], region[s], now=float(t[end - 1]))
         batch = events(t[s], zeros[s], subgroup[s], predicted[s], confidence[s], zeros[s], region=region[s])
         for name, monitor in monitors.items():
             monitor.update_many(batch)
@@ -314,11 +338,20 @@ def replay(stream: Stream, pool: Pool, monitors: dict, subgroup_index: dict[bool
                 first[name] = end
                 if name == snapshot:
                     scores_at_first = scores
+            if (name == snapshot and first_new is None and stream.change is not None and end > stream.change
+                    and any(key[1] in NEW_REGION_KEYS for key in now_on)):
+                first_new, scores_at_new = end, scores
             active[name] = now_on
             buckets_on[name] += bool(now_on)
+        if tracker is not None and (start // step + 1) % publish_every == 0:
+            tracker.refresh(float(t[end - 1]), window_s)
     n_buckets = -(-n // step)
     return {"onsets": onsets, "onset_keys": onset_keys, "first": first, "scores": scores_at_first,
-            "time_in_alarm": {name: on / n_buckets for name, on in buckets_on.items()}}
+            "time_in_alarm": {name: on / n_buckets for name, on in buckets_on.items()}, "region": region,
+            "first_new": first_new, "scores_at_new": scores_at_new,
+            "new_regions": None if tracker is None else [
+                {"name": new_region_names()[r.slot], "formed_at_event": int(round(r.born * RATE)) + 1,
+                 "members": r.members} for r in tracker.known.regions]}
 
 
 def summarise(onsets: list[int], first: int | None, stream: Stream, keys: list[tuple] | None = None,
@@ -354,8 +387,10 @@ def threshold_alarms(ends: np.ndarray, values: np.ndarray, threshold: float, str
 
 # --- attribution ------------------------------------------------------------------------------
 
-def attribution(scores, stream: Stream, pool: Pool, setup: RegionSetup, window, end: int) -> dict:
-    """Which region the alarm points at, and how well it matches the shifted requests."""
+def attribution(scores, stream: Stream, pool: Pool, setup: RegionSetup, window, end: int,
+                placed: np.ndarray | None = None) -> dict:
+    """Which region the alarm points at, and how well it matches the shifted requests
+    (`placed`: each event's region as the replay placed it, new regions included)."""
     names = setup.codebook.names()
     index = {f"region={name}": i for i, name in enumerate(names)}
     share = np.zeros(len(names))
@@ -372,12 +407,18 @@ def attribution(scores, stream: Stream, pool: Pool, setup: RegionSetup, window, 
         elif sc.statistic == "low_confidence_cusum":
             low_cusum[i], alarmed[i] = sc.value, alarmed[i] | sc.alarm
     candidates = np.flatnonzero(alarmed) if alarmed.any() else np.arange(len(names))
-    keys = {"cusum": np.maximum(share_cusum, low_cusum),
-            "harm": (share - setup.shares) * (1.0 - np.nan_to_num(setup.accuracy, nan=0.0))}
+    evidence = np.maximum(share_cusum, low_cusum)
+    novel = setup.codebook.k
+    narrowest = evidence.copy()
+    if alarmed.sum() > alarmed[novel]:  # something besides novel alarms
+        narrowest[novel] = -np.inf
+    keys = {"cusum": evidence, "harm": (share - setup.shares) * (1.0 - np.nan_to_num(setup.accuracy, nan=0.0)),
+            "narrowest": narrowest}
     window_events = int(window.n_buckets * window.bucket_s * RATE)
     start = max(0, end - window_events)
     rows = stream.rows[start:end]
-    region, shifted = setup.pool_region[rows], pool.shifted[rows]
+    placed = setup.pool_region[stream.rows] if placed is None else placed
+    region, shifted = placed[start:end], pool.shifted[rows]
     low = pool.confidence[rows] < setup.codebook.low_confidence
     result = {"alarmed_regions": [names[i] for i in np.flatnonzero(alarmed)]}
     for rule, key in keys.items():
@@ -391,7 +432,7 @@ def attribution(scores, stream: Stream, pool: Pool, setup: RegionSetup, window, 
         for span, s in (("window", slice(None)), ("segment", slice(onset, None))):
             entry[span] = match(region[s], shifted[s], ranked[:3])
         after = stream.rows[stream.change:]
-        entry["after_change"] = match(setup.pool_region[after], pool.shifted[after], ranked[:3])
+        entry["after_change"] = match(placed[stream.change:], pool.shifted[after], ranked[:3])
         result[rule] = entry
     return result
 
@@ -429,12 +470,27 @@ def match(region: np.ndarray, shifted: np.ndarray, top_3: np.ndarray) -> dict:
             "requests_in_region": int(in_top.sum()), "shifted_requests": n_shifted}
 
 
+def new_region_tracker(setup: RegionSetup):
+    """The service's new-region tracker on this codebook, with a store of its own (one stream's
+    regions are not another's)."""
+    import tempfile
+
+    from runtime.new_regions import NewRegionTracker
+    from store.new_regions import LocalNewRegionStore
+
+    return NewRegionTracker(setup.codebook, LocalNewRegionStore(Path(tempfile.mkdtemp(prefix="classguard-bench-")),
+                                                                "bench"))
+
+
+NEW_REGION_KEYS = {f"region={name}" for name in new_region_names()}  # as monitors.regions.region_key writes them
+
+
 def run_regions(streams: dict[str, Stream], pool: Pool, setup: RegionSetup, window, subgroup_index, label: str) -> dict:
     began = time.perf_counter()
     results = {}
     for name, stream in streams.items():
         ran = replay(stream, pool, {"regions": setup.monitor(window)}, subgroup_index, setup.pool_region,
-                     snapshot="regions")
+                     snapshot="regions", tracker=new_region_tracker(setup))
         results[name] = regions_summary(ran, stream, pool, setup, window)
     log(f"  regions {label}: {time.perf_counter() - began:.1f} s, "
         f"{results['stationary']['false_alarms_per_100k']} false alarms per 100k stationary events")
@@ -448,7 +504,22 @@ def regions_summary(ran: dict, stream: Stream, pool: Pool, setup: RegionSetup, w
         # the window's first 10 s: a monitor restarts with an empty window after every deploy
         entry["false_alarms_warm_up"] = sum(1 for k in ran["onset_keys"]["regions"] if k[0] <= WARM_UP_EVENTS)
     if ran["scores"] is not None:
-        entry["attribution"] = attribution(ran["scores"], stream, pool, setup, window, ran["first"]["regions"])
+        entry["attribution"] = attribution(ran["scores"], stream, pool, setup, window, ran["first"]["regions"],
+                                           ran["region"])
+    if ran.get("scores_at_new") is not None:  # when on-call is first told of a new region
+        entry["delay_new_region_events"] = ran["first_new"] - stream.change
+        entry["attribution_new_region"] = attribution(ran["scores_at_new"], stream, pool, setup, window,
+                                                      ran["first_new"], ran["region"])
+    if ran.get("new_regions") is not None:
+        formed = []
+        for info in ran["new_regions"]:
+            inside = ran["region"] == setup.codebook.names().index(info["name"])
+            formed.append({**info, "formed_after_change": (info["formed_at_event"] - stream.change
+                                                           if stream.change is not None else None),
+                           "events": int(inside.sum()),
+                           "precision": round(float(pool.shifted[stream.rows[inside]].mean()), 3) if inside.any()
+                           else None})
+        entry["new_regions"] = formed
     return entry
 
 
@@ -592,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, stream in streams.items():
         monitors = {"regions": setup.monitor(window),
                     "confidence": ConfidenceDrift([MODEL], [out["profile"]], keys, window)}
-        ran = replay(stream, pool, monitors, subgroup_index, setup.pool_region, snapshot="regions")
+        ran = replay(stream, pool, monitors, subgroup_index, setup.pool_region, snapshot="regions",
+                     tracker=new_region_tracker(setup))
         detectors["regions"][name] = regions_summary(ran, stream, pool, setup, window)
         detectors["confidence"][name] = summarise(ran["onsets"]["confidence"], ran["first"]["confidence"], stream,
                                                   ran["onset_keys"]["confidence"], ran["time_in_alarm"]["confidence"])
@@ -703,6 +775,23 @@ def print_table(results: dict, rule: str) -> None:
           "calibrated W). Top region at the regions' first alarm: P/R = precision/recall over its CUSUM segment (seg), "
           "over all traffic after the change (after), and over the whole 300 s window (win). Targets: delay <= "
           f"{TARGET_DELAY_FRACTION} x Evidently's best; P seg >= {TARGET_PRECISION} at 30%.")
+
+    print(f"\nnew regions (formed from novel events while serving; {len(new_region_names())} slots): when each "
+          "formed, and the narrowest alarmed region when a new region first alarms")
+    print(f"{'stream':<24}{'formed (events after change, members, events, precision)':<62}{'alarm':>7}  "
+          f"{'narrowest':<10}{'P seg':>6}{'P after':>8}{'R after':>8}  target")
+    for name, stream_det in det["regions"].items():
+        formed = stream_det.get("new_regions") or []
+        shown = "; ".join(f"{r['name']} +{r['formed_after_change']} ({r['members']}, {r['events']}, "
+                          f"{fmt(r['precision'])})" for r in formed) or "none"
+        a = (stream_det.get("attribution_new_region") or {}).get("narrowest")
+        target = TARGET_PRECISION if name.endswith("30%") else TARGET_PRECISION_10
+        verdict = "" if name == "stationary" else ("no new region" if a is None else (
+            f"P >= {target} ok" if (a["segment"]["precision"] or 0) >= target else f"P < {target} MISS"))
+        print(f"{name:<24}{shown:<62}{fmt(stream_det.get('delay_new_region_events')):>7}  "
+              f"{a['top_region'] if a else '-':<10}{fmt(a['segment']['precision']) if a else '-':>6}"
+              f"{fmt(a['after_change']['precision']) if a else '-':>8}{fmt(a['after_change']['recall']) if a else '-':>8}"
+              f"  {verdict}")
 
     print(f"\n{'Evidently calibrated delay':<26}" + "".join(
         f"{f'{m} W={w}':>17}" for w in results["evidently"]["windows"] for m in ("model", "distance")))

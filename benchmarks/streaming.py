@@ -12,10 +12,21 @@ classguard's matching monitor watches, with the subgroup where classguard has it
 - known confusion: each subgroup's 0/1 stream "the 6->0 detector flagged this answer", one
   detector per subgroup.
 
+Region streams (`--streams regions`; benchmarks/streaming_regions.py, whose docstring has the
+details) are benchmarks/regions.py's: blurry, rotated, thick pen and small off-centre scanner
+images at 10% and 30% of traffic. There classguard is the service's region monitor; river's
+ADWIN and PageHinkley watch, per region (novel included), the 0/1 streams its two tests count
+("in this region", every event; "confidence below the codebook's low_confidence", the
+region's events), KSWIN each region's confidence only (a KS test per update: the share
+indicators would make it 33 an event); Alibi's `MMDDriftOnline` watches the 64-wide
+embedding. KSWIN and Alibi take their delays from the first quarter of the repeats there.
+`--streams` picks families (default: both; a subset writes bench_streaming_<families>.json).
+
 Detectors: classguard's monitor (representation CUSUM, confidence CUSUM, known-confusion
-CUSUM; the service's code, `monitors.suite.MonitorSuite`, fed 1 s buckets and restarted after
+CUSUM; the service's code, `monitors.suite.MonitorSuite`, fed 1 s buckets, its decision rules
+checked after every drain of the service's pipeline (0.1 s of events), and restarted after
 each alarm as river's detectors restart themselves), river's `ADWIN`,
-`PageHinkley` (upward) and `KSWIN`, Alibi Detect's `FETDriftOnline` and `CVMDriftOnline` (with
+`PageHinkley` (upward; downward on confidence) and `KSWIN`, Alibi Detect's `FETDriftOnline` and `CVMDriftOnline` (with
 `--alibi-python`: benchmarks/streaming_alibi.py, in an environment of its own), and two floors:
 one that never fires and one that fires every ARL events.
 
@@ -31,12 +42,21 @@ delay, the share detected within `--bound` events, microseconds per event. A sta
 with bursts (phone requests arriving in runs of 50, the same share overall) shows whose false
 alarms grow when traffic is not i.i.d.
 
-Results: a table on stdout and artifacts/bench_streaming.json.
+Results: a table on stdout and artifacts/bench_streaming.json (every stream under `shifts`);
+progress on stderr, with each piece's seconds (also in each row's `seconds`).
+
+Cost on this 2-core machine at the defaults, measured at reduced settings (under another
+load) and scaled by events: about 25-35 minutes for the detection streams (classguard 55-90 us
+an event with its check after every drain, KSWIN 250-500 us on its eighth, Alibi's two
+CVMDriftOnline about 6 minutes to configure) and about 17 for the region streams (the region
+monitor about 55 us an event, KSWIN about 220 us, Alibi's MMD about 3 minutes to configure,
+then about 450 us an event): 45-50 minutes in all.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -49,7 +69,8 @@ import numpy as np
 
 from benchmarks.detection import CHANGE_AT, PAIR, RATE, Stream, make_streams, model_outputs
 
-OUT = Path("artifacts/bench_streaming.json")  # --rate other than 100: bench_streaming_rate<R>.json
+OUT = Path("artifacts/bench_streaming.json")  # --rate other than 100 or some --streams: a suffix per choice
+FAMILIES = ("detection", "regions")  # --streams
 SHIFTS = {"phone share 3% -> 30%": "representation", "confidence collapse (scanner)": "confidence",
           f"known confusion {PAIR} (scanner, 5%)": "known_confusion"}
 
@@ -81,14 +102,16 @@ def observe(stream: Stream, watched: str, flagged: Callable[[np.ndarray], np.nda
 
 # --- river's detectors ----------------------------------------------------------------------
 
-def river_factory(name: str, knob: float):
-    """A fresh river detector of `name` at sensitivity `knob` (each a module-level class)."""
+def river_factory(name: str, knob: float, falls: bool = False):
+    """A fresh river detector of `name` at sensitivity `knob` (each a module-level class);
+    `falls`: the change watched for is a fall (a confidence collapse), which PageHinkley must be
+    told (ADWIN and KSWIN see both directions)."""
     from river import drift
 
     if name == "ADWIN":
         return lambda: drift.ADWIN(delta=knob)
     if name == "PageHinkley":
-        return lambda: drift.PageHinkley(threshold=knob, mode="up")
+        return lambda: drift.PageHinkley(threshold=knob, mode="down" if falls else "up")
     if name == "KSWIN":
         return lambda: drift.KSWIN(alpha=knob, seed=0)
     raise ValueError(name)
@@ -112,7 +135,9 @@ def run_river(observed: Observed, make) -> tuple[list[int], float]:
 # --- classguard's monitors ------------------------------------------------------------------
 
 class Classguard:
-    """The service's monitor suite at one `cusum_threshold`, fed 1 s buckets like the service."""
+    """The service's monitor suite at one `cusum_threshold`, fed 1 s buckets like the service and
+    checked as its pipeline checks: the watched monitor's decision rules after every drain
+    (`DRAIN_SECONDS` of events)."""
 
     def __init__(self, out: dict, settings, threshold: float, rate: float = RATE) -> None:
         self.rate = rate  # events per second of synthetic time: a bucket holds this many
@@ -127,6 +152,7 @@ class Classguard:
 
     def run(self, stream: Stream, watched: str) -> tuple[list[int], float]:
         from monitors.events import EventBatch
+        from runtime.monitor_pipeline import DRAIN_SECONDS
 
         suite = self.make()
         index = {k: i for i, k in enumerate(suite.subgroups)}
@@ -135,14 +161,15 @@ class Classguard:
         predicted, confidence = stream.probs.argmax(axis=1), stream.probs.max(axis=1)
         masks = np.array([suite.confusions.fired(0, s, p, c) for s, p, c in zip(subgroup, stream.probs, predicted)])
         t = np.arange(n) / self.rate
-        alarms, step = [], max(1, int(self.rate))
+        alarms, step = [], max(1, round(self.rate * DRAIN_SECONDS))
+        at = [m.name for m in suite.monitors].index(watched)
         began = time.perf_counter()
         for start in range(0, n, step):
             end = min(start + step, n)
             suite.update_many(EventBatch(t[start:end], np.zeros(end - start, np.int64), subgroup[start:end],
                                          predicted[start:end], confidence[start:end], masks[start:end]))
-            if any(s.alarm and s.monitor == watched and s.statistic == "cusum"
-                   for s in suite.results(float(t[end - 1])).scores):
+            # the check the service's pipeline runs after each drain (runtime/monitor_pipeline.py)
+            if suite.decisions(float(t[end - 1]))[at].any():
                 alarms.append(end)
                 suite = self.make()  # restart after an alarm, as river's detectors do
         return alarms, 1e6 * (time.perf_counter() - began) / n
@@ -205,15 +232,22 @@ def stationary_stream(out: dict, n: int, seed: int, fires, bursty: bool = False)
     if not bursty:
         return stream
     phone = np.array([k == "capture=phone" for k in stream.keys])
-    runs = int(phone.sum()) // 50
     rng = np.random.default_rng(seed + 99)
-    starts = np.sort(rng.choice(n // 50, size=runs, replace=False)) * 50
-    is_phone = np.zeros(n, bool)
-    for s in starts:
-        is_phone[s:s + 50] = True
+    is_phone = phone_in_runs(phone, rng)
     phone_rows, scanner_rows = np.flatnonzero(phone), np.flatnonzero(~phone)
     rows = np.where(is_phone, rng.choice(phone_rows, n), rng.choice(scanner_rows, n))
     return Stream([stream.keys[r] for r in rows], stream.probs[rows], None)
+
+
+def phone_in_runs(phone: np.ndarray, rng: np.random.Generator, run: int = 50) -> np.ndarray:
+    """A phone mask as long as `phone` with as many phone events (to a multiple of `run`), in
+    runs of `run` at random places."""
+    n = len(phone)
+    starts = np.sort(rng.choice(n // run, size=int(phone.sum()) // run, replace=False)) * run
+    is_phone = np.zeros(n, bool)
+    for s in starts:
+        is_phone[s:s + run] = True
+    return is_phone
 
 
 ALIBI_KIND = {"representation": "fet", "confidence": "cvm", "known_confusion": "fet"}
@@ -224,9 +258,6 @@ ALIBI_REFERENCE = 2_000  # reference events per detector (CVM's bootstrap config
 def run_alibi(python: str, shifts: dict, reference: Stream, flagged, args) -> dict:
     """Each shift's streams handed to benchmarks/streaming_alibi.py in Alibi's own environment;
     its alarms back, as rows like the others'. Alibi calibrates itself to `ert` = the target."""
-    import subprocess
-    import tempfile
-
     arrays: dict[str, np.ndarray] = {"ert": np.array(args.arl), "bootstraps": np.array(int(2 * args.arl)),
                                      "shifts": np.array(list(shifts))}
     for i, (shift, (watched, check, bursty, changed)) in enumerate(shifts.items()):
@@ -248,28 +279,41 @@ def run_alibi(python: str, shifts: dict, reference: Stream, flagged, args) -> di
         for r, stream in enumerate(changed):
             o = observe(stream, watched, flagged)
             arrays[f"{key}/changed/{r}/value"], arrays[f"{key}/changed/{r}/subgroup"] = o.value, o.subgroup * (groups > 1)
+    ran = call_alibi(python, arrays)
+    return {shift: dict([alibi_row(ran[shift], len(check.keys) // ALIBI_SHARE, len(bursty.keys) // ALIBI_SHARE,
+                                   [s.change for s in changed], args)])
+            for shift, (watched, check, bursty, changed) in shifts.items()}
+
+
+def call_alibi(python: str, arrays: dict[str, np.ndarray]) -> dict:
+    """`arrays` handed to benchmarks/streaming_alibi.py in Alibi's own environment; its alarms back."""
+    import subprocess
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="classguard-alibi-") as tmp:
         np.savez(Path(tmp) / "streams.npz", **arrays)
         done = subprocess.run([python, "-m", "benchmarks.streaming_alibi", str(Path(tmp) / "streams.npz"),
                                str(Path(tmp) / "out.json")], stderr=None, timeout=7_200)
         if done.returncode != 0:
             raise RuntimeError(f"benchmarks.streaming_alibi failed with status {done.returncode}")
-        ran = json.loads((Path(tmp) / "out.json").read_text())
-    rows = {}
-    for shift, (watched, check, bursty, changed) in shifts.items():
-        got = ran[shift]
-        n_check = len(check.keys) // ALIBI_SHARE
-        arl, arl_low, arl_high = run_length(got["check"], n_check)
-        delays = []
-        for stream, alarms in zip(changed, got["changed"]):
-            after = [a - stream.change for a in alarms if a > stream.change]
-            delays.append(after[0] if after else None)
-        row = summary(f"ert {args.arl:,.0f}", arl, arl_low, arl_high, got["bursty"], len(bursty.keys) // ALIBI_SHARE,
-                      delays, got["us"], args.bound)
-        name = f"Alibi {got['detector']}" + ("" if got["per_subgroup"] else " (whole stream)")
-        rows[shift] = {name: {**row, "stationary_events": n_check, "configure_s": got["configure_s"],
-                              "per_subgroup": got["per_subgroup"]}}
-    return rows
+        return json.loads((Path(tmp) / "out.json").read_text())
+
+
+def alibi_row(got: dict, n_check: int, n_bursty: int, changes: list[int], args) -> tuple[str, dict]:
+    """One Alibi detector's name and row from its alarms: on `n_check` stationary events, on
+    `n_bursty` bursty ones, and on change streams with these change points."""
+    arl, arl_low, arl_high = run_length(got["check"], n_check)
+    delays = [delay(alarms, change) for alarms, change in zip(got["changed"], changes)]
+    row = summary(f"ert {args.arl:,.0f}", arl, arl_low, arl_high, got["bursty"], n_bursty, delays, got["us"],
+                  args.bound)
+    name = f"Alibi {got['detector']}" + ("" if got["per_subgroup"] else " (whole stream)")
+    return name, {**row, "stationary_events": n_check, "change_streams": len(delays),
+                  "configure_s": got["configure_s"], "per_subgroup": got["per_subgroup"]}
+
+
+def delay(alarms: list[int], change: int) -> int | None:
+    """Events from the change to the first alarm after it (None: no alarm after it)."""
+    return next((a - change for a in alarms if a > change), None)
 
 
 def head(stream: Stream, n: int) -> Stream:
@@ -287,10 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=int, default=5_000, help="events after each shift")
     parser.add_argument("--bound", type=int, default=2_000, help="detected within this many events")
     parser.add_argument("--detectors", default="classguard,ADWIN,PageHinkley,KSWIN")
+    parser.add_argument("--streams", default=",".join(FAMILIES),
+                        help="stream families: detection (benchmarks/detection.py's shifts), regions "
+                             "(benchmarks/regions.py's, benchmarks/streaming_regions.py)")
     parser.add_argument("--alibi-python", help="the Python of an environment with alibi-detect 0.13 "
                                                "(make bench-streaming builds .venv-alibi)")
     parser.add_argument("--rate", type=float, default=RATE, help="events per second of synthetic time: classguard "
-                        "checks once a 1 s bucket, so at 100/s a bucket is 100 events")
+                        "checks after every 0.1 s drain, so at 100/s a check is 10 events")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
@@ -299,6 +346,31 @@ def main(argv: list[str] | None = None) -> int:
         log("river is not installed: `make bench-streaming` installs it (.venv/bin/pip install river==0.26.1)")
         return 2
 
+    families = args.streams.split(",")
+    if not families or set(families) - set(FAMILIES):
+        parser.error(f"--streams: a comma-separated subset of {', '.join(FAMILIES)}, got {args.streams!r}")
+    names = args.detectors.split(",")
+    results: dict = {"arl_target": args.arl, "bound": args.bound, "repeats": args.repeats, "rate": args.rate,
+                     "streams": families, "shifts": {}}
+    if "detection" in families:
+        results["shifts"].update(detection_rows(names, args))
+    if "regions" in families:
+        from benchmarks.streaming_regions import region_rows
+
+        rows, results["regions"] = region_rows(names, args)
+        results["shifts"].update(rows)
+    suffix = ("" if args.rate == RATE else f"_rate{args.rate:g}") + (
+        "" if set(families) == set(FAMILIES) else "_" + "_".join(families))
+    out_path = OUT.with_name(f"bench_streaming{suffix}.json")
+    out_path.parent.mkdir(exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print_table(results)
+    return 0
+
+
+def detection_rows(names: list[str], args) -> dict[str, dict]:
+    """Per shift of benchmarks/detection.py, a row per detector (Alibi's with `--alibi-python`,
+    the floors last)."""
     from core.config import load_settings
 
     settings = load_settings()
@@ -311,13 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         return np.array([bool(probe.confusions.fired(0, 0, p, int(p.argmax())) & pair_bit) for p in probs])
 
     fires = lambda p: bool(probe.confusions.fired(0, 0, p, int(p.argmax())) & pair_bit)  # noqa: E731
-    names = args.detectors.split(",")
 
     def runner(name: str, knob: float) -> Callable[[Stream, str], tuple[list[int], float]]:
         if name == "classguard":
             return Classguard(out, settings, knob, args.rate).run
-        make = river_factory(name, knob)
-        return lambda stream, watched: run_river(observed(stream, watched), make)
+        return lambda stream, watched: run_river(observed(stream, watched),
+                                                 river_factory(name, knob, falls=watched == "confidence"))
 
     seen: dict[tuple[int, str], tuple[Stream, Observed]] = {}
 
@@ -333,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration = stationary_stream(out, args.calibration_events, args.seed + 1, fires)
     check = stationary_stream(out, args.check_events, args.seed + 2, fires)
     bursty = stationary_stream(out, args.check_events, args.seed + 3, fires, bursty=True)
-    results: dict = {"arl_target": args.arl, "bound": args.bound, "repeats": args.repeats, "rate": args.rate,
-                     "shifts": {}}
+    shifts: dict[str, dict] = {}
     handed: dict = {}
     for shift, watched in SHIFTS.items():
         log(f"shift: {shift} (watched: {watched})")
@@ -343,47 +413,64 @@ def main(argv: list[str] | None = None) -> int:
             full = make_streams(out, 1, CHANGE_AT + args.after, args.seed + 100 + r, fires)[shift]
             cut = CHANGE_AT - args.warmup
             changed.append(Stream(full.keys[cut:], full.probs[cut:], args.warmup))
-        rows = {}
+        shifts[shift] = {}
         for name in names:
-            low, high, log_scale, more_when_higher = KNOBS[name]
             part = SLOW.get(name, 1)
             calibrating, checking, bursting = (head(s, len(s.keys) // part) for s in (calibration, check, bursty))
-            knob = calibrate(lambda k: len(runner(name, k)(calibrating, watched)[0]), len(calibrating.keys),
-                             args.arl, low, high, log_scale, more_when_higher)
-            run = runner(name, knob)
-            alarms, _ = run(checking, watched)
-            arl, arl_low, arl_high = run_length(alarms, len(checking.keys))
-            burst_alarms, _ = run(bursting, watched)
-            delays, costs = [], []
-            for stream in changed:
-                got, us = run(stream, watched)
-                costs.append(us)
-                after = [a - stream.change for a in got if a > stream.change]
-                delays.append(after[0] if after else None)
-            rows[name] = summary(knob, arl, arl_low, arl_high, burst_alarms, len(bursting.keys), delays, costs,
-                                 args.bound)
-            rows[name]["stationary_events"] = len(checking.keys)
-            log(f"  {name}: knob {knob:.3g}, run length {arl:,.0f}, delay median {rows[name]['delay_median']}")
+            shifts[shift][name] = measure(name, lambda knob: functools.partial(runner(name, knob), watched=watched),
+                                          calibrating, checking, bursting, {shift: changed},
+                                          lambda s: len(s.keys), args)[shift]
         handed[shift] = (watched, check, bursty, changed)
-        rows["never fires"] = {"knob": None, "arl": math.inf, "delay_median": None, "delay_p90": None,
-                               "detected_share": 0.0, "us_per_event": 0.0, "bursty_false_alarms_per_100k": 0.0}
-        rows[f"fires every {args.arl:,.0f}"] = {
-            "knob": args.arl, "arl": args.arl, "delay_median": round(args.arl / 2), "delay_p90": round(0.9 * args.arl),
-            "detected_share": round(min(1.0, args.bound / args.arl), 3), "us_per_event": 0.0,
-            "bursty_false_alarms_per_100k": round(100_000 / args.arl, 1)}
-        results["shifts"][shift] = rows
     if args.alibi_python:
         log("Alibi Detect, in its own environment ...")
         reference = stationary_stream(out, 200_000, args.seed + 4, fires)
         for shift, rows in run_alibi(args.alibi_python, handed, reference, flagged, args).items():
-            floors = {k: v for k, v in results["shifts"][shift].items() if k.startswith(("never", "fires every"))}
-            kept = {k: v for k, v in results["shifts"][shift].items() if k not in floors}
-            results["shifts"][shift] = {**kept, **rows, **floors}
-    out_path = OUT if args.rate == RATE else OUT.with_name(f"bench_streaming_rate{args.rate:g}.json")
-    out_path.parent.mkdir(exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print_table(results)
-    return 0
+            shifts[shift].update(rows)
+    return {shift: {**rows, **floors(args)} for shift, rows in shifts.items()}
+
+
+def measure(name: str, run_at: Callable[[float], Callable], calibrating, checking, bursting,
+            changed: dict[str, list], size: Callable[[object], int], args) -> dict[str, dict]:
+    """One detector's rows, one per entry of `changed` (streams with their `change`): its knob
+    bisected once on `calibrating`, its run length on `checking` and its false alarms on
+    `bursting` shared by all, its delays per entry. `run_at(knob)(stream)` gives alarms and
+    microseconds per event; `size(stream)` its events. Progress: a line per entry."""
+    low, high, log_scale, more_when_higher = KNOBS[name]
+    began = time.perf_counter()
+    knob = calibrate(lambda k: len(run_at(k)(calibrating)[0]), size(calibrating), args.arl, low, high, log_scale,
+                     more_when_higher)
+    calibrated = time.perf_counter()
+    run = run_at(knob)
+    alarms, _ = run(checking)
+    arl, arl_low, arl_high = run_length(alarms, size(checking))
+    burst_alarms, _ = run(bursting)
+    seconds = {"calibration": round(calibrated - began, 1), "stationary": round(time.perf_counter() - calibrated, 1)}
+    log(f"  {name}: knob {knob:.3g}, run length {arl:,.0f} ({seconds['calibration']:.0f} s calibrating, "
+        f"{seconds['stationary']:.0f} s on {size(checking) + size(bursting):,} stationary events)")
+    rows = {}
+    for shift, streams in changed.items():
+        began = time.perf_counter()
+        delays, costs = [], []
+        for stream in streams:
+            got, us = run(stream)
+            costs.append(us)
+            delays.append(delay(got, stream.change))
+        rows[shift] = summary(knob, arl, arl_low, arl_high, burst_alarms, size(bursting), delays, costs, args.bound)
+        rows[shift].update(stationary_events=size(checking), change_streams=len(streams),
+                           seconds={**seconds, "changes": round(time.perf_counter() - began, 1)})
+        log(f"  {name}: {shift}: delay median {rows[shift]['delay_median']}, p90 {rows[shift]['delay_p90']}, "
+            f"{rows[shift]['detected_share']:.0%} within {args.bound} ({rows[shift]['seconds']['changes']:.0f} s)")
+    return rows
+
+
+def floors(args) -> dict[str, dict]:
+    """The two floors: a detector that never fires, and one that fires every ARL events."""
+    return {"never fires": {"knob": None, "arl": math.inf, "delay_median": None, "delay_p90": None,
+                            "detected_share": 0.0, "us_per_event": 0.0, "bursty_false_alarms_per_100k": 0.0},
+            f"fires every {args.arl:,.0f}": {
+                "knob": args.arl, "arl": args.arl, "delay_median": round(args.arl / 2),
+                "delay_p90": round(0.9 * args.arl), "detected_share": round(min(1.0, args.bound / args.arl), 3),
+                "us_per_event": 0.0, "bursty_false_alarms_per_100k": round(100_000 / args.arl, 1)}}
 
 
 def summary(knob, arl, arl_low, arl_high, burst_alarms, n, delays, costs, bound) -> dict:
@@ -401,7 +488,7 @@ def summary(knob, arl, arl_low, arl_high, burst_alarms, n, delays, costs, bound)
 def print_table(results: dict) -> None:
     bound = results["bound"]
     print(f"every detector calibrated to one false alarm per {results['arl_target']:,.0f} stationary events; "
-          f"{results['repeats']} streams per shift; {results['rate']:g} events/s (classguard checks each 1 s bucket)")
+          f"{results['repeats']} streams per shift; {results['rate']:g} events/s (classguard checks after every 0.1 s drain)")
     print(f"{'shift':<34} {'detector':<22} {'knob':>10} {'run length (95%)':>26} {'delay med':>9} {'p90':>7} "
           f"{f'<= {bound}':>8} {'us/event':>9} {'bursty FA/100k':>15}")
     for shift, rows in results["shifts"].items():

@@ -3,11 +3,13 @@ endpoint, (b) classguard with monitors, guardrails (allow_all) and the log off, 
 classguard with everything on: monitors (region monitors included), the demo's suppression
 chain, a 10% shadow, the prediction log; (d) the same as (c) with the region monitors off,
 so (c)/(d) is what the regions cost; (e) the same as (c) with input capture on (`stratified`
-at its default budget), so (e)/(c) is what capture costs.
+at its default budget), so (e)/(c) is what capture costs; (c') a second copy of (c), so
+(c)/(c') is the run-to-run spread of two equal services, the noise the other ratios are held
+against (`--services "c,c',d" --rounds 12`: the regions' cost alone, with enough rounds).
 
     make bench            (or: python -m benchmarks.throughput --duration 5 --rounds 3)
 
-All four serve the same TorchScript model with one worker and no access log. They run side
+All serve the same TorchScript model with one worker and no access log. They run side
 by side and take turns (the order rotates every round), so drift in this shared machine's
 speed hits each alike; each figure is the median over the rounds. wrk (Debian's `wrk`)
 sends the same real test-split PNGs (70% scanner, 30% phone, no context: classguard infers
@@ -51,6 +53,10 @@ TARGETS = {  # name: (bentoml serve target, environment)
                                       "CLASSGUARD_MONITORS__REGIONS": "false"}),
     "(e) all on + capture": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on",
                                    "CLASSGUARD_MONITORS__REGIONS": "true", "CLASSGUARD_CAPTURE__POLICY": "stratified"}),
+    # (c) again, a process of its own: (c)/(c') is what this machine's noise alone makes of
+    # two equal services, the yardstick for (c)/(d) and (e)/(c)
+    "(c') all on, again": (".", {"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on",
+                                 "CLASSGUARD_MONITORS__REGIONS": "true"}),
 }
 SEQUENTIAL_REQUESTS = 600  # per target and round, one in flight: the latency figures
 
@@ -108,6 +114,28 @@ def sequential(url: str, payloads: list[bytes], n: int) -> list[float]:
     return times[50:]
 
 
+RATIOS = {  # key: (numerator, denominator, what the ratio measures)
+    "c_over_a": ("(c) classguard, all on", "(a) minimal BentoML", "classguard against a bare endpoint"),
+    "c_over_b": ("(c) classguard, all on", "(b) classguard, all off", "everything on"),
+    "c_over_d": ("(c) classguard, all on", "(d) all on, regions off", "the region monitors"),
+    "c_over_c2": ("(c) classguard, all on", "(c') all on, again", "run-to-run spread, on vs on"),
+    "e_over_c": ("(e) all on + capture", "(c) classguard, all on", "capture (stratified)"),
+}
+
+
+def ratios_at(runs: dict, results: dict, c: str) -> dict[str, float | list[float]]:
+    """Each ratio of RATIOS whose two services ran: of the medians, per round, and the CPU
+    per request the numerator adds."""
+    out: dict[str, float | list[float]] = {}
+    for key, (x, y, _) in RATIOS.items():
+        if x in runs and y in runs:
+            out[key] = round(results[x][c]["requests_per_s"] / results[y][c]["requests_per_s"], 3)
+            out[key + "_per_round"] = [round(p["requests_per_s"] / q["requests_per_s"], 3)
+                                       for p, q in zip(runs[x][c], runs[y][c])]
+            out[key + "_cpu_us"] = round(results[x][c]["cpu_us_per_request"] - results[y][c]["cpu_us_per_request"], 1)
+    return out
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
 
@@ -119,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="turns each service takes at each concurrency")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--services", type=lambda s: s.split(","), default=list("abcde") + ["c'"],
+                        help="which services to run, by letter (e.g. c,c',d: what the regions cost, and the "
+                             "noise to hold it against)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
-    names = list(TARGETS)
+    names = [n for n in TARGETS if n[1:n.index(")")] in args.services]
     runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {str(c): [] for c in args.concurrency} for n in names}
     latencies: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -134,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             bodies.append(str(path))
         payloads = [Path(b).read_bytes() for b in bodies]
         servers = {}
-        for name, (target, env) in TARGETS.items():
+        for name in names:
+            target, env = TARGETS[name]
             print(f"starting {name} ...", file=sys.stderr)
             servers[name] = stack.enter_context(Server(target, env=env))
             wrk(servers[name], bodies, 8, 2)  # warm-up
@@ -152,24 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         ms = np.array(latencies[n])
         results[n]["sequential"] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
                                     "p99_ms": round(float(np.percentile(ms, 99)), 3), "requests": len(ms)}
-    a, b, c_, d, e = names
-    ratios = {}
-    for c in map(str, args.concurrency):
-        per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[b][c])]
-        regions_per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[c_][c], runs[d][c])]
-        capture_per_round = [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(runs[e][c], runs[c_][c])]
-        ratios[c] = {
-            "c_over_a": round(results[c_][c]["requests_per_s"] / results[a][c]["requests_per_s"], 3),
-            "c_over_b": round(results[c_][c]["requests_per_s"] / results[b][c]["requests_per_s"], 3),
-            "c_over_b_per_round": [round(x, 3) for x in per_round],
-            "cpu_us_added_c_minus_b": round(results[c_][c]["cpu_us_per_request"] - results[b][c]["cpu_us_per_request"], 1),
-            "c_over_d": round(results[c_][c]["requests_per_s"] / results[d][c]["requests_per_s"], 3),
-            "c_over_d_per_round": [round(x, 3) for x in regions_per_round],
-            "cpu_us_added_by_regions": round(results[c_][c]["cpu_us_per_request"] - results[d][c]["cpu_us_per_request"], 1),
-            "e_over_c": round(results[e][c]["requests_per_s"] / results[c_][c]["requests_per_s"], 3),
-            "e_over_c_per_round": [round(x, 3) for x in capture_per_round],
-            "cpu_us_added_by_capture": round(results[e][c]["cpu_us_per_request"] - results[c_][c]["cpu_us_per_request"], 1),
-        }
+    ratios = {c: ratios_at(runs, results, c) for c in map(str, args.concurrency)}
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
               "device": "cpu", "duration_s": args.duration, "rounds": args.rounds, "results": results,
               "ratios": ratios, "runs": runs}
@@ -186,18 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"{name:<26} {results[name]['sequential']['p50_ms']:>18.2f} {results[name]['sequential']['p99_ms']:>8.2f}")
     for c, r in ratios.items():
-        print(f"concurrency {c}: (c)/(a) {r['c_over_a']:.2f}x, (c)/(b) {r['c_over_b']:.2f}x "
-              f"(rounds: {', '.join(f'{x:.2f}' for x in r['c_over_b_per_round'])}); "
-              f"CPU added by everything on {r['cpu_us_added_c_minus_b']:+.0f} us/request")
-        print(f"    regions: (c)/(d) {r['c_over_d']:.3f}x (rounds: {', '.join(f'{x:.2f}' for x in r['c_over_d_per_round'])}); "
-              f"CPU added by the region monitors {r['cpu_us_added_by_regions']:+.0f} us/request")
-        print(f"    capture: (e)/(c) {r['e_over_c']:.3f}x (rounds: {', '.join(f'{x:.2f}' for x in r['e_over_c_per_round'])}); "
-              f"CPU added by capture (stratified) {r['cpu_us_added_by_capture']:+.0f} us/request")
+        print(f"concurrency {c}:")
+        for key, (x, y, what) in RATIOS.items():
+            if key in r:
+                print(f"    {what}: {key.replace('_over_', ')/(').join('()')} {r[key]:.3f}x (rounds: "
+                      f"{', '.join(f'{v:.2f}' for v in r[key + '_per_round'])}); CPU {r[key + '_cpu_us']:+.0f} us/request")
     seq = {n: results[n]["sequential"] for n in names}
-    print(f"p99 added by everything on, (c) - (b): {seq[c_]['p99_ms'] - seq[b]['p99_ms']:+.2f} ms; "
-          f"p50 {seq[c_]['p50_ms'] - seq[b]['p50_ms']:+.2f} ms")
-    print(f"p99 added by the region monitors, (c) - (d): {seq[c_]['p99_ms'] - seq[d]['p99_ms']:+.2f} ms; "
-          f"p50 {seq[c_]['p50_ms'] - seq[d]['p50_ms']:+.2f} ms")
+    for key, (x, y, what) in RATIOS.items():
+        if x in seq and y in seq:
+            print(f"{what}, sequential: p50 {seq[x]['p50_ms'] - seq[y]['p50_ms']:+.2f} ms, "
+                  f"p99 {seq[x]['p99_ms'] - seq[y]['p99_ms']:+.2f} ms")
     return 0
 
 

@@ -137,10 +137,10 @@ class MonitorsConfig(Strict):
     queue_size: int = Field(20_000, ge=1, description="events waiting for the monitors; more are dropped, counted")
     state_dir: Path | None = Field(None, description="where workers share window state (default: per start)")
     report_events: int = Field(5_000, ge=0, le=200_000, description="latest events kept per worker for drift reports")
-    regions: bool = Field(False, description="region monitors on the primary model's embedding (needs its codebook): "
-                                             "turns on the log's region column, guardrail `regions` conditions and "
-                                             "GET /admin/regions; off by default until their cost on the request "
-                                             "path is measured")
+    regions: bool = Field(True, description="region monitors on the primary model's embedding, when its profile "
+                                            "has a codebook (a model without `embed` is served without them): the "
+                                            "log's region column, guardrail `regions` conditions and "
+                                            "GET /admin/regions")
     known_confusions: list[ConfusionPairConfig] = Field(
         default_factory=list,
         description="pairs of classes the model is known to confuse; each is watched by a detector whose flag "

@@ -31,6 +31,11 @@ class WindowedMonitor:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self._counts.load_state(state)
 
+    def decisions(self, now: float) -> np.ndarray:
+        """Every decision rule's verdict as one boolean vector: the alarms `results(now)` carries,
+        in a fixed order, without building its scores (cheap enough to run after every drain)."""
+        raise NotImplementedError
+
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments as plain data (JSON-able), except reference profiles."""
         names = [n for n in inspect.signature(type(self)).parameters if n != "profiles"]

@@ -35,12 +35,19 @@ class PredictedClassDrift(WindowedMonitor):
         bins = np.minimum(events.predicted, self.n_bins - 1)
         self._counts.add(events.t, (events.model, events.subgroup, bins))
 
-    def results(self, now: float) -> list[Score]:
+    def _statistics(self, now: float) -> tuple:
         live = self._counts.window_total(now)
         n = live.sum(axis=-1)
         distance = js_distance(live, self._reference)
+        return n, distance, (n >= self.window.min_samples) & (distance > self.window.js_threshold)
+
+    def decisions(self, now: float) -> np.ndarray:
+        return self._statistics(now)[2].ravel()
+
+    def results(self, now: float) -> list[Score]:
+        n, distance, alarm = self._statistics(now)
         return [
             Score(self.name, "js_distance", float(distance[m, s]), int(n[m, s]), model=model, subgroup=key,
-                  alarm=bool(n[m, s] >= self.window.min_samples and distance[m, s] > self.window.js_threshold))
+                  alarm=bool(alarm[m, s]))
             for m, model in enumerate(self.models) for s, key in enumerate(self.subgroups)
         ]

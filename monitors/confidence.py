@@ -64,14 +64,21 @@ class ConfidenceDrift(WindowedMonitor):
         for column, values in enumerate((1.0, low.astype(np.float64), events.confidence, calibrated)):
             self._counts.add(events.t, (events.model, events.subgroup, np.full(len(events), column)), values)
 
-    def results(self, now: float) -> list[Score]:
+    def _statistics(self, now: float) -> tuple:
         series = self._counts.window_series(now)
         total = series.sum(axis=0) if len(series) else np.zeros((*self._low.shape, 4))
-        n, low, conf_sum, calibrated_sum = total[..., 0], total[..., 1], total[..., 2], total[..., 3]
         cusum = bernoulli_cusum(series[..., 1], series[..., 0], self._p0, self._p1)
+        alarm = (total[..., 0] >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
+        return total, cusum, alarm
+
+    def decisions(self, now: float) -> np.ndarray:
+        return self._statistics(now)[2].ravel()
+
+    def results(self, now: float) -> list[Score]:
+        total, cusum, alarm = self._statistics(now)
+        n, low, conf_sum, calibrated_sum = total[..., 0], total[..., 1], total[..., 2], total[..., 3]
         with np.errstate(invalid="ignore", divide="ignore"):
             low_rate, mean, estimate = low / n, conf_sum / n, calibrated_sum / n
-        alarm = (n >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
         # plain Python values before the loop: numpy scalar indexing is the slow part here
         n, low_rate, mean, cusum, alarm = n.tolist(), low_rate.tolist(), mean.tolist(), cusum.tolist(), alarm.tolist()
         estimate = estimate.tolist()

@@ -68,6 +68,9 @@ class KnownConfusions(WindowedMonitor):
                     src, tgt = profile.labels.index(pair.source), profile.labels.index(pair.target)
                     self._index[m, p] = (src, tgt)
                     self._expected[m, :, p] = [reference_rate(profile, key, src, tgt) for key in self.subgroups]
+        # (model, subgroup, pair) triples that are published: the pair applies to the subgroup and
+        # the model has both classes
+        self._published = self._applies[None, :, :] & (self._index[:, None, :, 0] >= 0)
         self._margins = np.array([pair.margin for pair in self.pairs])
         self._p0, self._p1 = window.sequential_rates(self._expected)
         # last axis: one column per pair, then the event count
@@ -103,16 +106,23 @@ class KnownConfusions(WindowedMonitor):
             if hit.any():
                 self._counts.add(events.t[hit], (events.model[hit], events.subgroup[hit], np.full(int(hit.sum()), p)))
 
-    def results(self, now: float) -> list[Score]:
+    def _statistics(self, now: float) -> tuple:
         series = self._counts.window_series(now)
         if not len(series):
             series = np.zeros((1, len(self.models), len(self.subgroups), len(self.pairs) + 1))
         total = series.sum(axis=0)
-        n = total[..., -1]
         cusum = bernoulli_cusum(series[..., :-1], series[..., -1:], self._p0, self._p1)  # trials broadcast
+        alarm = (total[..., -1:] >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
+        return total, cusum, alarm & self._published
+
+    def decisions(self, now: float) -> np.ndarray:
+        return self._statistics(now)[2][self._published]
+
+    def results(self, now: float) -> list[Score]:
+        total, cusum, alarm = self._statistics(now)
+        n = total[..., -1]
         with np.errstate(invalid="ignore", divide="ignore"):
             rate = total[..., :-1] / n[..., None]
-        alarm = (n[..., None] >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
         # plain Python values before the loop: numpy scalar indexing is the slow part here
         n, rate, cusum, alarm, expected = n.tolist(), rate.tolist(), cusum.tolist(), alarm.tolist(), self._expected.tolist()
         scores = []
@@ -120,7 +130,7 @@ class KnownConfusions(WindowedMonitor):
             for s, key in enumerate(self.subgroups):
                 k = int(n[m][s])
                 for p, pair in enumerate(self.pairs):
-                    if not self._applies[s, p] or self._index[m, p, 0] < 0:
+                    if not self._published[m, s, p]:
                         continue
                     scores += [
                         Score(self.name, "fire_rate", rate[m][s][p], k, model, key, pair.name,

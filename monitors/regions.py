@@ -8,6 +8,11 @@ confidence, so a live region growing, or turning unsure, has a reference to be c
 with: `RegionMonitor` runs, per region (novel included), the share and low-confidence tests
 `SubgroupRepresentation` and `ConfidenceDrift` run per subgroup. A region reads as the
 subgroup key `region=<name>`, which is how it joins the service's subgroup attributes.
+
+After novel come NEW_SLOTS regions `n00`, `n01`, ... that no validation image defined: groups
+found in novel traffic while the service runs (monitors/new_regions.py). They are watched
+from the start, empty until one forms, so the layout (metric labels, the fleet's windows)
+never changes while serving.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from core.keys import subgroup_key
 from monitors.base import WindowedMonitor
 from monitors.events import EventBatch, Score, WindowConfig
+from monitors.new_regions import NEW_SLOTS, new_region_names
 from monitors.stats import bernoulli_cusum, js_distance
 
 NOVEL = "novel"
@@ -34,8 +40,9 @@ JS_SAMPLES_PER_REGION = 20  # the whole-mix distance alarms only on this many ev
 
 
 def region_names(k: int) -> list[str]:
-    """The names of a codebook's K regions, then novel: `r00`, `r01`, ..., `novel`."""
-    return [f"r{i:02d}" for i in range(k)] + [NOVEL]
+    """The names of a codebook's K regions, then novel, then the slots of new regions:
+    `r00`, `r01`, ..., `novel`, `n00`, ..."""
+    return [f"r{i:02d}" for i in range(k)] + [NOVEL] + new_region_names()
 
 
 def region_key(name: str) -> str:
@@ -61,6 +68,13 @@ class RegionReference:
     # images is not taken to have drifted when live traffic shows its true share.
     share_upper: float = float("nan")
     low_confidence_upper: float = float("nan")
+
+
+# A new region's reference: validation never saw it (share 0: any share is a rise; no
+# low-confidence rate of its own: the validation-wide one applies)
+NEW_REFERENCE = RegionReference(count=0, share=0.0, subgroup_shares={}, accuracy=float("nan"),
+                                mean_confidence=float("nan"), confidence_quantiles={},
+                                low_confidence_rate=float("nan"))
 
 
 @dataclass(frozen=True, eq=False)  # an array field: compare to_dict() instead
@@ -99,7 +113,18 @@ class Codebook:
         return len(self.prototypes)
 
     def names(self) -> list[str]:
+        """Every region's name by index: the K prototypes', novel (index K), the new slots."""
         return region_names(self.k)
+
+    def references(self) -> tuple[RegionReference, ...]:
+        """Every region's reference by index, as `names()`: the new slots get NEW_REFERENCE."""
+        return self.regions + (NEW_REFERENCE,) * NEW_SLOTS
+
+    @property
+    def new_radius(self) -> float:
+        """How wide a new region is: the validation's q90 distance from an image to its
+        prototype (most of a fitted region lies within it)."""
+        return float(self.distance_quantiles["q90"])
 
     def assign(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, d) embeddings -> (N,) int64 region indices in [0, K]; K is novel.
@@ -293,16 +318,19 @@ class RegionMonitor(WindowedMonitor):
         self._low_p0, self._low_p1 = window.sequential_rates(low_start)
         # the whole-mix distance of a small sample over many regions is large by chance alone
         # (100 events over 33 regions: about 0.26 on average, above the 0.2 threshold)
-        self._js_samples = max(window.min_samples, JS_SAMPLES_PER_REGION * len(self.regions))
+        # (regions validation reached: an empty slot for a new region adds no chance distance)
+        self._js_samples = max(window.min_samples, JS_SAMPLES_PER_REGION * int(np.sum(self._reference > 0)))
         self.counts_shape = (len(self.regions), 2)  # [region, low confidence? 0/1]
         self.reset()
 
     @classmethod
     def from_codebook(cls, codebook: Codebook, window: WindowConfig) -> "RegionMonitor":
-        """A monitor on a codebook's regions, novel last, with its references."""
-        return cls(codebook.names(), [r.share for r in codebook.regions],
-                   [r.low_confidence_rate for r in codebook.regions], codebook.low_confidence, window,
-                   [r.share_upper for r in codebook.regions], [r.low_confidence_upper for r in codebook.regions])
+        """A monitor on a codebook's regions (novel and the new slots after its K), with their
+        references."""
+        refs = codebook.references()
+        return cls(codebook.names(), [r.share for r in refs], [r.low_confidence_rate for r in refs],
+                   codebook.low_confidence, window, [r.share_upper for r in refs],
+                   [r.low_confidence_upper for r in refs])
 
     def update_many(self, events: EventBatch) -> None:
         """Counts events by `events.region` (-1: not assigned, ignored) and by confidence
@@ -317,27 +345,34 @@ class RegionMonitor(WindowedMonitor):
         low = (confidence < self.low_confidence).astype(np.int64)
         self._counts.add(t, (region, low))
 
-    def results(self, now: float) -> list[Score]:
+    def _statistics(self, now: float) -> tuple:
         series = self._counts.window_series(now)  # (buckets, regions, 2)
         events = series.sum(axis=2)
         live, low = events.sum(axis=0), series[..., 1].sum(axis=0)
         n = int(live.sum())
-        enough = n >= self.window.min_samples
-        shares = live / n if n else np.zeros_like(live)
         share_cusum = bernoulli_cusum(events, events.sum(axis=1, keepdims=True), self._share_p0, self._share_p1)
         low_cusum = bernoulli_cusum(series[..., 1], events, self._low_p0, self._low_p1)
+        js = float(js_distance(live, self._reference)) if n else float("nan")
+        share_alarm = (n >= self.window.min_samples) & self._watched & (share_cusum > self.window.cusum_threshold)
+        low_alarm = (live >= self.window.min_samples) & (low_cusum > self.window.cusum_threshold)
+        js_alarm = bool(n >= self._js_samples and js > self.window.js_threshold)
+        return live, low, n, share_cusum, low_cusum, js, share_alarm, low_alarm, js_alarm
+
+    def decisions(self, now: float) -> np.ndarray:
+        *_, share_alarm, low_alarm, js_alarm = self._statistics(now)
+        return np.concatenate([share_alarm, low_alarm, [js_alarm]])
+
+    def results(self, now: float) -> list[Score]:
+        live, low, n, share_cusum, low_cusum, js, share_alarm, low_alarm, js_alarm = self._statistics(now)
+        shares = live / n if n else np.zeros_like(live)
         with np.errstate(invalid="ignore", divide="ignore"):
             low_rate = low / live
-        js = float(js_distance(live, self._reference)) if n else float("nan")
-        share_alarm = enough & self._watched & (share_cusum > self.window.cusum_threshold)
-        low_alarm = (live >= self.window.min_samples) & (low_cusum > self.window.cusum_threshold)
         # plain Python values before the loop: numpy scalar indexing is the slow part here
         counts, shares = live.astype(int).tolist(), shares.tolist()
         share_cusum, share_alarm = share_cusum.tolist(), share_alarm.tolist()
         low_rate, low_cusum, low_alarm = low_rate.tolist(), low_cusum.tolist(), low_alarm.tolist()
         low_reference = self._low_reference.tolist()
-        scores = [Score(self.name, "js_distance", js, n,
-                        alarm=bool(n >= self._js_samples and js > self.window.js_threshold))]
+        scores = [Score(self.name, "js_distance", js, n, alarm=js_alarm)]
         for i, key in enumerate(self._keys):
             k = counts[i]
             scores += [

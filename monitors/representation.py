@@ -39,21 +39,30 @@ class SubgroupRepresentation(WindowedMonitor):
             t, subgroup = t[first], subgroup[first]
         self._counts.add(t, (subgroup,))
 
-    def results(self, now: float) -> list[Score]:
+    def _statistics(self, now: float) -> tuple:
         series = self._counts.window_series(now)
         live = series.sum(axis=0) if len(series) else np.zeros(len(self.subgroups))
         n = int(live.sum())
         enough = n >= self.window.min_samples
-        shares = live / n if n else np.zeros_like(live)
         cusum = bernoulli_cusum(series, series.sum(axis=1, keepdims=True), self._p0, self._p1)
+        js = float(js_distance(live, self._reference)) if n else float("nan")
+        js_alarm = bool(enough and js > self.window.js_threshold)
+        cusum_alarm = enough & self._watched & (cusum > self.window.cusum_threshold)
+        return live, n, cusum, js, js_alarm, cusum_alarm
+
+    def decisions(self, now: float) -> np.ndarray:
+        *_, js_alarm, cusum_alarm = self._statistics(now)
+        return np.append(cusum_alarm, js_alarm)
+
+    def results(self, now: float) -> list[Score]:
+        live, n, cusum, js, js_alarm, cusum_alarm = self._statistics(now)
+        shares = live / n if n else np.zeros_like(live)
         scores = [
-            Score(self.name, "js_distance", float(js_distance(live, self._reference)) if n else float("nan"), n,
-                  alarm=bool(enough and js_distance(live, self._reference) > self.window.js_threshold)),
+            Score(self.name, "js_distance", js, n, alarm=js_alarm),
             Score(self.name, "psi", psi(live, self._reference) if n else float("nan"), n),
         ]
         for i, key in enumerate(self.subgroups):
             scores.append(Score(self.name, "share", float(shares[i]), n, subgroup=key,
                                 reference=float(self._reference[i])))
-            scores.append(Score(self.name, "cusum", float(cusum[i]), n, subgroup=key,
-                                alarm=bool(enough and self._watched[i] and cusum[i] > self.window.cusum_threshold)))
+            scores.append(Score(self.name, "cusum", float(cusum[i]), n, subgroup=key, alarm=bool(cusum_alarm[i])))
         return scores

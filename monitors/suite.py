@@ -3,6 +3,7 @@
     suite.flags(model, subgroup, probs)   per prediction, on the request path, O(pairs)
     suite.update_many(events)             off the request path, vectorised
     suite.results(now)                    on a timer; a monitor that raises is reported, not fatal
+    suite.decisions(now)                  the decision rules alone, cheap enough for every drain
     suite.state() / load_state() / merge  how several workers publish one answer
 """
 
@@ -43,9 +44,9 @@ class MonitorSuite:
             self.confidence,
             self.confusions,
         ]
-        # regions of the primary model's embedding, when asked for (`monitors.regions`, off by
-        # default like the setting: the other callers' layouts and figures stay as they were)
-        # and its profile has a codebook
+        # regions of the primary model's embedding, when asked for and its profile has a codebook
+        # (the service asks as `monitors.regions` says, on by default; a suite built elsewhere
+        # asks explicitly, so the benchmarks' layouts and figures stay as they were)
         self.codebook = profiles[0].codebook() if regions and profiles else None
         if self.codebook is not None:
             self.monitors.append(RegionMonitor.from_codebook(self.codebook, window))
@@ -88,6 +89,18 @@ class MonitorSuite:
                 out.scores += monitor.results(now)
             except Exception as exc:
                 out.errors[monitor.name] = f"{type(exc).__name__}: {exc}"
+        return out
+
+    def decisions(self, now: float) -> list[np.ndarray | None]:
+        """Per monitor, its decision rules' verdicts (the alarms `results` would carry) as one
+        boolean vector, without building a score; None for a monitor that raised (`results`
+        reports it)."""
+        out: list[np.ndarray | None] = []
+        for monitor in self.monitors:
+            try:
+                out.append(np.asarray(monitor.decisions(now), dtype=bool))
+            except Exception:
+                out.append(None)
         return out
 
     def reset(self) -> None:

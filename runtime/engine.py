@@ -16,16 +16,19 @@ import numpy as np
 from core import metrics
 from core.config import Settings
 from core.errors import ENDPOINTS, REASONS
+from monitors.new_regions import NEW_SLOTS
 from runtime.active_chain import GuardrailRuntime, chain_context
 from runtime.batching import MicroBatcher
 from runtime.models import ServedModel, find_stored, resolve_device
 from runtime.monitor_pipeline import MonitorPipeline, NoMonitors, runtime_dir, window_config
+from runtime.new_regions import NewRegionTracker
 from runtime.serving import Serving
 from runtime.subgroups import SubgroupResolver
 from store.chain_store import ChainStore, FleetChainStore
 from store.database import open_database
 from store.feedback import Hold, join_held
 from store.fleet_windows import FleetWindows
+from store.new_regions import FleetNewRegionStore, LocalNewRegionStore
 from store.prediction_log import NoLog, PredictionLog
 
 
@@ -61,9 +64,13 @@ class Engine:
         store = (FleetChainStore(self.db, self.replica) if fleet.enabled
                  else ChainStore(runtime_dir("guardrails"), settings.guardrails.audit_log))
         # the primary's batches also place each image in a region of its embedding (the region
-        # monitors and region conditions of guardrails use the primary's codebook)
+        # monitors and region conditions of guardrails use the primary's codebook), novel ones
+        # in the new regions the fleet forms from them
         self.regions = (self.primary.codebook.names()
                         if settings.monitors.regions and self.primary.codebook is not None else [])
+        if self.regions and settings.monitors.enabled:
+            self.primary.new_regions = NewRegionTracker(self.primary.codebook, self._new_region_store())
+            self.monitors.new_regions = self.primary.new_regions
         self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels, self.regions), store)
         self.batchers = {
             name: MicroBatcher(model.predict_with_regions if name == self.primary.name and self.regions
@@ -169,11 +176,19 @@ class Engine:
         layout = {"models": [m.tag for m in self.models.values()], "subgroups": self.resolver.keys(),
                   "pairs": [p.model_dump() for p in config.known_confusions],
                   "bucket_seconds": config.bucket_seconds, "buckets": window_config(config).n_buckets,
-                  "regions": config.regions}
+                  "regions": config.regions, "new_region_slots": NEW_SLOTS if config.regions else 0}
         key = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
         worker = f"{self.replica}:{os.getpid()}:{secrets.token_hex(4)}"  # a restarted pid is a new worker
         return FleetWindows(self.db, layout=key, worker=worker, bucket_s=config.bucket_seconds,
                             n_buckets=window_config(config).n_buckets)
+
+    def _new_region_store(self) -> LocalNewRegionStore | FleetNewRegionStore:
+        """Where this worker's new regions are shared: per primary version (they live in its
+        embedding space), in the fleet's database or this host's runtime directory."""
+        layout = hashlib.sha256(self.primary.tag.encode()).hexdigest()[:16]
+        if self.settings.fleet.enabled:
+            return FleetNewRegionStore(self.db, layout, self.replica)
+        return LocalNewRegionStore(runtime_dir("regions"), layout)
 
     def labels_of(self) -> dict[str, tuple[str, ...]]:
         """Each loaded model's class names."""

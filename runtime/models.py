@@ -69,6 +69,7 @@ class ServedModel:
     path: str = ""
     codebook: Any = None  # monitors.regions.Codebook from the profile, when the model has one and exports `embed`
     one_pass: bool = False  # `head(embed(x))` is `forward(x)`: regions cost no second pass
+    new_regions: Any = None  # runtime.new_regions.NewRegionTracker: novel rows placed in the fleet's new regions
 
     @property
     def tag(self) -> str:
@@ -124,7 +125,8 @@ class ServedModel:
             return torch.softmax(self.module(self._input(batch)).float(), dim=1).cpu().numpy()
 
     def predict_with_regions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and each row's region in the codebook (its last index: novel)."""
+        """Probabilities and each row's region: the codebook's index (K: novel), or a new region's
+        (K + 1 + its slot) for a novel row inside one."""
         import torch
 
         with torch.inference_mode():
@@ -133,7 +135,8 @@ class ServedModel:
             logits = self.module.head(embedded) if self.one_pass else self.module(x)
             probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
             vectors = embedded.float().reshape(len(batch), -1).cpu().numpy()
-        return probs, self.codebook.assign(vectors)
+        regions = self.codebook.assign(vectors)
+        return probs, (regions if self.new_regions is None else self.new_regions.place(vectors, regions))
 
     def _input(self, batch: np.ndarray) -> Any:
         import torch

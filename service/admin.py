@@ -258,7 +258,7 @@ class Admin:
                 raise InputError("not_enough_data", "regions are off: set monitors.regions: true, with a primary "
                                  "model whose profile has a codebook")
             p = request.query_params
-            top = _count(p.get("top", "10"), "top", 1, 65)  # a codebook has at most 64 regions and novel
+            top = _count(p.get("top", "10"), "top", 1, len(self.region_names))
             exemplars = _count(p.get("exemplars", str(region_report.EXEMPLARS)), "exemplars", 0, 50)
             try:
                 since = prediction_log.parse_since(p.get("since", "15m"))
@@ -268,8 +268,9 @@ class Admin:
             rows = await off_loop(self._read, region_report.read_rows, since=since, until=until)
             primary = self.models[self.primary]
             temperatures = {name: float(m.profile.temperature) for name, m in self.models.items()}
-            ranked = await asyncio.to_thread(region_report.rank, rows, self.region_names, primary.codebook.regions,
-                                             temperatures, exemplars)
+            new = primary.new_regions.describe() if primary.new_regions is not None else {}
+            ranked = await asyncio.to_thread(region_report.rank, rows, self.region_names,
+                                             primary.codebook.references(), temperatures, exemplars, new)
             return {"since": since, "until": until, "answers": len(rows), "log_mode": self.log_mode,
                     "model": primary.tag, "regions": ranked[:top]}
 
@@ -371,7 +372,7 @@ class Admin:
                 capture_policy=self.capture_policy, training_shares=dict(primary.profile.training_subgroup_shares),
                 temperatures={name: float(m.profile.temperature) for name, m in self.models.items()},
                 region_names=self.region_names,
-                region_references=primary.codebook.regions if self.region_names else [],
+                region_references=primary.codebook.references() if self.region_names else [],
                 alarming=list(self.monitors.alarming), history=history)
             body = await asyncio.to_thread(render, page)
             return Response(body, media_type="text/html; charset=utf-8",

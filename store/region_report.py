@@ -1,7 +1,8 @@
 """Which regions of the primary's embedding hurt now: the ranking behind `classguard regions`
 and GET /admin/regions, read from the prediction log.
 
-For each region of the primary's codebook (novel included) among a window's logged answers:
+For each region of the primary's codebook (novel and the new regions formed from it included)
+among a window's logged answers:
 its live share against its training share, the estimated accuracy (mean calibrated top-class
 probability: the confidence monitor's estimate, per region), the realized accuracy where true
 labels arrived, the subgroup mix inside it, and its newest request ids. Regions rank by
@@ -47,10 +48,13 @@ def calibrated_confidence(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
-         temperatures: Mapping[str, float], exemplars: int = EXEMPLARS) -> list[dict[str, Any]]:
+         temperatures: Mapping[str, float], exemplars: int = EXEMPLARS,
+         new: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every region present in `rows` (newest first, as read_rows gives them), ranked. `names`
     and `references` are the codebook's regions in order (RegionReference each); `temperatures`
-    maps a model name to its validation temperature (a model not there counts at T = 1)."""
+    maps a model name to its validation temperature (a model not there counts at T = 1); `new`
+    maps a new region formed from novel traffic to why it is one and since when."""
+    new = new or {}
     index = {name: i for i, name in enumerate(names)}
     total = len(rows)
     members: dict[str, list[tuple]] = defaultdict(list)
@@ -82,6 +86,7 @@ def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
                                    if reference is not None else {}),
             "exemplars": [row[0] for row in found[:exemplars]],
             **({} if region in index else {"unknown": "not a region of the primary's codebook (an older version's?)"}),
+            **({"new": dict(new[region])} if region in new else {}),
         })
     report.sort(key=lambda r: (-r["score"], -r["answers"], r["region"]))
     return report
@@ -124,6 +129,8 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append(f"{r['region']:<7} {r['score']:>6.3f} {r['answers']:>8} {pct(r['live_share']):>6} "
                      f"{pct(r['training_share']):>9} {pct(r['estimated_accuracy']):>9} {pct(r['training_accuracy']):>10} "
                      f"{labelled:>13}  {mix}")
+        if r.get("new"):
+            lines.append(f"{'':<7} {'':>6} new since {r['new']['since']}: {r['new']['why']}")
         if r["exemplars"]:
             lines.append(f"{'':<7} {'':>6} requests: {' '.join(r['exemplars'])}")
     return "\n".join(lines)

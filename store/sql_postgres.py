@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: migrations started together run once
-SCHEMA_VERSION = 2  # the schema this code needs; `classguard db migrate` brings a database to it
+SCHEMA_VERSION = 3  # the schema this code needs; `classguard db migrate` brings a database to it
 
 # Version 1: every table, written so that it also brings up to date a database made by a release
 # before versioning (those created the tables from every connection: the tables without a
@@ -128,10 +128,24 @@ CREATE TABLE IF NOT EXISTS erased_ranges (
 );
 """
 
+# Version 3: new regions found in novel traffic (store/new_regions.py), shared by the fleet.
+NEW_REGIONS = """
+CREATE TABLE IF NOT EXISTS new_regions (
+    layout   text NOT NULL,
+    slot     integer NOT NULL,
+    centre   bytea NOT NULL,
+    radius   double precision NOT NULL,
+    born     double precision NOT NULL,
+    members  integer NOT NULL,
+    replica  text NOT NULL,
+    PRIMARY KEY (layout, slot)
+);
+"""
+
 # (version, DDL bringing the schema from the version before to it), oldest first. A new version
 # only adds (tables, nullable columns, indexes), so replicas of the version before keep serving
 # on it through a rolling update: migrate first, then roll the replicas.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA), (2, INPUTS))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA), (2, INPUTS), (3, NEW_REGIONS))
 
 # -- query fragments (one `?` each) -------------------------------------------------------------
 HAS_FLAG = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(flags::jsonb) AS f(v) WHERE f.v = ?)"

@@ -94,6 +94,7 @@ def test_fleet_mode_is_one_setting(monkeypatch):
 STATED_DEFAULTS = {
     ("models", "primary"): "the file names the models this deployment serves",
     ("models", "others"): "the file names the models this deployment serves",
+    ("monitors", "regions"): "the file says the incident's embedding regions are watched",
 }
 
 

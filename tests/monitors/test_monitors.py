@@ -210,3 +210,26 @@ def test_calibrated_confidence_is_temperature_scaled_softmax(profiles, window):
     for m in range(2):
         want = scipy_softmax(np.log(probs) / profiles[m].temperature, axis=1).max(axis=1)
         assert np.allclose(mon.calibrated_many(m, probs), want)
+
+
+@pytest.mark.parametrize("seed,phone_share", [(3, 0.03), (4, 0.4), (5, 0.9)])
+def test_decisions_are_the_alarms_results_publish(profiles, window, seed, phone_share):
+    """Each monitor's `decisions` (the pipeline's cheap check after every drain) says True
+    exactly as often as its published scores alarm, on quiet and shifted traffic, regions on."""
+    from tests.monitors.conftest import make_profile
+
+    with_codebook = [make_profile(1, regions=8), profiles[1]]
+    suite = MonitorSuite(MODELS, with_codebook, SUBGROUPS, PAIRS, window, regions=True)
+    ev = random_events(6000, seed=seed, phone_share=phone_share, n_pairs=2)
+    low = np.random.default_rng(seed).random(len(ev)) < phone_share  # shifted traffic is unsure, too
+    ev = EventBatch(ev.t, ev.model, ev.subgroup, ev.predicted, np.where(low, 0.25, ev.confidence), ev.confusions,
+                    region=np.random.default_rng(seed).integers(0, 9, len(ev)))
+    suite.update_many(ev)
+    now = float(ev.t[-1])
+    alarms = 0
+    for monitor, decided in zip(suite.monitors, suite.decisions(now)):
+        published = [s.alarm for s in monitor.results(now)]
+        assert int(decided.sum()) == sum(published), monitor.name
+        alarms += sum(published)
+    if phone_share > 0.5:
+        assert alarms > 0  # the comparison above saw alarms, not only silence

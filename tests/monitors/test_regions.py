@@ -11,6 +11,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.spatial.distance import cdist, jensenshannon
 
 from monitors.events import WindowConfig
+from monitors.new_regions import NEW_SLOTS
 from monitors.regions import (KMEANS_ITERATIONS, MAX_REGIONS, NOVEL, Codebook, RegionMonitor, RegionReference,
                               fit_codebook)
 
@@ -92,7 +93,7 @@ def test_empty_clusters_are_removed():
         centroids, _ = kmeans2(x, 10, iter=KMEANS_ITERATIONS, minit="++", rng=0)
     book = fit_codebook(x, labels=np.zeros(n), predicted=np.zeros(n), confidence=rng.random(n), subgroups=["a"] * n,
                         k=10, seed=0)
-    assert book.k == 6 and len(book.regions) == 7 and book.names()[-1] == NOVEL
+    assert book.k == 6 and len(book.regions) == 7 and book.names()[book.k] == NOVEL
     assert np.array_equal(book.prototypes, owned(centroids, x))
     assert all(r.count == 20 for r in book.regions[:-1])
     # every sample sits on its prototype: float32 cancellation must not turn a distance into NaN
@@ -361,11 +362,15 @@ def test_unassigned_events_are_ignored(window):
 
 
 def test_monitor_keeps_the_contract(codebook, window):
-    """from_codebook() takes the codebook's names, shares and rates; the monitor pickles,
-    round-trips its config through JSON and its state, and resets to no samples."""
+    """from_codebook() takes the codebook's names, shares and rates, then the new regions'
+    empty slots (share 0); the monitor pickles, round-trips its config through JSON and its
+    state, and resets to no samples."""
     mon = RegionMonitor.from_codebook(codebook, window)
-    assert mon.regions == codebook.names() and mon.reference_shares == [r.share for r in codebook.regions]
-    assert mon.low_confidence_rates == [r.low_confidence_rate for r in codebook.regions]
+    new = len(codebook.names()) - codebook.k - 1
+    assert new == NEW_SLOTS and mon.regions == codebook.names()
+    assert mon.reference_shares == [r.share for r in codebook.regions] + [0.0] * new
+    assert mon.low_confidence_rates[:codebook.k + 1] == [r.low_confidence_rate for r in codebook.regions]
+    assert all(np.isnan(mon.low_confidence_rates[codebook.k + 1:]))
     assert mon.low_confidence == codebook.low_confidence
     even = np.full(codebook.k + 1, 1 / (codebook.k + 1))
     ev = stream(500, seed=11, shares=even, low_rates=np.full(codebook.k + 1, 0.1))
@@ -374,7 +379,7 @@ def test_monitor_keeps_the_contract(codebook, window):
     before = [s.value for s in mon.results(now)]
     assert [s.value for s in pickle.loads(pickle.dumps(mon)).results(now)] == pytest.approx(before, nan_ok=True)
     rebuilt = RegionMonitor.from_config(json.loads(json.dumps(mon.get_config())))
-    assert rebuilt.get_config() == mon.get_config()
+    assert json.dumps(rebuilt.get_config()) == json.dumps(mon.get_config())  # as text: NaN != NaN
     rebuilt.load_state(mon.state())
     assert [s.value for s in rebuilt.results(now)] == pytest.approx(before, nan_ok=True)
     mon.reset()

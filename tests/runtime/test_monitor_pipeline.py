@@ -127,3 +127,35 @@ def test_observe_many_equals_observe_one_by_one(make_pipeline):
     events_one = sorted(e[1:] for e in one._calibrated(list(one._queue)))
     events_many = sorted(e[1:] for e in many._calibrated(list(many._queue)))
     assert events_many == events_one and any(e[4] for e in events_one) and len(events_one) > 300
+
+
+def test_a_new_alarm_publishes_at_the_next_drain_not_the_next_recompute(make_pipeline, monkeypatch):
+    """With a recompute period of 300 s, an alarm that appears between recomputes is published
+    by the next tick (the drain's decision check), once per edge: a tick that finds the same
+    alarm again publishes nothing."""
+    monkeypatch.setattr("runtime.monitor_pipeline.EARLY_PUBLISH_GAP", 0.0)
+    pipeline = make_pipeline(recompute_seconds=300)
+    probs = np.array([0.7, 0.1, 0.1, 0.1])
+    for _ in range(50):
+        pipeline.observe("base", "capture=scanner", probs, 0)
+    pipeline.tick()  # the first publish, the phone share quiet
+    phone = ("representation", "cusum", "", "capture=phone", "")
+    assert phone not in pipeline.alarming
+    first = pipeline._last_publish
+    for _ in range(200):  # phone was 3% of training; now it is all the traffic
+        pipeline.observe("base", "capture=phone", probs, 0)
+    pipeline.tick()
+    assert phone in pipeline.alarming
+    assert pipeline._last_publish > first
+    published = pipeline._last_publish
+    pipeline.observe("base", "capture=phone", probs, 0)
+    pipeline.tick()
+    assert pipeline._last_publish == published
+
+
+def test_a_quiet_drain_costs_no_decision_check(make_pipeline, monkeypatch):
+    """A tick that drained nothing runs no decision rule (an idle service spends nothing)."""
+    pipeline = make_pipeline(recompute_seconds=300)
+    pipeline.tick()
+    monkeypatch.setattr(pipeline.suite, "decisions", lambda now: 1 / 0)
+    pipeline.tick()  # would raise if it checked

@@ -16,8 +16,9 @@ TOKEN = "test-admin-token-0123"
 
 @pytest.fixture(scope="module")
 def admin_server(model_home, tmp_path_factory):
+    # region monitors off (they are on by default): what the admin routes say without them
     env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_ADMIN_TOKEN": TOKEN,
-           "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1"}
+           "CLASSGUARD_MONITORS__RECOMPUTE_SECONDS": "1", "CLASSGUARD_MONITORS__REGIONS": "false"}
     with Server(env=env, log_path=tmp_path_factory.mktemp("admin") / "serve.log") as server:
         run(server.url, stream(holdout_samples(), 300, phone_share=0.4, seed=8), concurrency=8)
         yield server
