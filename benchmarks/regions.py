@@ -472,12 +472,14 @@ def match(region: np.ndarray, shifted: np.ndarray, top_3: np.ndarray) -> dict:
 
 def new_region_tracker(setup: RegionSetup):
     """The service's new-region tracker on this codebook, with a store of its own (one stream's
-    regions are not another's)."""
+    regions are not another's); its line per region formed is the service's, not this table's."""
+    import logging
     import tempfile
 
     from runtime.new_regions import NewRegionTracker
     from store.new_regions import LocalNewRegionStore
 
+    logging.getLogger("classguard.monitors").setLevel(logging.ERROR)
     return NewRegionTracker(setup.codebook, LocalNewRegionStore(Path(tempfile.mkdtemp(prefix="classguard-bench-")),
                                                                 "bench"))
 

@@ -5,8 +5,8 @@ Request path: `observe()` computes the prediction's flags (O(pairs)) and appends
 to a bounded queue; a full queue drops the event and counts it, never blocks.
 
 Background (a thread, every `DRAIN_SECONDS`): drain the queue into the worker's own monitor
-suite and, when it got events, run its decision rules alone (no scores built: about 1 ms for
-20 subgroups x 2 models with the regions, `make bench-monitors`); a rule that newly fires
+suite and, when it got events, run its decision rules alone (no scores built: 1-2 ms for 20
+subgroups x 2 models with the regions, `make bench-monitors`); a rule that newly fires
 publishes at once, so an alarm waits a drain, not a recompute period (at most one such early
 publish every `EARLY_PUBLISH_GAP` seconds). Every `recompute_seconds`: write the suite's
 window state to `<state_dir>/<pid>.npz` (atomic rename), merge every live worker's file into
