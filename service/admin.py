@@ -258,7 +258,7 @@ class Admin:
                 raise InputError("not_enough_data", "regions are off: set monitors.regions: true, with a primary "
                                  "model whose profile has a codebook")
             p = request.query_params
-            top = _count(p.get("top", "10"), "top", 1, len(self.region_names))
+            top = _count(p.get("top", "10"), "top", 1, 73)  # at most 64 codebook regions, novel, 8 new
             exemplars = _count(p.get("exemplars", str(region_report.EXEMPLARS)), "exemplars", 0, 50)
             try:
                 since = prediction_log.parse_since(p.get("since", "15m"))

@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
     parser.add_argument("--since", default="15m", help="15m, 2h, 1d or Unix seconds")
     parser.add_argument("--until")
-    parser.add_argument("--top", type=count(1, 65), default=10, help="the N highest-ranked regions")
+    parser.add_argument("--top", type=count(1, 73), default=10,
+                        help="the N highest-ranked regions (at most 64 of the codebook, novel, 8 new)")
     parser.add_argument("--exemplars", type=count(0, 50), default=5, help="newest request ids shown per region")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
