@@ -8,7 +8,8 @@ Per batch size, microseconds per image (medians of 5 rounds of about 1 s), at th
 `answer`: `Serving.answer_all` and the JSON body (after the forward pass: monitors,
 guardrails, rendering, log row, metrics); `npy`: the whole /classify_batch handler on one
 uint8 .npy upload (multipart parsing, decoding, normalising, subgroups, then the same);
-`png`: the handler on N PNG parts. The log's writer and the monitors' drain, which run off the
+`npy_columns`: the same with columnar answers (`?format=columns`); `png`: the handler on N
+PNG parts. The log's writer and the monitors' drain, which run off the
 request path (a thread, a background task), are timed apart. Then one profiled round of each
 depth at batch 64, its time split by component. Last, a single image through the whole
 /classify handler, everything on against everything off (a second wiring in the same
@@ -31,15 +32,15 @@ from pathlib import Path
 
 OUT = Path("artifacts/bench_answer.json")
 BATCHES = (1, 8, 64, 256)
-DEPTHS = ("answer", "npy", "png")
+DEPTHS = ("answer", "npy", "npy_columns", "png")
 COMPONENTS = (  # (component, path fragments of the functions it owns), first match wins
     ("multipart parsing", ("multipart", "starlette/formparsers", "http_input")),
     ("decoding (PNG, .npy)", ("PIL/", "array_input", "preprocess", "runtime/prepare", "subgroups", "derived")),
+    ("render + trace", ("guardrails/answer_table", "runtime/serving", "probability_rows", "service/classify")),
     ("guardrails", ("guardrails/",)),
     ("monitors", ("monitors/", "monitor_pipeline")),
     ("prediction log", ("prediction_log",)),
     ("metrics", ("core/metrics", "prometheus_client")),
-    ("render + trace", ("runtime/serving", "probability_rows", "service/classify")),
     ("event loop", ("asyncio", "selectors", "select.epoll")),
     ("numpy", ("numpy",)),
 )
@@ -109,11 +110,11 @@ def multipart(parts: list[tuple[str, str, bytes, str]]) -> bytes:
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 
-def starlette_request(body: bytes, path: str = "/classify_batch"):
-    """A starlette Request for POST `path` carrying `body`, as the server builds it."""
+def starlette_request(body: bytes, path: str = "/classify_batch", query: bytes = b""):
+    """A starlette Request for POST `path?query` carrying `body`, as the server builds it."""
     from starlette.requests import Request
 
-    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": query,
              "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
                          (b"content-length", str(len(body)).encode())]}
     sent = False
@@ -153,15 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     async def answer(batch: int) -> None:
         counter[0] += 1
         ids = [f"{counter[0]:012d}.{i}" for i in range(batch)]
-        orjson.dumps({"results": await serving.answer_all(pixels[:batch], subgroups[:batch], ids, [None] * batch,
-                                                         None)})
+        table = await serving.answer_all(pixels[:batch], subgroups[:batch], ids, [None] * batch, None)
+        orjson.dumps({"results": table.rows()})
 
-    async def handler(kind: str, batch: int) -> None:
-        response = await endpoints.classify_batch(starlette_request(bodies[kind, batch]))
+    async def handler(kind: str, batch: int, query: bytes = b"") -> None:
+        response = await endpoints.classify_batch(starlette_request(bodies[kind, batch], query=query))
         assert response.status_code == 200, response.body[:300]
 
     def depth(name: str):
-        return (lambda b: answer(b)) if name == "answer" else (lambda b: handler(name, b))
+        if name == "answer":
+            return lambda b: answer(b)
+        if name == "npy_columns":
+            return lambda b: handler("npy", b, b"format=columns")
+        return lambda b: handler(name, b)
 
     async def rounds(work, batch: int, seconds: float) -> list[float]:
         per_image = []
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> dict:
         await rounds(depth("npy"), batches[-1], 0.2)  # warm-up
         results: dict = {}
-        print(f"{'batch':>5} {'answer':>8} {'npy':>8} {'png':>8}   us an image besides the forward pass "
+        print(f"{'batch':>5} {'answer':>8} {'npy':>8} {'columns':>8} {'png':>8}   us an image besides the forward pass "
               f"(medians of 5 rounds); off the request path: log write, monitor drain", flush=True)
         for batch in batches:
             row = results[str(batch)] = {}

@@ -27,6 +27,7 @@ from core.config import LimitsConfig
 from core.errors import InputError
 from monitors.reference import InputSpec
 from runtime.array_input import decode_array
+from runtime.fast_png import model_shaped_png
 from runtime.preprocess import load, metadata_bytes, normalise, open_image, refuse_costly, to_pixels
 from runtime.subgroups import ImageFacts, SubgroupResolver, camera_of
 
@@ -110,6 +111,7 @@ class Opened:
     context: dict[str, Any] | None
     image: Image.Image | None  # the header read, kept unless it carries much text (read again then)
     facts: ImageFacts | None = None  # gathered only when a subgroup deriver reads them
+    pixels: np.ndarray | None = None  # decoded already: a PNG in the model's shape (runtime/fast_png.py)
 
 
 @dataclass
@@ -168,6 +170,10 @@ class Preparer:
         A header holding more than `_KEEP_HEADER_TEXT_BYTES` of text (a PNG's, decompressed: up
         to 1 MB from 1 KB) is not kept, so a batch's headers waiting for the pool stay small."""
         context = parse_context(raw_context, self.limits.max_context_bytes)
+        if not self.resolver.wants_facts:  # the facts come from Pillow's header
+            pixels = model_shaped_png(data, self.spec)
+            if pixels is not None:
+                return Opened(data, 0, context, None, pixels=pixels)
         image = self._header(data)
         try:
             cost = refuse_costly(image, self.spec, self.limits.max_decoded_bytes)
@@ -183,6 +189,8 @@ class Preparer:
 
     def pixels(self, opened: Opened) -> Decoded:
         """Decode and reduce to the model's input; the full-size image is released on return."""
+        if opened.pixels is not None:
+            return Decoded(opened.pixels, opened.context, opened.facts)
         image, opened.image = opened.image or self._header(opened.data), None
         try:
             return Decoded(to_pixels(load(image), self.spec), opened.context, opened.facts)

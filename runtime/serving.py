@@ -9,13 +9,15 @@ is taken per request, so a swap never mixes two chains in one response.
 
 A request of NUMPY_FROM images (core/batches.py) or more is decided on columns: each model's
 answers as one matrix, the chain's batch form (guardrails.columns), one pass of numpy for the
-order, top_k and rounding, then a dict per answer. Fewer images go image by image, the form
-the batch path is tested equal to. Either way the log and the metrics take the batch once.
+order, top_k and rounding. Fewer images go image by image, the form the batch path is tested
+equal to. Either way the answers come out as one table of columns (guardrails/answer_table.py),
+which the log and the metrics take once and the endpoint renders a dict per answer or columns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
@@ -25,9 +27,10 @@ import numpy as np
 from core import metrics
 from core.batches import NUMPY_FROM
 from core.keys import subgroup_key
+from guardrails.answer_table import AnswerTable
 from guardrails.chain import Chain
 from guardrails.columns import AnswerColumns, RequestColumns
-from guardrails.core import Answer, Decision, Request
+from guardrails.core import Answer, Decision
 from runtime.probability_rows import falling, rounded, rows_of
 
 logger = logging.getLogger("classguard")
@@ -49,9 +52,9 @@ class Monitors(Protocol):
 
 
 class AnswerLog(Protocol):
-    def record_many(self, responses: Sequence[dict[str, Any]], probs: Sequence[np.ndarray], config_hash: str,
-                    models: Sequence[str], subgroups: Sequence[str], images: Sequence[bytes] | None = None,
-                    regions: Sequence[str | None] | None = None) -> None: ...
+    def record_table(self, table: AnswerTable, probs: Sequence[np.ndarray], config_hash: str,
+                     subgroups: Sequence[str], images: Sequence[bytes] | None = None,
+                     regions: Sequence[str | None] | None = None) -> None: ...
 
 
 class Serving:
@@ -67,7 +70,7 @@ class Serving:
 
     async def answer_all(self, pixels: np.ndarray, subgroups: Sequence[dict[str, str]], request_ids: Sequence[str],
                          correlation_ids: Sequence[str | None] | None = None,
-                         images: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
+                         images: Sequence[bytes] | None = None) -> AnswerTable:
         chain = self.guardrails.chain
         keys = [subgroup_key(s) for s in subgroups]
         requests = RequestColumns(request_ids, subgroups, keys, self.monitors.alerts)
@@ -107,21 +110,21 @@ class Serving:
 
         counts = metrics.AnswerCounts()  # written once per label set, after the batch
         decide = self._answer_each if n < NUMPY_FROM else self._answer_columns
-        results, shadowed = decide(chain, requests, served, probs, flags, trace, correlation_ids, counts)
-        self.log.record_many(results, probs, chain.config_hash, [self.tags[name] for name in served], keys, images,
-                             requests.regions)
+        correlations = correlation_ids if correlation_ids is not None else [None] * n
+        table, shadowed = decide(chain, requests, served, probs, flags, trace, correlations, counts)
+        self.log.record_table(table, probs, chain.config_hash, keys, images, requests.regions)
         counts.flush()
         for i, name, predicted in shadowed:
             self._shadow(name, pixels[i], predicted, keys[i])
-        return results
+        return table
 
     def _answer_each(self, chain: Chain, requests: RequestColumns, served: list[str],
                      probs: np.ndarray | list[np.ndarray],
-                     flags: list[list[str]], trace: list[list[Decision]], correlation_ids: Sequence[str | None] | None,
-                     counts: metrics.AnswerCounts) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+                     flags: list[list[str]], trace: list[list[Decision]], correlation_ids: Sequence[str | None],
+                     counts: metrics.AnswerCounts) -> tuple[AnswerTable, list[tuple[int, str, str]]]:
         """The answers image by image (few images: numpy's fixed cost is more than the loop),
         and the shadows to run: (row, model, the class answered)."""
-        results, shadowed = [], []
+        table, shadowed = self._table(requests, correlation_ids, flags), []
         order = falling(probs)
         for i in range(len(requests)):
             request = requests.request(i)
@@ -131,15 +134,14 @@ class Serving:
             for decision in chain.shadows(request):
                 decisions.append(decision)
                 shadowed.append((i, decision.model, metrics.class_label(answer.labels, answer.label)))
-            results.append(self._render(request, model, answer, decisions,
-                                        correlation_ids[i] if correlation_ids is not None else None, order[i], counts))
-        return results, shadowed
+            self._render(table, i, model, answer, decisions, order[i], counts, request.subgroup_key)
+        return table, shadowed
 
     def _answer_columns(self, chain: Chain, requests: RequestColumns, served: list[str],
                         probs: np.ndarray | list[np.ndarray],
                         flags: list[list[str]], trace: list[list[Decision]],
-                        correlation_ids: Sequence[str | None] | None,
-                        counts: metrics.AnswerCounts) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+                        correlation_ids: Sequence[str | None],
+                        counts: metrics.AnswerCounts) -> tuple[AnswerTable, list[tuple[int, str, str]]]:
         """The same answers as `_answer_each`, decided per model over the batch's columns
         (tests/runtime/test_serving.py compares the two over random chains and batches)."""
         n = len(requests)
@@ -147,35 +149,44 @@ class Serving:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, name in enumerate(served):
             groups[name].append(i)
-        shown: list[tuple] = [()] * n
+        table = self._table(requests, correlation_ids, flags)
+        label_of: list = [None] * n
+        exact: list = [0.0] * n
         for name, idx in groups.items():
             model = self.models[name]
             block = AnswerColumns(name, model.profile.labels, rows_of(probs, idx),
                                   [tuple(flags[i]) for i in idx], np.array(idx, dtype=np.int64))
             chain.answer_many(requests, block)
-            for j, row in enumerate(self._shown(block)):
-                shown[idx[j]] = (model, block.decisions[j], *row)
-        results, shadowed = [], []
-        ids, subgroups, keys, primary = requests.request_ids, requests.subgroups, requests.keys, self.primary.name
+            tag = self.tags[name]
+            for j, (label, confidence, shown, names, values) in enumerate(self._shown(block)):
+                i = idx[j]
+                label_of[i], exact[i] = label, confidence
+                table.labels[i] = model.profile.labels[label] if label is not None else None
+                table.confidences[i], table.top_labels[i], table.top_probabilities[i] = shown, names, values
+                table.models[i], table.decisions[i] = tag, trace[i] + block.decisions[j] + shadows[i]
+        shadowed = []
+        keys, primary = requests.keys, self.primary.name
         for i in range(n):
-            model, decided, label, confidence, shown_confidence, top_k = shown[i]
-            decisions = trace[i] + decided + shadows[i]
-            labels = model.profile.labels
-            predicted = metrics.class_label(labels, label)
+            model = self.models[served[i]]
+            predicted = metrics.class_label(model.profile.labels, label_of[i])
             for decision in shadows[i]:
                 shadowed.append((i, decision.model, predicted))
-            counts.answer(model.name, keys[i], predicted, confidence, model.name != primary,
-                          [(d.guardrail, d.action) for d in decisions])
-            results.append(response(ids[i], correlation_ids[i] if correlation_ids is not None else None,
-                                    labels[label] if label is not None else None, shown_confidence, top_k,
-                                    self.tags[model.name], subgroups[i], decisions, flags[i]))
-        return results, shadowed
+            counts.answer(model.name, keys[i], predicted, exact[i], model.name != primary,
+                          [(d.guardrail, d.action) for d in table.decisions[i]])
+        return table, shadowed
 
-    def _shown(self, block: AnswerColumns) -> list[tuple[int | None, float, float, list[dict[str, Any]]]]:
+    @staticmethod
+    def _table(requests: RequestColumns, correlation_ids: Sequence[str | None], flags: list[list[str]]) -> AnswerTable:
+        """A table for the batch's answers, the per-answer columns yet to fill."""
+        n = len(requests)
+        return AnswerTable(requests.request_ids, correlation_ids, [None] * n, [0.0] * n, [[]] * n, [[]] * n,
+                           [""] * n, requests.subgroups, [[]] * n, flags)
+
+    def _shown(self, block: AnswerColumns) -> list[tuple[int | None, float, float, list[str], list[float]]]:
         """Per row of a block: the emitted class (None: abstained), the confidence (exact, and
-        rounded as shown) and top_k, as `_render` gives them: classes by falling probability,
-        suppressed ones left out."""
-        k, names, probs = self.top_k, block.labels, block.probs
+        rounded as shown), and the top_k classes' names and rounded probabilities, as `_render`
+        gives them: classes by falling probability, suppressed ones left out."""
+        k, probs = self.top_k, block.probs
         order = np.argsort(probs, axis=1)[:, ::-1]  # as `falling` orders each row
         kept = ~np.take_along_axis(block.suppressed, order, axis=1)
         rank = np.cumsum(kept, axis=1) - 1  # each kept class's place among the shown ones
@@ -187,14 +198,14 @@ class Serving:
         label = block.label
         best = np.where(label >= 0, label, np.where(count > 0, top[:, 0], -1))
         confidence = np.where(best >= 0, probs[np.arange(len(block)), np.maximum(best, 0)], 0).astype(probs.dtype)
+        names = _names(tuple(block.labels))[top].tolist()
         out = []
-        for classes, values, n_shown, emitted, exact, shown_confidence in zip(
-                top.tolist(), rounded(np.take_along_axis(probs, top, axis=1)), count.tolist(), label.tolist(),
+        for top_names, values, n_shown, emitted, exact, shown_confidence in zip(
+                names, rounded(np.take_along_axis(probs, top, axis=1)), count.tolist(), label.tolist(),
                 confidence.tolist(), rounded(confidence)):
             if n_shown < k:
-                classes, values = classes[:n_shown], values[:n_shown]
-            out.append((emitted if emitted >= 0 else None, exact, shown_confidence,
-                        [{"label": names[c], "probability": p} for c, p in zip(classes, values)]))
+                top_names, values = top_names[:n_shown], values[:n_shown]
+            out.append((emitted if emitted >= 0 else None, exact, shown_confidence, top_names, values))
         return out
 
     async def _run(self, pixels: np.ndarray, served: list[str], trace: list[list[Decision]],
@@ -270,37 +281,24 @@ class Serving:
         if outcome == "flip":
             metrics.child(metrics.SHADOW_FLIPS, (name, key, ours, theirs)).inc()
 
-    def _render(self, request: Request, model, answer: Answer, decisions: list[Decision], correlation: str | None,
-                order: np.ndarray, counts: metrics.AnswerCounts) -> dict[str, Any]:
-        """The answer as the client gets it, counted in `counts`; `order`: its classes by falling
-        probability."""
-        key = request.subgroup_key
-        emitted = answer.labels[answer.label] if answer.label is not None else None
+    def _render(self, table: AnswerTable, i: int, model, answer: Answer, decisions: list[Decision],
+                order: np.ndarray, counts: metrics.AnswerCounts, key: str) -> None:
+        """Fill row `i` of `table` with `answer` and count it in `counts`; `order`: its classes
+        by falling probability."""
         hidden = answer.suppressed
         shown = [int(c) for c in order if int(c) not in hidden]
         best = answer.label if answer.label is not None else (shown[0] if shown else None)
         confidence = float(answer.probs[best]) if best is not None else 0.0
         counts.answer(model.name, key, metrics.class_label(answer.labels, answer.label), confidence,
                       model.name != self.primary.name, ((d.guardrail, d.action) for d in decisions))
-        return response(request.request_id, correlation, emitted, round(confidence, 6),
-                        [{"label": answer.labels[c], "probability": round(float(answer.probs[c]), 6)}
-                         for c in shown[:self.top_k]],
-                        self.tags[model.name], request.subgroup, decisions, answer.flags)
+        table.labels[i] = answer.labels[answer.label] if answer.label is not None else None
+        table.confidences[i] = round(confidence, 6)
+        table.top_labels[i] = [answer.labels[c] for c in shown[:self.top_k]]
+        table.top_probabilities[i] = [round(float(answer.probs[c]), 6) for c in shown[:self.top_k]]
+        table.models[i], table.decisions[i] = self.tags[model.name], decisions
 
 
-def response(request_id: str, correlation: str | None, label: str | None, confidence: float,
-             top_k: list[dict[str, Any]], model: str, subgroup: Mapping[str, str], decisions: Sequence[Decision],
-             flags: Sequence[str]) -> dict[str, Any]:
-    """One answer as the client gets it (service/schemas.Prediction); `label` None: abstained."""
-    return {
-        "request_id": request_id,
-        "correlation_id": correlation,
-        "label": label,
-        "confidence": confidence,
-        "top_k": top_k,
-        "abstained": label is None,
-        "model": model,
-        "subgroup": dict(subgroup),
-        "guardrails": [d.as_dict() for d in decisions],
-        "flags": list(flags),
-    }
+@functools.lru_cache(maxsize=64)
+def _names(labels: tuple[str, ...]) -> np.ndarray:
+    """A model's class names as an array to index with a matrix of classes (one per model)."""
+    return np.array(labels, dtype=object)

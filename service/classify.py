@@ -18,6 +18,7 @@ from core import metrics
 from core.config import LimitsConfig
 from core.errors import InputError
 from core.ids import CORRELATION_ID_HEADER, REQUEST_ID_HEADER, correlation_id, slot_id, time_ordered_id
+from guardrails.answer_table import AnswerTable
 from monitors.reference import InputSpec
 from runtime.prepare import PreparedBatch, Preparer
 from runtime.serving import Serving
@@ -27,6 +28,7 @@ from service.http_input import Upload, batch_contexts, image_uploads, read_form
 
 CLASSIFY_FIELDS = frozenset({"image", "context"})
 BATCH_FIELDS = frozenset({"images", "array", "contexts"})
+ANSWER_FORMATS = ("answers", "columns")  # /classify_batch?format=
 
 
 class FastJSONResponse(JSONResponse):
@@ -80,9 +82,13 @@ class ClassifyEndpoints:
             raise InputError("malformed_context", "send at most one `context` field")
         item = await self.preparer.prepare_async(uploads[0].data, context_texts(contexts)[0])
         return (await self.serving.answer_all(item.pixels[None], [item.subgroup], [request_id], [correlation],
-                                              [uploads[0].data]))[0]
+                                              [uploads[0].data])).row(0)
 
     async def _classify_batch(self, request: Request, request_id: str, correlation: str | None) -> dict[str, Any]:
+        answers = request.query_params.get("format", "answers")
+        if answers not in ANSWER_FORMATS:
+            raise InputError("bad_parameter", "format must be answers (a JSON object per image, the default) or "
+                                              "columns (one object of arrays)")
         limit = self.limits.max_batch_images
         fields = await read_form(request, self.limits, max_files=limit, allowed=BATCH_FIELDS)
         if "array" in fields:
@@ -97,22 +103,36 @@ class ClassifyEndpoints:
             uploads = image_uploads(fields, "images")
             raw_contexts = context_texts(batch_contexts(fields, len(uploads)))
             n, batch = len(uploads), await self.preparer.prepare_many([u.data for u in uploads], raw_contexts)
-        return {"request_id": request_id, "correlation_id": correlation, "model": self.model_tag,
-                "results": await self._answer_slots(batch, n, request_id, correlation)}
-
-    async def _answer_slots(self, batch: PreparedBatch, n: int, request_id: str,
-                            correlation: str | None) -> list[dict[str, Any]]:
-        """Each of the `n` slots' answer in upload order: the images that passed preparation
-        answered, each refusal in its own slot (one bad image or context fails only its own)."""
+        head = {"request_id": request_id, "correlation_id": correlation, "model": self.model_tag}
+        errors = self._refusals(batch, request_id)
+        table = await self._answer(batch, request_id, correlation)
+        if answers == "columns":
+            # the answered images' columns, row j the image at upload position index[j]; each
+            # refusal apart, with its position
+            return {**head, "format": "columns", "count": n, "index": batch.slots,
+                    "answers": table.columns() if table is not None else None, "errors": errors}
         results: list[dict[str, Any] | None] = [None] * n
+        for error in errors:
+            results[error["index"]] = error
+        if table is not None:
+            for j, i in enumerate(batch.slots):
+                results[i] = {"index": i, **table.row(j)}
+        return {**head, "results": results}
+
+    @staticmethod
+    def _refusals(batch: PreparedBatch, request_id: str) -> list[dict[str, Any]]:
+        """The images refused in preparation, in upload order, counted (one bad image or context
+        fails only its own slot)."""
+        errors = []
         for i, error in sorted(batch.refused.items()):
             metrics.REJECTED.labels("classify_batch", error.reason).inc()
-            results[i] = {"index": i, **error.body(slot_id(request_id, i))}
-        if batch.slots:
-            idx = batch.slots
-            answers = await self.serving.answer_all(batch.pixels, batch.subgroups,
-                                                    [slot_id(request_id, i) for i in idx],
-                                                    [slot_id(correlation, i) for i in idx], batch.images)
-            for i, answer in zip(idx, answers):
-                results[i] = {"index": i, **answer}
-        return results
+            errors.append({"index": i, **error.body(slot_id(request_id, i))})
+        return errors
+
+    async def _answer(self, batch: PreparedBatch, request_id: str, correlation: str | None) -> AnswerTable | None:
+        """The answers to the images that passed preparation (None: none did)."""
+        if not batch.slots:
+            return None
+        idx = batch.slots
+        return await self.serving.answer_all(batch.pixels, batch.subgroups, [slot_id(request_id, i) for i in idx],
+                                             [slot_id(correlation, i) for i in idx], batch.images)

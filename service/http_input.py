@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from core.config import LimitsConfig
@@ -54,36 +53,95 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def read_form(request: Request, limits: LimitsConfig, *, max_files: int,
                     allowed: frozenset[str]) -> dict[str, list[Any]]:
-    """Field name -> values in order (UploadFile contents as Upload, text fields as str); a
-    field outside `allowed` is refused, so a misspelt one is not silently ignored."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+    """Field name -> values in order (file parts as Upload, text fields as str); a field outside
+    `allowed` is refused, so a misspelt one is not silently ignored."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "multipart/form-data":
         raise InputError("not_multipart", "send multipart/form-data with the image in the `image` field")
     body = await read_body(request, limits.max_upload_bytes)
-
-    async def replay():
-        yield body
-
-    parser = MultiPartParser(request.headers, replay(), max_files=max_files, max_fields=max_files + 8,
-                             max_part_size=limits.max_upload_bytes)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        text = str(exc)
-        reason = ("too_many_images" if "many files" in text else "too_many_fields" if "many fields" in text
-                  else "malformed_multipart")
-        raise InputError(reason, f"could not parse the multipart body: {exc}") from None
     fields: dict[str, list[Any]] = {}
-    try:
-        for name, value in form.multi_items():
-            if name not in allowed:
-                raise InputError("unknown_field", f"unknown form field {name[:64]!r}; this endpoint reads "
-                                                  f"{sorted(allowed)}")
-            if isinstance(value, UploadFile):
-                value = Upload(await value.read(), value.filename)
-            fields.setdefault(name, []).append(value)
-    finally:
-        await form.close()
+    for name, value in parse_form(body, content_type, max_files=max_files, max_fields=max_files + 8,
+                                  max_part_size=limits.max_upload_bytes):
+        if name not in allowed:
+            raise InputError("unknown_field", f"unknown form field {name[:64]!r}; this endpoint reads {sorted(allowed)}")
+        fields.setdefault(name, []).append(value)
     return fields
+
+
+def parse_form(body: bytes, content_type: str, *, max_files: int, max_fields: int,
+               max_part_size: int) -> list[tuple[str, Upload | str]]:
+    """The parts of a multipart/form-data body (RFC 7578) held in memory, in order: a part with
+    a filename as Upload, the others as text. The body is whole already (read_body), so parts
+    are cut at their delimiters with bytes.find, in C: Starlette's reader (python-multipart's
+    byte-by-byte parser, each part spooled to a temporary file, every write awaited) cost more
+    than decoding the small image in it. A part not closed by a delimiter (a truncated body) is
+    left out. Bad bodies are InputErrors: too_many_images, too_many_fields, malformed_multipart."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary or len(boundary) > 70:  # RFC 2046: 1-70 characters
+        raise InputError("malformed_multipart", "could not parse the multipart body: its Content-Type has no valid "
+                                                "boundary")
+    delimiter = b"--" + boundary
+    closing = b"\r\n" + delimiter
+    at = body.find(delimiter)
+    if at < 0:
+        raise InputError("malformed_multipart", "could not parse the multipart body: no part delimiter in it")
+    parts: list[tuple[str, Upload | str]] = []
+    files = texts = 0
+    at += len(delimiter)
+    while not body.startswith(b"--", at):  # "--" right after a delimiter closes the body
+        line_end = body.find(b"\r\n", at)
+        end = body.find(closing, line_end + 2) if line_end >= 0 else -1
+        if end < 0:
+            break  # truncated: this part is not closed
+        head, blank, data = body[line_end + 2:end].partition(b"\r\n\r\n")
+        if not blank:
+            raise InputError("malformed_multipart", "could not parse the multipart body: a part's headers do not "
+                                                    "end in a blank line")
+        name, filename = _disposition(head)
+        if filename is not None:
+            files += 1
+            if files > max_files:
+                raise InputError("too_many_images", f"could not parse the multipart body: more than {max_files} files")
+            parts.append((name, Upload(data, filename)))
+        else:
+            texts += 1
+            if texts > max_fields:
+                raise InputError("too_many_fields", f"could not parse the multipart body: more than {max_fields} "
+                                                    "fields")
+            if len(data) > max_part_size:
+                raise InputError("upload_too_large", f"a form field exceeds the limit of {max_part_size} bytes")
+            parts.append((name, _text(data)))
+        at = end + len(closing)
+    return parts
+
+
+MAX_PART_HEADERS = 8  # a form part needs two (Content-Disposition, Content-Type)
+
+
+def _disposition(head: bytes) -> tuple[str, str | None]:
+    """A part's field name and filename (None: a text field) from its headers."""
+    lines = head.split(b"\r\n") if head else []
+    if len(lines) > MAX_PART_HEADERS:
+        raise InputError("malformed_multipart", f"could not parse the multipart body: a part has more than "
+                                                f"{MAX_PART_HEADERS} headers")
+    for line in lines:
+        field, colon, value = line.partition(b":")
+        if not colon:
+            raise InputError("malformed_multipart", "could not parse the multipart body: a part header has no colon")
+        if field.strip().lower() == b"content-disposition":
+            _, options = parse_options_header(value.strip())
+            if b"name" not in options:
+                break
+            filename = options.get(b"filename")
+            return _text(options[b"name"]), _text(filename) if filename is not None else None
+    raise InputError("malformed_multipart", 'could not parse the multipart body: a part has no Content-Disposition '
+                                            '"name"')
+
+
+def _text(data: bytes) -> str:
+    """Form text as UTF-8 (a byte that is not UTF-8 becomes U+FFFD, never an error)."""
+    return data.decode("utf-8", "replace")
 
 
 def image_uploads(fields: dict[str, list[Any]], name: str) -> list[Upload]:

@@ -30,6 +30,7 @@ import orjson
 from core import metrics
 from core.clock import CLOCK
 from core.config import CaptureConfig, LogConfig
+from guardrails.answer_table import AnswerTable
 from guardrails.core import bucket
 from store import sql_sqlite
 from store.capture import Capture, Pending
@@ -39,7 +40,6 @@ from store.model_store import split_tag
 
 log = logging.getLogger("classguard.log")
 T = TypeVar("T")
-QUIET_ACTIONS = {"allow", "pass", "shadow"}  # guardrail actions that do not make a row "flagged"
 COLUMNS = ("request_id", "correlation_id", "ts", "subgroup", "model", "model_version", "label", "abstained",
            "confidence", "flagged", "flags", "guardrails", "top_k", "probs", "config_hash", "image_sha256", "replica",
            "region")
@@ -57,11 +57,6 @@ def _sha256(image: bytes | np.ndarray) -> str:
     return hashlib.sha256(image if isinstance(image, bytes) else image.tobytes()).hexdigest()
 
 
-def is_flagged(response: dict[str, Any]) -> bool:
-    return bool(response["flags"]) or response["abstained"] or any(
-        d["action"] not in QUIET_ACTIONS for d in response["guardrails"])
-
-
 class LogDisabled(Exception):
     """The prediction log is off (log.enabled: false): nothing to read."""
 
@@ -72,6 +67,9 @@ class NoLog:
     failing = False
 
     def record_many(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def record_table(self, *args: Any, **kwargs: Any) -> None:
         return None
 
     async def run(self) -> None:
@@ -114,36 +112,47 @@ class PredictionLog:
                     models: Sequence[str], subgroups: Sequence[str],
                     images: Sequence[bytes | np.ndarray] | None = None,
                     regions: Sequence[str | None] | None = None) -> None:
-        """Queue a batch's answered predictions; each `models` entry is name:version, each `regions`
-        entry the primary's region of the image (None when it has none), each `images` entry the
-        upload (or the array row) it answered. One clock reading (fleet time: replicas' rows
-        compare by it, in lookups and retention), each model tag split once, the drops of a full
-        queue counted once."""
+        """`record_table` for answers in the per-answer format, each answered by `models` (name:version)."""
+        table = AnswerTable.from_rows(responses)
+        table.models = list(models)
+        self.record_table(table, probs, config_hash, subgroups, images, regions)
+
+    def record_table(self, table: AnswerTable, probs: Sequence[np.ndarray], config_hash: str,
+                     subgroups: Sequence[str], images: Sequence[bytes | np.ndarray] | None = None,
+                     regions: Sequence[str | None] | None = None) -> None:
+        """Queue a batch's answered predictions (guardrails/answer_table.py: each row's model is
+        name:version); each `regions` entry the primary's region of the image (None when it has
+        none), each `images` entry the upload (or the array row) it answered. One clock reading
+        (fleet time: replicas' rows compare by it, in lookups and retention), each model tag
+        split once, the drops of a full queue counted once."""
         now, dropped, rows = CLOCK.now(), 0, []
         room = self.config.queue_size - len(self._queue)
         versions: dict[str, tuple[str, str]] = {}
         hash_images = images is not None and self.config.store_image_hash
         capture = self.capture if images is not None and self.capture.enabled else None
         captured: list[Pending] = []
-        for i, response in enumerate(responses):
-            flagged = is_flagged(response)
-            if not flagged and not self._sampled(response["request_id"]):
+        t = table
+        for i in range(len(t)):
+            request_id = t.request_ids[i]
+            flagged = t.flagged(i)
+            if not flagged and not self._sampled(request_id):
                 continue
             if len(rows) >= room:
                 dropped += 1
                 continue
-            model = models[i]
+            model = t.models[i]
             name_version = versions.get(model) or versions.setdefault(model, split_tag(model))
             region = regions[i] if regions is not None else None
             if capture is not None:
                 reason = capture.reason(name_version[0], subgroups[i], region, flagged, now)
                 if reason is not None:
-                    captured.append(Pending(response["request_id"], now, name_version[0], subgroups[i], region,
+                    captured.append(Pending(request_id, now, name_version[0], subgroups[i], region,
                                             reason, images[i]))  # type: ignore[index]
+            label = t.labels[i]
             rows.append((
-                response["request_id"], response.get("correlation_id"), now, subgroups[i], *name_version,
-                response["label"], int(response["abstained"]), float(response["confidence"]), int(flagged),
-                _json(response["flags"]), _json(response["guardrails"]), _json(response["top_k"]),
+                request_id, t.correlation_ids[i], now, subgroups[i], *name_version,
+                label, int(label is None), float(t.confidences[i]), int(flagged),
+                _json(t.flags[i]), _json([d.as_dict() for d in t.decisions[i]]), _json(t.top_k(i)),
                 np.asarray(probs[i], dtype=np.float32).tobytes(), config_hash,
                 _sha256(images[i]) if hash_images else None,  # type: ignore[index]
                 self.replica, region,

@@ -5,6 +5,7 @@ import asyncio
 from types import SimpleNamespace
 
 import numpy as np
+import orjson
 import pytest
 
 from guardrails.answers import AllowAll
@@ -45,8 +46,8 @@ def make_serving(chain, target_behaviour="ok"):
 
 def serve(serving, n=1, subgroup="phone"):
     async def go():
-        out = await serving.answer_all(np.zeros((n, 1, 8, 8), np.float32), [{"capture": subgroup}] * n,
-                                       [f"r{i}" for i in range(n)])
+        out = (await serving.answer_all(np.zeros((n, 1, 8, 8), np.float32), [{"capture": subgroup}] * n,
+                                        [f"r{i}" for i in range(n)])).rows()
         await asyncio.sleep(0.05)  # let shadow tasks finish
         return out
 
@@ -131,8 +132,8 @@ def test_region_conditions_route_and_abstain_on_the_primarys_region_and_the_log_
     rows = []
 
     class RecordingLog(NoLog):
-        def record_many(self, responses, probs, config_hash, models, subgroups, images=None, regions=None):
-            rows.extend((r["request_id"], m, region) for r, m, region in zip(responses, models, regions))
+        def record_table(self, table, probs, config_hash, subgroups, images=None, regions=None):
+            rows.extend(zip(table.request_ids, table.models, regions))
 
     async def primary(x):
         return np.stack([probs_for(1)] * len(x)), np.array([6, 7, 2][:len(x)], dtype=np.int64)
@@ -175,7 +176,8 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
     """Over 150 random chains and batches (routes before and after the primary, every answer
     guardrail, shadows, random flags and regions, ties in the probabilities), deciding the batch
     on columns gives the same responses, log rows, shadow comparisons and metric counts as
-    deciding it image by image."""
+    deciding it image by image; and on both paths the columnar format, read back row by row, is
+    the per-answer format, answer by answer."""
     from core import metrics
     import runtime.serving as serving_module
     from tests.guardrails.test_columns import FLAGS, KEYS, random_guardrail
@@ -195,9 +197,10 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
             return [[f for k, f in enumerate(FLAGS) if int(p.argmax() * 7 + k) % 3 == 0] for p in probs]
 
     class Log(NoLog):
-        def record_many(self, responses, probs, config_hash, models, subgroups, images=None, regions=None):
-            recorded["log"].extend((r, p.tolist(), config_hash, m, k, region)
-                                   for r, p, m, k, region in zip(responses, probs, models, subgroups, regions))
+        def record_table(self, table, probs, config_hash, subgroups, images=None, regions=None):
+            recorded["log"].extend((r, p.tolist(), config_hash, m, k, region, table.flagged(i))
+                                   for i, (r, p, m, k, region) in enumerate(zip(table.rows(), probs, table.models,
+                                                                                subgroups, regions)))
 
     def probs_of(x):  # each image's probabilities are in its pixels: both paths get the same
         return np.ascontiguousarray(x[:, 0, 0, :10]).astype(np.float32)
@@ -229,9 +232,23 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
             shadows = []
             serving._shadow = lambda name, px, ours, key: shadows.append((name, px.tolist(), ours, key))
             recorded["log"] = []
-            answers = asyncio.run(serving.answer_all(pixels, subgroups, ids, [f"c{i}" for i in range(n)]))
-            outcomes.append((answers, recorded["log"], shadows, recorded["counts"]))
+            table = asyncio.run(serving.answer_all(pixels, subgroups, ids, [f"c{i}" for i in range(n)]))
+            outcomes.append((table.rows(), recorded["log"], shadows, recorded["counts"], orjson.loads(orjson.dumps(table.columns()))))
         assert outcomes[0] == outcomes[1]
+        for rows, *_, columns in outcomes:
+            assert answers_of(columns) == orjson.loads(orjson.dumps(rows))
+
+
+def answers_of(columns: dict) -> list[dict]:
+    """The per-answer format, read from the columnar one as a client would."""
+    return [{"request_id": columns["request_id"][i], "correlation_id": columns["correlation_id"][i],
+             "label": columns["label"][i], "confidence": columns["confidence"][i],
+             "top_k": [{"label": label, "probability": p}
+                       for label, p in zip(columns["top_k_labels"][i], columns["top_k_probabilities"][i])],
+             "abstained": columns["abstained"][i], "model": columns["model"][i],
+             "subgroup": columns["subgroups"][columns["subgroup"][i]],
+             "guardrails": [columns["decisions"][j] for j in columns["guardrails"][i]], "flags": columns["flags"][i]}
+            for i in range(len(columns["request_id"]))]
 
 
 def test_a_rerun_leaves_the_primarys_answers_the_monitors_hold_untouched():
@@ -285,9 +302,11 @@ def test_the_subgroup_mix_counts_requests_and_the_model_monitors_count_each_mode
     for start in range(0, 300, 30):  # batches of 30 (the column path) and ...
         chunk = captures[start:start + 30]
         answers += asyncio.run(serving.answer_all(np.zeros((len(chunk), 1, 8, 8), np.float32),
-                                                  [{"capture": c} for c in chunk], [f"r{start + i}" for i in range(len(chunk))]))
+                                                  [{"capture": c} for c in chunk],
+                                                  [f"r{start + i}" for i in range(len(chunk))])).rows()
     for i in range(3):  # ... single images (the per-image path)
-        answers += asyncio.run(serving.answer_all(np.zeros((1, 1, 8, 8), np.float32), [{"capture": "phone"}], [f"s{i}"]))
+        answers += asyncio.run(serving.answer_all(np.zeros((1, 1, 8, 8), np.float32), [{"capture": "phone"}],
+                                                  [f"s{i}"])).rows()
     rerouted = sum(a["model"] == "fixed:v1" for a in answers)
     assert 0 < rerouted < len(answers) == 303
     pipeline.drain()

@@ -94,6 +94,37 @@ def test_batch_isolates_a_bad_image(client, samples):
     assert results[0]["label"] is not None and results[2]["label"] is not None
 
 
+def test_batch_columns_are_the_same_answers_as_the_default_format(client, samples):
+    """`?format=columns` answers the same images with the same labels, confidences, top-k and
+    subgroups as the per-answer format (request ids aside: each request gets its own), with a
+    refused image listed apart by its upload position; an unknown format is a counted 400."""
+    from tests.runtime.test_serving import answers_of
+
+    chosen = samples[::41][:10]
+    files = [("images", (f"{i}.png", s.png, "image/png")) for i, s in enumerate(chosen)]
+    files.insert(4, ("images", ("bad.txt", b"not an image")))
+    per_answer = client.post("/classify_batch", files=files).json()
+    r = client.post("/classify_batch?format=columns", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["format"] == "columns" and body["count"] == 11 and body["index"] == [0, 1, 2, 3, *range(5, 11)]
+    assert [(e["index"], e["error"]) for e in body["errors"]] == [(4, "not_an_image")]
+    assert body["errors"][0] == {**per_answer["results"][4], "request_id": body["errors"][0]["request_id"]}
+    ignore = ("request_id", "correlation_id")
+    columnar = [{k: v for k, v in a.items() if k not in ignore} for a in answers_of(body["answers"])]
+    default = [{k: v for k, v in a.items() if k not in ignore + ("index",)}
+               for a in per_answer["results"] if "error" not in a]
+    assert columnar == default and len(columnar) == 10
+    assert body["answers"]["request_id"][0] == f"{body['request_id']}.0"
+    refused = lambda: promtext.total(promtext.scrape(str(client.base_url).rstrip("/")),  # noqa: E731
+                                     "classguard_rejected_requests_total", endpoint="classify_batch",
+                                     reason="bad_parameter")
+    before = refused()
+    bad = client.post("/classify_batch?format=arrow", files=files[:1])
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_parameter" and "columns" in bad.json()["detail"]
+    assert refused() == before + 1
+
+
 def test_accuracy_over_http_matches_offline_evaluation(client, samples, training_report):
     """Phone accuracy measured through the live endpoint equals the offline test-split figure."""
     phone = [s for s in samples if s.capture == "phone"]

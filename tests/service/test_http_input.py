@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
@@ -210,3 +211,71 @@ def test_a_truncated_multipart_body_never_yields_a_cut_image():
         headers = {**encoded.headers, "content-length": str(len(body) - cut)}
         fields = asyncio.run(form(request(body[:-cut], headers)))
         assert reason_of(lambda: image_uploads(fields, "image")) == "missing_image"
+
+
+# -- parse_form against Starlette's reader ---------------------------------------------------------
+def starlette_parts(body: bytes, content_type: str) -> list[tuple[str, object]]:
+    """What Starlette's multipart reader (python-multipart underneath) makes of a body."""
+    from starlette.datastructures import Headers, UploadFile
+    from starlette.formparsers import MultiPartParser
+
+    async def stream():
+        yield body
+
+    async def parse():
+        form = await MultiPartParser(Headers({"content-type": content_type}), stream(), max_part_size=1 << 30).parse()
+        return [(k, Upload(await v.read(), v.filename) if isinstance(v, UploadFile) else v)
+                for k, v in form.multi_items()]
+
+    return asyncio.run(parse())
+
+
+def test_parse_form_reads_what_starlettes_reader_reads():
+    """Over 300 random forms as httpx encodes them (files and text fields, names and filenames
+    with quotes, spaces and non-ASCII, data full of CR, LF and dashes, empty parts), parse_form
+    gives the parts Starlette's reader gives, in order; cut anywhere, it gives a prefix of them
+    or a malformed_multipart, never a part cut short."""
+    from service.http_input import parse_form
+
+    rng = np.random.default_rng(5)
+    alphabet = ["a", "Z", "0", " ", "-", "\"", "é", "名", "_", "."]
+    word = lambda: "".join(rng.choice(alphabet, size=int(rng.integers(1, 8))))  # noqa: E731
+    for _ in range(300):
+        files, data = [], {}
+        for _ in range(int(rng.integers(1, 6))):
+            payload = bytes(rng.choice(list(b"\r\n-ab\x00\xff"), size=int(rng.integers(0, 200))).tolist())
+            if rng.random() < 0.6:
+                files.append((word(), (word(), payload, "application/octet-stream")))
+            else:
+                data.setdefault(word(), []).append(payload.decode("latin-1").replace("\r", "").replace("\n", ""))
+        files = files or [("f", ("f.bin", b"", "application/octet-stream"))]  # else httpx sends a urlencoded form
+        encoded = httpx.Request("POST", "http://x/", files=files, data=data)
+        body, content_type = encoded.read(), encoded.headers["content-type"]
+        want = starlette_parts(body, content_type)
+        assert parse_form(body, content_type, max_files=99, max_fields=99, max_part_size=1 << 20) == want
+        cut = int(rng.integers(0, len(body)))
+        try:
+            got = parse_form(body[:cut], content_type, max_files=99, max_fields=99, max_part_size=1 << 20)
+        except InputError as exc:
+            assert exc.reason == "malformed_multipart"
+        else:
+            assert got == want[:len(got)]
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"no delimiter at all", "malformed_multipart"),
+    (b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\nno blank line\r\n--B--\r\n", "malformed_multipart"),
+    (b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--\r\n", "malformed_multipart"),  # no name
+    (b"--B\r\nX-A: 1\r\nX-B\r\n\r\nx\r\n--B--\r\n", "malformed_multipart"),  # a header without a colon
+    (b"--B\r\n" + b"X-A: 1\r\n" * 9 + b"Content-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B--\r\n",
+     "malformed_multipart"),
+])
+def test_parse_form_refuses_malformed_parts(body, reason):
+    """No delimiter, headers without their blank line, a part without a name, a header without
+    a colon, more than 8 headers: each a malformed_multipart."""
+    from service.http_input import parse_form
+
+    assert reason_of(lambda: parse_form(body, "multipart/form-data; boundary=B", max_files=4, max_fields=4,
+                                        max_part_size=100)) == reason
+    assert reason_of(lambda: parse_form(body, "multipart/form-data; boundary=" + "B" * 71, max_files=4,
+                                        max_fields=4, max_part_size=100)) == "malformed_multipart"
