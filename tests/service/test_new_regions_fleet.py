@@ -69,9 +69,10 @@ def test_a_group_found_by_one_replica_is_the_same_region_on_the_other(model_home
         run(b, rotated_samples(seed=2))
         wait_until(lambda: regions_logged(url, "replica-1").get("n00", 0) >= 10, timeout=20,
                    message=lambda: f"rotated answers of replica 1 logged in n00: {regions_logged(url, 'replica-1')}")
-        scores = promtext.scrape(b)
-        assert promtext.total(scores, "classguard_monitor_score", monitor="regions", statistic="share",
-                              subgroup="region=n00") > 0
+        # the published share follows the log by up to a publish (each second here)
+        wait_until(lambda: promtext.total(promtext.scrape(b), "classguard_monitor_score", monitor="regions",
+                                          statistic="share", subgroup="region=n00") > 0,
+                   timeout=20, message="replica 1 publishing a share for n00")
         time.sleep(3)  # every worker's publish (each second here) has searched its ring since the traffic
         auth = {"Authorization": f"Bearer {TOKEN}"}
         for name, status in (("r00", 400), ("novel", 400), ("n0" + "0" * 5000, 400), ("n07", 404)):
