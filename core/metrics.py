@@ -181,7 +181,7 @@ MONITOR_ERRORS = Counter(
     "classguard_monitor_errors", "Failures inside the monitor pipeline, by monitor (or `state`).", ["monitor"],
 )
 NEW_REGIONS = Gauge(
-    "classguard_new_regions", "New regions formed from novel traffic so far (runtime/new_regions.py), "
+    "classguard_new_regions", "New regions formed from novel traffic and not retired (runtime/new_regions.py), "
     "at most the codebook's new slots.", multiprocess_mode="livemax",
 )
 MONITOR_LAST_RUN = Gauge(

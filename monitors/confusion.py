@@ -5,8 +5,15 @@ model emits `target` and `source` is close behind (probability gap below `margin
 label-free sign that this answer may be that confusion. Over the window, per subgroup: the
 firing rate against the subgroup's reference rate of the confusion, (true source, emitted
 target) in its validation confusion matrix (the whole validation set's for a subgroup the
-profile lacks). A one-sided Bernoulli CUSUM flags a rise to `rate_ratio` x that rate (odds),
-never below `rate_floor`.
+profile lacks). Two one-sided Bernoulli CUSUMs, one for a rise to `rate_ratio` x that rate
+(odds), one for a rise to `rate_ratio` squared, both from a rate never below `rate_floor`; the
+published statistic is the larger, and either past the threshold alarms.
+
+Why two: a known confusion that comes back usually comes back at many times its validation
+rate (often 0, held to the floor), and a test tuned to a 3x rise needs about twice the flagged
+answers to see a 10x one. The second test halves that, at the price of a slightly higher
+threshold for the same false-alarm rate (measured in docs/detection-quality.md: delay median
+125 -> 75 events at equal run length between false alarms).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ class KnownConfusions(WindowedMonitor):
         self._published = self._applies[None, :, :] & (self._index[:, None, :, 0] >= 0)
         self._margins = np.array([pair.margin for pair in self.pairs])
         self._p0, self._p1 = window.sequential_rates(self._expected)
+        _, self._p1_large = window.sequential_rates(self._expected, ratio=window.rate_ratio ** 2)
         # last axis: one column per pair, then the event count
         self.counts_shape = (len(self.models), len(self.subgroups), len(self.pairs) + 1)
         self.reset()
@@ -111,7 +119,9 @@ class KnownConfusions(WindowedMonitor):
         if not len(series):
             series = np.zeros((1, len(self.models), len(self.subgroups), len(self.pairs) + 1))
         total = series.sum(axis=0)
-        cusum = bernoulli_cusum(series[..., :-1], series[..., -1:], self._p0, self._p1)  # trials broadcast
+        hits, trials = series[..., :-1], series[..., -1:]  # trials broadcast over the pairs
+        cusum = np.maximum(bernoulli_cusum(hits, trials, self._p0, self._p1),
+                           bernoulli_cusum(hits, trials, self._p0, self._p1_large))
         alarm = (total[..., -1:] >= self.window.min_samples) & (cusum > self.window.cusum_threshold)
         return total, cusum, alarm & self._published
 

@@ -90,10 +90,10 @@ class WindowConfig:
 
         return BucketedCounts(shape, bucket_s=self.bucket_s, n_buckets=self.n_buckets)
 
-    def sequential_rates(self, p0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def sequential_rates(self, p0: np.ndarray, ratio: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """H0 and H1 rates of a rise test: the reference rate (kept within [rate_floor,
-        1 - rate_floor]) and the rate whose odds are `rate_ratio` times its odds (for small
-        rates, about `rate_ratio` x the rate)."""
+        1 - rate_floor]) and the rate whose odds are `ratio` (default `rate_ratio`) times its
+        odds (for small rates, about `ratio` x the rate)."""
         base = np.clip(np.asarray(p0, np.float64), self.rate_floor, 1.0 - self.rate_floor)
-        odds = self.rate_ratio * base / (1.0 - base)
+        odds = (self.rate_ratio if ratio is None else ratio) * base / (1.0 - base)
         return base, odds / (1.0 + odds)

@@ -5,8 +5,8 @@
 `novel` catches both). A new group is many *different* images close to one another, where
 ordinary outliers are few and far apart. So:
 
-- `NovelRing` keeps the latest novel embeddings (a bounded ring, O(1) per event, mergeable
-  between workers as the windows are);
+- `NovelRing` keeps the latest novel embeddings (a bounded ring, O(1) per event); each worker
+  searches its own, and the store (store/new_regions.py) makes what one finds everyone's;
 - `discover` looks, among the ring's distinct embeddings inside the window, for a ball of
   the codebook's own width (`radius`: the validation's q90 distance from an image to its
   prototype) holding at least `min_members` of them. Such a ball becomes a new region, its
@@ -110,15 +110,6 @@ class NovelRing:
 
     def since(self, start: float) -> np.ndarray:
         return self.embeddings[self.times >= start]
-
-    def merge(self, other: "NovelRing") -> "NovelRing":
-        """Take in another worker's ring: the newest `capacity` of both are kept."""
-        times = np.concatenate([self.times, other.times])
-        keep = np.argsort(times, kind="stable")[-self.capacity:]
-        both = np.concatenate([self.embeddings, other.embeddings])
-        self.embeddings, self.times = both[keep].copy(), times[keep].copy()
-        self._next = 0  # the oldest is first now, so the next write replaces it
-        return self
 
 
 def discover(embeddings: np.ndarray, *, radius: float, known: NewRegions, now: float,

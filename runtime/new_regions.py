@@ -56,23 +56,42 @@ class NewRegionTracker:
             found = discover(candidates, radius=self.radius, known=self.known, now=now)
             if found:
                 self.store.claim(found)
-        stored = self.store.load()
-        seen = {r.slot for r in self.known.regions}
-        arrived = [r for r in stored if r.slot not in seen]
-        if arrived:
-            self.known = NewRegions(stored)
-            metrics.NEW_REGIONS.set(len(stored))
-            for r in arrived:
-                log.warning("new region %s: %d distinct images novel to the codebook within %.3g of one centre, "
-                            "since %s", new_region_names()[r.slot], r.members, r.radius, _when(r.born))
+        return self._take_up(self.store.load())
+
+    def retire(self, name: str) -> dict[str, Any] | None:
+        """Free the slot of new region `name` (`nNN`) for every worker and replica (the others
+        at their next refresh); what it was, or None when no region has that name now."""
+        names = new_region_names()
+        if name not in names:
+            raise ValueError(f"{name!r} is not a new region's name (n00..{names[-1]})")
+        gone = self.store.retire(names.index(name))  # known to the store, if not yet to this worker
+        self._take_up(self.store.load())
+        return _described(gone) if gone is not None else None
+
+    def _take_up(self, stored: list[NewRegion]) -> list[NewRegion]:
+        """Make the store's regions this worker's; returns those new to it."""
+        before = {(r.slot, r.born) for r in self.known.regions}
+        after = {(r.slot, r.born) for r in stored}
+        if before == after:
+            return []
+        arrived = [r for r in stored if (r.slot, r.born) not in before]
+        self.known = NewRegions(stored)
+        metrics.NEW_REGIONS.set(len(stored))
+        for r in arrived:
+            log.warning("new region %s: %d distinct images novel to the codebook within %.3g of one centre, "
+                        "since %s", new_region_names()[r.slot], r.members, r.radius, _when(r.born))
+        for slot, born in sorted(before - after):
+            log.warning("new region %s (since %s) retired: its slot is free", new_region_names()[slot], _when(born))
         return arrived
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Each formed region's name -> why it is a region and since when (for reports)."""
-        return {new_region_names()[r.slot]: {
-            "since": _when(r.born), "members": r.members, "radius": round(r.radius, 4),
+        return {new_region_names()[r.slot]: _described(r) for r in self.known.regions}
+
+
+def _described(r: NewRegion) -> dict[str, Any]:
+    return {"since": _when(r.born), "members": r.members, "radius": round(r.radius, 4),
             "why": f"{r.members} distinct images novel to the codebook within {r.radius:.3g} of one centre"}
-            for r in self.known.regions}
 
 
 def _when(t: float) -> str:

@@ -6,6 +6,7 @@
     GET  /admin/predictions/{id}           one answer by its request id (or the client's correlation id)
     GET  /admin/predictions-summary        flags per subgroup in the log
     GET  /admin/regions?since=15m&until=&top=10&exemplars=5   regions of the embedding, ranked
+    DELETE /admin/regions/{name}           retire new region nNN: its slot is free for the next group
     GET  /admin/inputs                     captured inputs (metadata, oldest first, a page at a time)
     GET  /admin/inputs/{id}[?thumbnail=1]  one captured input, re-encoded as PNG;  DELETE: erase it
     DELETE /admin/inputs?since=&until=     erase the captured inputs of a time range
@@ -36,6 +37,7 @@ from core import metrics
 from core.clock import CLOCK
 from core.errors import InputError
 from core.ids import is_lookup_id
+from monitors.new_regions import new_region_names
 from runtime.chain_config import check_profile_name
 from runtime.monitor_pipeline import MonitorsDisabled
 from service.http_errors import error_response, internal_error, route_error
@@ -58,6 +60,7 @@ ROUTES = [  # path under MOUNT, method, Admin method
     ("/predictions/{request_id}", "GET", "show_prediction"),
     ("/predictions-summary", "GET", "prediction_summary"),
     ("/regions", "GET", "regions"),
+    ("/regions/{name}", "DELETE", "retire_region"),
     ("/inputs", "GET", "list_inputs"),
     ("/inputs", "DELETE", "erase_inputs"),
     ("/inputs/{request_id}", "GET", "show_input"),
@@ -273,6 +276,28 @@ class Admin:
                                              primary.codebook.references(), temperatures, exemplars, new)
             return {"since": since, "until": until, "answers": len(rows), "log_mode": self.log_mode,
                     "model": primary.tag, "regions": ranked[:top]}
+
+        return await self._guarded(request, work)
+
+    async def retire_region(self, request: Request) -> Response:
+        """Retire new region `nNN` for the fleet (store/new_regions.py): on-call's lever when
+        the eight slots hold groups that stopped coming, or one a client made on purpose."""
+        async def work():
+            tracker = self.models[self.primary].new_regions if self.region_names else None
+            if tracker is None:
+                raise InputError("not_enough_data", "regions are off: set monitors.regions: true, with a primary "
+                                 "model whose profile has a codebook")
+            name = request.path_params["name"]
+            if name not in new_region_names():  # never echoed: it is the client's text
+                raise InputError("bad_parameter", "only a new region (n00..n07) can be retired; the codebook's "
+                                 "regions and novel belong to the model's profile")
+            try:
+                retired = await off_loop(tracker.retire, name)  # the tracker logs it
+            except StoreUnavailable as exc:
+                raise InputError("store_unavailable", f"not retired: {exc}") from None
+            if retired is None:
+                raise InputError("not_found", f"no new region is called {name} now: nothing to retire")
+            return {"retired": name, **retired}
 
         return await self._guarded(request, work)
 

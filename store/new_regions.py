@@ -4,7 +4,9 @@ group the same way (monitors/new_regions.py finds them; runtime/new_regions.py a
 `claim(found)` takes a worker's candidates one at a time under a lock: a candidate whose centre
 lies within an existing region's radius is that region (another worker found the same group
 first) and is dropped; the others get the lowest free slots. `load()` gives every region of
-this layout (one primary model version: regions live in its embedding space). Two stores,
+this layout (one primary model version: regions live in its embedding space). `retire(slot)`
+frees a slot (on-call's lever when the slots are full of groups that stopped coming, or that a
+client made on purpose); a group still arriving forms again at a later search. Two stores,
 one interface:
 
 - `LocalNewRegionStore`, one host: a JSON file in the per-start runtime directory, written by
@@ -72,6 +74,19 @@ class LocalNewRegionStore:
                 os.replace(tmp, self.path)
         return added
 
+    def retire(self, slot: int) -> NewRegion | None:
+        """Remove the region in `slot`; returns it, or None when the slot is free."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            existing = self._read()
+            gone = [r for r in existing if r.slot == slot]
+            if gone:
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps([r.to_dict() for r in existing if r.slot != slot]))
+                os.replace(tmp, self.path)
+        return gone[0] if gone else None
+
     def load(self) -> list[NewRegion]:
         """Every stored region, read again only when the file changed."""
         try:
@@ -98,6 +113,30 @@ class FleetNewRegionStore:
         """Store what in `found` is new, one claim at a time across the fleet; returns the
         regions added. StoreUnavailable when the database cannot be reached: nothing is stored,
         and the next search finds the group again."""
+        def insert(conn) -> list[NewRegion]:
+            added = _merge(self._select(conn), found, self.slots, stamp=store_now(conn))
+            for r in added:
+                conn.execute("INSERT INTO new_regions (layout, slot, centre, radius, born, members, replica) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (self.layout, r.slot, r.centre.astype(np.float32).tobytes(), r.radius, r.born,
+                              r.members, self.replica))
+            return added
+
+        return self._locked(insert, "the new regions could not be stored")
+
+    def retire(self, slot: int) -> NewRegion | None:
+        """Remove the region in `slot` for the whole fleet; returns it, or None when the slot is
+        free."""
+        def delete(conn) -> NewRegion | None:
+            gone = [r for r in self._select(conn) if r.slot == slot]
+            conn.execute("DELETE FROM new_regions WHERE layout = ? AND slot = ?", (self.layout, slot))
+            return gone[0] if gone else None
+
+        return self._locked(delete, "the new region could not be retired")
+
+    def _locked(self, work, failed: str):
+        """`work(conn)` in one transaction holding the claims' lock, so no claim ever sees a
+        slot half-taken or half-freed; StoreUnavailable when the database fails."""
         try:
             conn = self.db.connect(schema=False)
         except self.db.errors as exc:
@@ -105,17 +144,11 @@ class FleetNewRegionStore:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(?)", (NEW_REGIONS_LOCK,))
-                added = _merge(self._select(conn), found, self.slots, stamp=store_now(conn))
-                for r in added:
-                    conn.execute("INSERT INTO new_regions (layout, slot, centre, radius, born, members, replica) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (self.layout, r.slot, r.centre.astype(np.float32).tobytes(), r.radius, r.born,
-                                  r.members, self.replica))
+                return work(conn)
         except self.db.errors as exc:
-            raise StoreUnavailable(f"the new regions could not be stored ({type(exc).__name__})") from None
+            raise StoreUnavailable(f"{failed} ({type(exc).__name__})") from None
         finally:
             conn.close()
-        return added
 
     def load(self) -> list[NewRegion]:
         return self.db.read(self._select)

@@ -1,5 +1,6 @@
 """`classguard regions`: the embedding's regions in recent traffic, ranked by excess share x error
-(GET /admin/regions, as a table or JSON)."""
+(GET /admin/regions, as a table or JSON); `--retire n03` frees a new region's slot for the fleet
+(DELETE /admin/regions/n03)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the N highest-ranked regions (at most 64 of the codebook, novel, 8 new)")
     parser.add_argument("--exemplars", type=count(0, 50), default=5, help="newest request ids shown per region")
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--retire", metavar="NAME",
+                        help="retire new region NAME (n00..n07) for every replica: its slot is free for the next "
+                             "group (a group still arriving forms again)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     from store import region_report
 
+    if args.retire:
+        retired = json.loads(admin_call(args.url, f"regions/{args.retire}", method="DELETE"))
+        print(f"retired {retired['retired']}: {retired['why']}, new since {retired['since']}")
+        return 0
     query = {"since": args.since, "top": args.top, "exemplars": args.exemplars,
              **({"until": args.until} if args.until else {})}
     body = admin_call(args.url, f"regions?{urllib.parse.urlencode(query)}")

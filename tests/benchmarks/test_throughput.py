@@ -1,6 +1,12 @@
-"""The throughput benchmark's ratios: only services that ran are compared, round by round."""
+"""The throughput benchmark's ratios: only services that ran are compared, round by round; the
+services not being measured are paused, and run again after."""
 
-from benchmarks.throughput import RATIOS, ratios_at, median_of
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from benchmarks.throughput import RATIOS, alone, median_of, ratios_at
 
 
 def test_ratios_compare_only_services_that_ran_and_keep_each_round():
@@ -20,3 +26,39 @@ def test_ratios_compare_only_services_that_ran_and_keep_each_round():
     assert got["c_over_d_per_round"] == [0.8, 1.2]
     assert got["c_over_d"] == 0.95 and got["c_over_c2"] == 0.95
     assert got["c_over_d_cpu_us"] == 250.0
+
+
+def states(procs: dict, want: list[str]) -> list[str]:
+    """The processes' states (T stopped, S sleeping), read until they are `want` or 5 s passed:
+    a signal is delivered a moment after it is sent."""
+    deadline = time.monotonic() + 5
+    while True:
+        got = [Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in procs.values()]
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.01)
+
+
+def test_alone_pauses_every_other_service_and_resumes_them():
+    """While one service is measured the others' process groups are stopped (state T), the
+    measured one is not; after, all run again, also when the measurement fails."""
+    procs = {n: subprocess.Popen(["sleep", "30"], start_new_session=True) for n in "abc"}
+    servers = {n: SimpleNamespace(process=p) for n, p in procs.items()}
+    try:
+        assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+        with alone(servers, "b", pause=True):
+            assert states(procs, ["T", "S", "T"]) == ["T", "S", "T"]
+        assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+        try:
+            with alone(servers, "a", pause=True):
+                raise RuntimeError("wrk failed")
+        except RuntimeError:
+            pass
+        assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+        with alone(servers, "a", pause=False):
+            time.sleep(0.1)  # a stop, had one been sent, would show by now
+            assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()

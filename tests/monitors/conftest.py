@@ -45,3 +45,11 @@ def random_events(n: int, seed: int = 0, t0: float = 1_000.0, rate: float = 50.0
         confidence=rng.uniform(0.2, 1.0, n),
         confusions=rng.integers(0, 2 ** n_pairs, n) if n_pairs else np.zeros(n, np.int64),
     )
+
+
+def page(successes, trials, p0, p1):
+    """Page's recursion S_t = max(0, S_{t-1} + log-likelihood ratio of bucket t)."""
+    s = np.zeros_like(p0)
+    for x, n in zip(successes, trials):
+        s = np.maximum(0.0, s + x * np.log(p1 / p0) + (n - x) * np.log((1 - p1) / (1 - p0)))
+    return s

@@ -14,7 +14,7 @@ from monitors.confusion import ConfusionPair, KnownConfusions, reference_rate
 from monitors.events import EventBatch
 from monitors.representation import SubgroupRepresentation
 from monitors.suite import MonitorSuite
-from tests.monitors.conftest import MODELS, SUBGROUPS, random_events
+from tests.monitors.conftest import MODELS, SUBGROUPS, page, random_events
 
 PAIRS = [ConfusionPair("a", "b", margin=0.3), ConfusionPair("c", "d", margin=0.3, subgroups=("capture=phone",))]
 
@@ -109,6 +109,26 @@ def test_known_confusion_rates_and_reference(profiles, window):
     all_ref = profiles[1].subgroups["all"]
     assert other.reference == pytest.approx(all_ref.confusion_matrix[0][1] / all_ref.count)
     assert not by(mon.results(now), subgroup=SUBGROUPS[0], pair="c->d")  # not watched outside phone
+
+
+def test_known_confusion_cusum_is_the_larger_of_two_rises(profiles, window):
+    """The published CUSUM is the larger of Page's recursions for a 3x and a 9x rise from the
+    floored reference rate; a 10x rise alarms on the 9x test where the 3x one alone is below
+    the threshold."""
+    mon = KnownConfusions(PAIRS[:1], MODELS, profiles, SUBGROUPS, window)
+    rng = np.random.default_rng(3)
+    n = 200  # scanner only, base model: 4 s of 50 events, a->b fired on 6% of them (p0 is the 0.5% floor)
+    ev = EventBatch(1_000.0 + np.arange(n) / 50, np.zeros(n, np.int64), np.zeros(n, np.int64),
+                    np.ones(n, np.int64), np.full(n, 0.5), (rng.random(n) < 0.06).astype(np.int64))
+    mon.update_many(ev)
+    bucket = np.floor(ev.t).astype(int)
+    hits = np.array([ev.confusions[bucket == b].sum() for b in np.unique(bucket)], dtype=float)
+    trials = np.array([(bucket == b).sum() for b in np.unique(bucket)], dtype=float)
+    p0 = np.clip(mon._expected[0, 0, 0], window.rate_floor, 1 - window.rate_floor)
+    small, large = (page(hits, trials, p0, (r * p0 / (1 - p0)) / (1 + r * p0 / (1 - p0))) for r in (3.0, 9.0))
+    score = by(mon.results(float(ev.t[-1])), model="base", subgroup=SUBGROUPS[0], statistic="cusum")[0]
+    assert score.value == pytest.approx(max(small, large))
+    assert small < window.cusum_threshold < large and score.alarm  # the second test is what alarms
 
 
 def test_known_confusion_refuses_bad_pairs():

@@ -14,6 +14,7 @@ from monitors.events import WindowConfig
 from monitors.new_regions import NEW_SLOTS
 from monitors.regions import (KMEANS_ITERATIONS, MAX_REGIONS, NOVEL, Codebook, RegionMonitor, RegionReference,
                               fit_codebook)
+from tests.monitors.conftest import page
 
 DIM, N_VALIDATION = 12, 1500  # 0.99 * (1500 - 1) is not a whole number: no sample sits on novel_distance
 GROUPS = np.array(["capture=scanner", "capture=phone", "capture=other"])
@@ -248,14 +249,6 @@ def test_monitor_shares_and_rates_equal_numpy(window):
     js = by(scores, statistic="js_distance")[0]
     assert js.subgroup == "" and js.value == pytest.approx(jensenshannon(live, SHARES, base=2))
     assert js.samples == live.sum()
-
-
-def page(successes, trials, p0, p1):
-    """Page's recursion S_t = max(0, S_{t-1} + log-likelihood ratio of bucket t)."""
-    s = np.zeros_like(p0)
-    for x, n in zip(successes, trials):
-        s = np.maximum(0.0, s + x * np.log(p1 / p0) + (n - x) * np.log((1 - p1) / (1 - p0)))
-    return s
 
 
 def rise(p, window):

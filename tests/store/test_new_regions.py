@@ -1,5 +1,6 @@
 """Where new regions are shared: two workers (one host) or two replicas (PostgreSQL) that find
-the same group store it once, under one name, and each reads the other's."""
+the same group store it once, under one name, and each reads the other's; a retired region's
+slot is free for everyone, and the next group takes it."""
 
 import threading
 import time
@@ -24,11 +25,15 @@ def test_two_workers_of_one_host_name_one_group_once(tmp_path):
     assert [(r.slot, float(r.centre[0])) for r in a.load()] == [(0, 0.0), (1, 9.0)]
     assert [r.slot for r in b.load()] == [0, 1]
     assert LocalNewRegionStore(tmp_path, "other-version").load() == []  # regions belong to one layout
+    retired = b.retire(0)
+    assert retired is not None and float(retired.centre[0]) == 0.0 and b.retire(0) is None
+    assert [r.slot for r in a.load()] == [1]
+    assert [r.slot for r in a.claim([region(5.0)])] == [0]  # the freed slot is the lowest free one
 
 
 def test_replicas_racing_for_one_group_store_it_once_stamped_by_the_database(pg_url):
     """Four replicas claim the same group at once through PostgreSQL: one row, slot 0, its birth
-    the database's time; then each replica reads it."""
+    the database's time; then each replica reads it; one retires it, and it is gone for all."""
     db = PostgresDatabase(pg_url, replica="owner")
     db.migrate()
     stores = [FleetNewRegionStore(PostgresDatabase(pg_url, replica=f"r{i}"), "layout", f"r{i}") for i in range(4)]
@@ -46,3 +51,6 @@ def test_replicas_racing_for_one_group_store_it_once_stamped_by_the_database(pg_
         got = s.load()
         assert [(r.slot, r.members) for r in got] == [(0, 25)]
         assert np.array_equal(got[0].centre, added[0].centre)
+    assert stores[2].retire(0).members == 25 and stores[3].retire(0) is None
+    assert all(s.load() == [] for s in stores)
+    assert [r.slot for r in stores[1].claim([region(7.0)])] == [0]
