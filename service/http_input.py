@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,9 @@ def parse_form(body: bytes, content_type: str, *, max_files: int, max_fields: in
 
 
 MAX_PART_HEADERS = 8  # a form part needs two (Content-Disposition, Content-Type)
+# `form-data; name="..."[; filename="..."]` with nothing to unescape: read as
+# parse_options_header reads it; anything else goes to parse_options_header
+_PLAIN_DISPOSITION = re.compile(rb'(?i:form-data); ?name="([^"\\%]*)"(?:; ?filename="([^"\\%]*)")?')
 
 
 def _disposition(head: bytes) -> tuple[str, str | None]:
@@ -130,6 +134,10 @@ def _disposition(head: bytes) -> tuple[str, str | None]:
         if not colon:
             raise InputError("malformed_multipart", "could not parse the multipart body: a part header has no colon")
         if field.strip().lower() == b"content-disposition":
+            plain = _PLAIN_DISPOSITION.fullmatch(value.strip())
+            if plain:  # what clients send: no escapes, no encoded words (4 us a part saved)
+                name, filename = plain.groups()
+                return _text(name), _text(filename) if filename is not None else None
             _, options = parse_options_header(value.strip())
             if b"name" not in options:
                 break
