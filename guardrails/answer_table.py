@@ -8,7 +8,7 @@ Row i is the batch's i-th image. Two renderings of the same table:
   decisions repeat across a batch, so they are dictionary-encoded (as Arrow's dictionary
   arrays are): each distinct one once, and per row its index (for decisions, a list of them).
 
-tests/runtime/test_answer_table.py holds the two equal row by row over random chains.
+tests/runtime/test_serving.py holds the two equal answer by answer over random chains.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def model_shaped_png(data: bytes, spec: InputSpec) -> np.ndarray | None:
 
 
 def _no_transparency(data: bytes) -> bool:
-    """Whether the chunks before the first IDAT hold no tRNS (None-safe on a short file)."""
+    """Whether the chunks before the first IDAT hold no tRNS (False for a file that ends, or
+    holds more than _MAX_CHUNKS_BEFORE_IDAT chunks, before its pixels: Pillow decides those)."""
     at = 8
     for _ in range(_MAX_CHUNKS_BEFORE_IDAT):
         if at + 8 > len(data):

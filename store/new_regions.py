@@ -58,34 +58,37 @@ class LocalNewRegionStore:
     def __init__(self, shared_dir: Path, layout: str, slots: int = NEW_SLOTS) -> None:
         self.path = Path(shared_dir) / f"new-regions-{layout}.json"
         self.slots = slots
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._regions: list[NewRegion] = []
 
     def claim(self, found: Sequence[NewRegion]) -> list[NewRegion]:
         """Store what in `found` is new; returns the regions added."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            existing = self._read()
+        def add(existing: list[NewRegion]) -> tuple[list[NewRegion] | None, list[NewRegion]]:
             added = _merge(existing, found, self.slots)
-            if added:
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps([r.to_dict() for r in existing + added]))
-                os.replace(tmp, self.path)
-        return added
+            return (existing + added if added else None), added
+
+        return self._rewrite(add)
 
     def retire(self, slot: int) -> NewRegion | None:
         """Remove the region in `slot`; returns it, or None when the slot is free."""
+        def remove(existing: list[NewRegion]) -> tuple[list[NewRegion] | None, NewRegion | None]:
+            gone = [r for r in existing if r.slot == slot]
+            return ([r for r in existing if r.slot != slot] if gone else None), (gone[0] if gone else None)
+
+        return self._rewrite(remove)
+
+    def _rewrite(self, change):
+        """`change(stored)` -> (the regions to store, or None to leave the file; its answer), under
+        the file lock every worker takes, the file replaced whole by atomic rename."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            existing = self._read()
-            gone = [r for r in existing if r.slot == slot]
-            if gone:
+            regions, answer = change(self._read())
+            if regions is not None:
                 tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps([r.to_dict() for r in existing if r.slot != slot]))
+                tmp.write_text(json.dumps([r.to_dict() for r in regions]))
                 os.replace(tmp, self.path)
-        return gone[0] if gone else None
+        return answer
 
     def load(self) -> list[NewRegion]:
         """Every stored region, read again only when the file changed."""
@@ -93,7 +96,7 @@ class LocalNewRegionStore:
             stat = self.path.stat()
         except FileNotFoundError:
             return []
-        version = (stat.st_mtime_ns, stat.st_size)
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rewrite is a new file (atomic rename)
         if version != self._seen:
             self._regions, self._seen = self._read(), version
         return list(self._regions)

@@ -131,16 +131,15 @@ class PredictionLog:
         hash_images = images is not None and self.config.store_image_hash
         capture = self.capture if images is not None and self.capture.enabled else None
         captured: list[Pending] = []
-        t = table
-        for i in range(len(t)):
-            request_id = t.request_ids[i]
-            flagged = t.flagged(i)
+        for i in range(len(table)):
+            request_id = table.request_ids[i]
+            flagged = table.flagged(i)
             if not flagged and not self._sampled(request_id):
                 continue
             if len(rows) >= room:
                 dropped += 1
                 continue
-            model = t.models[i]
+            model = table.models[i]
             name_version = versions.get(model) or versions.setdefault(model, split_tag(model))
             region = regions[i] if regions is not None else None
             if capture is not None:
@@ -148,11 +147,11 @@ class PredictionLog:
                 if reason is not None:
                     captured.append(Pending(request_id, now, name_version[0], subgroups[i], region,
                                             reason, images[i]))  # type: ignore[index]
-            label = t.labels[i]
+            label = table.labels[i]
             rows.append((
-                request_id, t.correlation_ids[i], now, subgroups[i], *name_version,
-                label, int(label is None), float(t.confidences[i]), int(flagged),
-                _json(t.flags[i]), _json([d.as_dict() for d in t.decisions[i]]), _json(t.top_k(i)),
+                request_id, table.correlation_ids[i], now, subgroups[i], *name_version,
+                label, int(label is None), float(table.confidences[i]), int(flagged),
+                _json(table.flags[i]), _json([d.as_dict() for d in table.decisions[i]]), _json(table.top_k(i)),
                 np.asarray(probs[i], dtype=np.float32).tobytes(), config_hash,
                 _sha256(images[i]) if hash_images else None,  # type: ignore[index]
                 self.replica, region,
