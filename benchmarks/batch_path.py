@@ -6,7 +6,9 @@ TorchScript forward pass of the same model at the same batch sizes, one run.
 Raw: the model alone on already-decoded inputs (torch threads as the service sets them).
 Service: requests of N real test-split images each, two in flight, everything on (monitors,
 the demo's chain with a 10% shadow, the log): as N PNG parts, as one uint8 .npy array, and as
-one .npy array answered in columns (`?format=columns`). The client is Python (httpx) on the
+one .npy array answered in columns (`?format=columns`). Beside them, the ceiling of this stack:
+`benchmarks.bare_batch_service`, the plainest BentoML endpoint taking the same `.npy` and
+answering label and confidence in columns, forward pass inline, nothing else. The client is Python (httpx) on the
 same machine and parses every answer (`response.json()`), as a user's would. Each batch size
 is measured in 3 rounds that rotate the order of the four measurements, so the machine's
 drift hits each alike; the figures are the medians. Where the rest of the time
@@ -99,33 +101,42 @@ def service_images_per_s(url: str, files: list, batch: int, seconds: float = 4.0
 
 
 def main() -> int:
-    from harness.server import Server
+    from harness.server import Server, paused
     from harness.traffic import holdout_samples
 
     pngs = [s.png for s in holdout_samples()]
-    kinds = ("raw", "service", "service_array", "service_columns")
+    kinds = ("raw", "service", "service_array", "service_columns", "bare_bentoml")
     rounds: dict[str, dict[str, list[int]]] = {k: {str(b): [] for b in BATCHES} for k in kinds}
-    with Server(env={"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}) as server:
+    with Server(env={"CLASSGUARD_GUARDRAILS__ACTIVE": "everything_on"}) as server, \
+            Server("benchmarks.bare_batch_service:BareBatch") as bare:
         service_images_per_s(server.url, png_files(pngs, 16), 16, seconds=1.0)  # warm-up
+        service_images_per_s(bare.url, array_files(pngs, 16), 16, seconds=1.0, columns=True)
         measure = {
             "raw": lambda b: raw_images_per_s(b),
             "service": lambda b: service_images_per_s(server.url, png_files(pngs, b), b),
             "service_array": lambda b: service_images_per_s(server.url, array_files(pngs, b), b),
             "service_columns": lambda b: service_images_per_s(server.url, array_files(pngs, b), b, columns=True),
+            "bare_bentoml": lambda b: service_images_per_s(bare.url, array_files(pngs, b), b, columns=True),
         }
+        servers = {"classguard": server, "bare": bare}
+        measured_on = {"raw": None, "bare_bentoml": "bare"}  # the other kinds: classguard
         for b in BATCHES:
             for r in range(ROUNDS):
                 for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # the order rotates every round
-                    rounds[kind][str(b)].append(round(measure[kind](b)))
+                    # every other server paused (its background work is not this kind's cost); raw: all
+                    measured = measured_on.get(kind, "classguard")
+                    with paused(s for n, s in servers.items() if n != measured):
+                        rounds[kind][str(b)].append(round(measure[kind](b)))
             print(f"batch {b}: " + ", ".join(f"{k} {rounds[k][str(b)]}" for k in kinds), flush=True)
     results = {k: {b: int(statistics.median(v)) for b, v in rounds[k].items()} for k in kinds}
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({**results, "rounds": rounds}, indent=2) + "\n")
     print(f"\n{'batch':>6} {'raw torch':>10} {'PNG images':>11} {'ratio':>6} {'one .npy':>9} {'ratio':>6}"
-          f" {'.npy, columns':>14} {'ratio':>6}   (images/s, medians of {ROUNDS} rounds)")
+          f" {'.npy, columns':>14} {'ratio':>6} {'bare BentoML':>13} {'ratio':>6}   (images/s, medians of {ROUNDS} rounds)")
     for b in BATCHES:
-        raw, svc, arr, col = (results[k][str(b)] for k in kinds)
-        print(f"{b:>6} {raw:>10,} {svc:>11,} {svc / raw:>6.1%} {arr:>9,} {arr / raw:>6.1%} {col:>14,} {col / raw:>6.1%}")
+        raw, svc, arr, col, bare_ = (results[k][str(b)] for k in kinds)
+        print(f"{b:>6} {raw:>10,} {svc:>11,} {svc / raw:>6.1%} {arr:>9,} {arr / raw:>6.1%} {col:>14,} {col / raw:>6.1%}"
+              f" {bare_:>13,} {bare_ / raw:>6.1%}")
     return 0
 
 

@@ -12,7 +12,7 @@ against (`--services "c,c',d" --rounds 12`: the regions' cost alone, with enough
 All serve the same TorchScript model with one worker and no access log. They run side
 by side and take turns (the order rotates every round), so drift in this shared machine's
 speed hits each alike; each figure is the median over the rounds. While one is measured the
-others are paused (SIGSTOP to their process groups, SIGCONT after; `--no-pause-idle` turns it
+others are paused (SIGSTOP to each of their processes, workers included, SIGCONT after; `--no-pause-idle` turns it
 off): an idle service's own timers (its monitors' publish, the new-region search) otherwise
 take the measured one's CPU on a 2-core machine, in amounts that depend on that service. wrk (Debian's `wrk`)
 sends the same real test-split PNGs (70% scanner, 30% phone, no context: classguard infers
@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.server import Server
+from harness.server import Server, paused
 from harness.traffic import holdout_samples, stream
 
 BOUNDARY = "classguardbenchboundary"
@@ -106,15 +105,9 @@ def wrk(server: Server, bodies: list[str], connections: int, seconds: int) -> di
 
 @contextlib.contextmanager
 def alone(servers: dict[str, Server], name: str, pause: bool):
-    """`servers[name]` with every other server paused (their whole process groups)."""
-    others = [s for n, s in servers.items() if n != name] if pause else []
-    for s in others:
-        os.killpg(s.process.pid, signal.SIGSTOP)
-    try:
+    """`servers[name]` with every other server paused (each of its processes, workers too)."""
+    with paused([s for n, s in servers.items() if n != name] if pause else []):
         yield servers[name]
-    finally:
-        for s in others:
-            os.killpg(s.process.pid, signal.SIGCONT)
 
 
 def sequential(url: str, payloads: list[bytes], n: int) -> list[float]:

@@ -165,6 +165,9 @@ class GuardrailsConfig(Strict):
     shadow_max_in_flight: int = Field(256, ge=1, description="shadow runs waiting at once; more are skipped, counted")
     shadow_wait_ms: float = Field(50.0, ge=0.0, le=5000.0,
                                   description="shadow inputs wait this long to share one forward pass (off the response path)")
+    automation_path: Path = Field(Path("config/automation.yaml"),
+                                  description="YAML of automatic actions on alerts (POST /admin/alerts); a missing "
+                                              "file, or `enabled: false` in it, turns them off")
 
 
 class LogConfig(Strict):
@@ -291,6 +294,9 @@ class Settings(BaseSettings):
                                                             f"{MIN_TOKEN_LENGTH} characters; unset: they answer 404")
     feedback_token: SecretStr | None = Field(None, description="bearer token of POST /feedback, at least "
                                                                f"{MIN_TOKEN_LENGTH} characters; unset: it answers 404")
+    alerts_token: SecretStr | None = Field(None, description="bearer token of POST /admin/alerts (Alertmanager's "
+                                                             f"webhook), at least {MIN_TOKEN_LENGTH} characters; unset: "
+                                                             "it answers 404")
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     subgroups: SubgroupsConfig = SubgroupsConfig()
@@ -307,7 +313,7 @@ class Settings(BaseSettings):
             raise ValueError("capture.policy needs the prediction log (log.enabled: true)")
         return self
 
-    @field_validator("admin_token", "feedback_token")
+    @field_validator("admin_token", "feedback_token", "alerts_token")
     @classmethod
     def _strong_token(cls, token: SecretStr | None, info) -> SecretStr | None:
         """A weak token would open a route (an empty one matched `Authorization: Bearer` with

@@ -37,13 +37,15 @@ REASONS: dict[str, int] = {
     "request_timeout": 408,
     "method_not_allowed": 405,
     "malformed_request": 400,
+    "alerts_disabled": 404,
+    "malformed_alerts": 400,
     "store_unavailable": 503,  # the shared store (fleet mode) cannot be reached: try again shortly
     # the client went away before its body was read (or its request was refused mid-body by
     # the HTTP server): nobody reads the answer, but the request is counted, not a 5xx
     "client_disconnected": 499,
 }
 RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503
-ENDPOINTS = ("classify", "classify_batch", "feedback", "admin", "http")  # the `endpoint` label's values
+ENDPOINTS = ("classify", "classify_batch", "feedback", "admin", "alerts", "http")  # the `endpoint` label's values
 
 
 class InputError(Exception):

@@ -72,7 +72,7 @@ ANOMALY_KINDS = ("low_confidence", "known_confusion")
 FALLBACK_REASONS = ("timeout", "error")
 SHADOW_OUTCOMES = ("agree", "flip")
 SWAP_OUTCOMES = ("applied", "refused", "sync_failed", "audit_failed")
-LOG_STAGES = ("write", "retention", "flush", "join", "evict")
+LOG_STAGES = ("write", "retention", "flush", "join", "evict", "shadow")
 FEEDBACK_OUTCOMES = ("correct", "wrong", "abstained")
 
 
@@ -250,6 +250,10 @@ def publish_active_chain(profile: str, config_hash: str) -> None:
         os.replace(tmp, path)
 _CHAIN_INFO_LOCK = threading.Lock()
 GUARDRAIL_SWAPS = Counter("classguard_guardrail_swaps", "Guardrail chain changes, by outcome.", ["outcome"])
+# rule: a name from the automation policy file, or `none` (an alert no rule acts on)
+AUTOMATION_DECISIONS = Counter("classguard_automation_decisions", "Decisions on alerts Alertmanager posted "
+                               "(POST /admin/alerts), by policy rule and outcome (runtime/automation.py).",
+                               ["rule", "outcome"])
 
 # -- fleet store -------------------------------------------------------------------------------
 STORE_COMPONENTS = ("chain", "windows")

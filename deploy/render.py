@@ -100,6 +100,10 @@ def secret_env(variable: str, secret: str, key: str) -> dict:
     return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def optional_secret_env(variable: str, secret: str, key: str) -> dict:
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+
+
 def pod_security() -> dict:
     return {"runAsNonRoot": True, "runAsUser": BENTO_UID, "runAsGroup": BENTO_UID,
             "fsGroup": BENTO_UID, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -113,12 +117,15 @@ def deployment(image: str, gpu: bool) -> dict:
     env = [
         {"name": "CLASSGUARD_CONFIG", "value": f"{CONFIG_DIR}/classguard.yaml"},
         {"name": "CLASSGUARD_GUARDRAILS__PROFILES_PATH", "value": f"{CONFIG_DIR}/guardrails.yaml"},
+        {"name": "CLASSGUARD_GUARDRAILS__AUTOMATION_PATH", "value": f"{CONFIG_DIR}/automation.yaml"},
         # fleet mode: the log, feedback, the guardrail chain and the monitor windows in PostgreSQL,
         # as classguard_service (rows only, no DDL: the schema is the migration Job's)
         secret_env("CLASSGUARD_FLEET__DATABASE_URL", "classguard-db", "database-url"),
         {"name": "CLASSGUARD_FLEET__REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         secret_env("CLASSGUARD_ADMIN_TOKEN", "classguard-tokens", "admin-token"),
         secret_env("CLASSGUARD_FEEDBACK_TOKEN", "classguard-tokens", "feedback-token"),
+        # Alertmanager's token for POST /admin/alerts: optional, the route is off without it
+        optional_secret_env("CLASSGUARD_ALERTS_TOKEN", "classguard-tokens", "alerts-token"),
         {"name": "CLASSGUARD_LOG__PATH", "value": f"{STATE_DIR}/predictions.sqlite"},
         {"name": "CLASSGUARD_GUARDRAILS__AUDIT_LOG", "value": f"{STATE_DIR}/guardrail-audit.jsonl"},
         {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
@@ -224,8 +231,11 @@ def namespace() -> dict:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta(NAMESPACE, namespaced=False)}
 
 
+CONFIG_FILES = ("classguard.yaml", "guardrails.yaml", "automation.yaml")
+
+
 def config_map() -> dict:
-    data = {name: (CONFIG / name).read_text() for name in ("classguard.yaml", "guardrails.yaml")}
+    data = {name: (CONFIG / name).read_text() for name in CONFIG_FILES}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("classguard-config"), "data": data}
 
 
@@ -305,8 +315,22 @@ def _route(route: dict) -> dict:
 
 
 def _receiver(receiver: dict) -> dict:
-    return {"name": receiver["name"], **{_camel(kind): [{_camel(k): v for k, v in c.items()} for c in configs]
+    return {"name": receiver["name"], **{_camel(kind): [_receiver_config(c) for c in configs]
                                          for kind, configs in receiver.items() if kind != "name"}}
+
+
+# The Operator reads a webhook's bearer token from a Secret, not a file: classguard's own
+# receiver takes CLASSGUARD_ALERTS_TOKEN from where the Deployment does
+ALERTS_TOKEN_SECRET = {"name": "classguard-tokens", "key": "alerts-token"}
+
+
+def _receiver_config(config: dict) -> dict:
+    out = {_camel(k): v for k, v in config.items() if k != "http_config"}
+    authorization = config.get("http_config", {}).get("authorization")
+    if authorization is not None:
+        out["httpConfig"] = {"authorization": {"type": authorization.get("type", "Bearer"),
+                                               "credentials": ALERTS_TOKEN_SECRET}}
+    return out
 
 
 def alertmanager_config() -> dict:

@@ -21,6 +21,10 @@ from the service's /metrics (accuracy and wrong answers against the known test l
 Then the true labels arrive (POST /feedback) and an on-call walkthrough runs the real CLI on
 the prediction log: the requests behind the alert, one trace, the replay of a fix over the
 incident's traffic, and the feedback-based confusion matrix after the real fix.
+
+7. the same fix without a person (harness/demo_automation.py, with Prometheus and Alertmanager
+   installed): the phone alert reaches POST /admin/alerts, the evidence gate fails before the
+   true labels arrive and passes after, and the route is applied automatically.
 """
 
 from __future__ import annotations
@@ -217,7 +221,10 @@ def main() -> int:
                   str(started_at["route_new_sensor"]), "--top", str(ROUTED_REGIONS), "--exemplars", "0",
                   token=token) + "\n")
     walkthrough(first_alert, started_at)
-    return 0
+    from harness import demo_automation
+
+    print()
+    return demo_automation.main()  # 7. the same fix, without a person
 
 
 def play(url: str, samples, title: str):

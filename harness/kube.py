@@ -92,6 +92,8 @@ class Pod:
             if "secretKeyRef" in source:
                 ref = source["secretKeyRef"]
                 if ref["key"] not in secrets.get(ref["name"], {}):
+                    if ref.get("optional"):  # as the kubelet does: the variable is left unset
+                        continue
                     raise PodConfigError(f"secret {ref['name']!r} has no key {ref['key']!r} ({item['name']})")
                 env[item["name"]] = secrets[ref["name"]][ref["key"]]
             elif "fieldRef" in source:

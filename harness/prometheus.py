@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+from harness.daemons import terminate, wait_ready
 from harness.server import REPO, free_port
 
 RULES = REPO / "dashboards" / "prometheus" / "rules"
@@ -36,7 +37,7 @@ class Prometheus:
     at most every 5 s, as it does with any discovery."""
 
     def __init__(self, target: str | Sequence[str], *, interval: str = "1s", discovered: bool = False,
-                 hold: str | None = None) -> None:
+                 hold: str | None = None, alertmanager: str | None = None) -> None:
         urls = [target] if isinstance(target, str) else list(target)
         if not urls and not discovered:
             raise ValueError("Prometheus needs at least one target")
@@ -45,6 +46,7 @@ class Prometheus:
         self.discovered = discovered
         self.interval = interval
         self.hold = hold  # every alert's `for:` set to this (e.g. "5s"): the rules' expressions, held shorter
+        self.alertmanager = alertmanager  # the URL firing alerts are sent to (harness.alertmanager)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -66,21 +68,20 @@ class Prometheus:
             "rule_files": [str(RULES / "recording.yml"), str(alerts)],
             "scrape_configs": [job],
         }
+        if self.alertmanager is not None:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [
+                {"targets": [self.alertmanager.removeprefix("http://")]}]}]}
         (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self._log = open(root / "prometheus.log", "wb")
         self.process = subprocess.Popen(
             ["prometheus", f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        self.__exit__()
-        raise TimeoutError("prometheus did not become ready in 30 s")
+        try:
+            wait_ready(self.url, "prometheus")
+        except TimeoutError:
+            self.__exit__()
+            raise
+        return self
 
     def set_targets(self, targets: dict[str, dict[str, str]]) -> None:
         """With `discovered=True`: scrape exactly these URLs, each with its own extra labels."""
@@ -91,11 +92,7 @@ class Prometheus:
         staged.replace(self._targets_file)  # atomic: Prometheus never reads half a file
 
     def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
         self._log.close()
         self._dir.cleanup()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +43,30 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """`sig` to `pid` and every process below it, one by one: BentoML's workers run in sessions
+    of their own, so the server's process group alone would not reach them."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+@contextlib.contextmanager
+def paused(servers: Iterable["Server"]) -> Iterator[None]:
+    """Every process of `servers` stopped (SIGSTOP) for the block, resumed after, also when it
+    fails: a benchmark measuring one server leaves the others' background work out of it."""
+    servers = list(servers)
+    for s in servers:
+        signal_tree(s.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for s in servers:
+            signal_tree(s.process.pid, signal.SIGCONT)
 
 
 def free_port() -> int:

@@ -81,6 +81,10 @@ class GuardrailRuntime:
     def _compile(self, specs, profile: str) -> Chain:
         return compile_chain(specs, profile, self.context)
 
+    def compile(self, specs, profile: str) -> Chain:
+        """A chain of these specs under this service's models and names; ValueError when invalid."""
+        return self._compile(specs, profile)
+
     def swap(self, *, profile: str, chain: list | None = None, source: str = "admin") -> Chain:
         """Install `chain` (or the named profile's chain). Raises ValueError when invalid."""
         try:
@@ -97,21 +101,32 @@ class GuardrailRuntime:
         try:
             with self.store.locked():
                 self.sync()
-                self._share(new, self.chain, source)
+                self.share_locked(new, source)
         except (OSError, StoreUnavailable):
             metrics.GUARDRAIL_SWAPS.labels("refused").inc()
             raise
+        self.adopt(new)
+        return new
+
+    def share_locked(self, new: Chain, source: str, audit: dict | None = None) -> None:
+        """Share `new`, inside `store.locked()` after a `sync()`, for callers that decide what to
+        install from the chain really active (runtime/automation.py); once the lock's block has
+        ended without error (in a fleet: committed), `adopt(new)` installs it here. `audit`: more
+        for the audit entry (an automatic action's alert and evidence)."""
+        self._share(new, self.chain, source, audit)
+
+    def adopt(self, new: Chain) -> None:
         self.chain = new
         self._publish_info(new)
         metrics.GUARDRAIL_SWAPS.labels("applied").inc()
-        return new
 
-    def _share(self, new: Chain, old: Chain | None, source: str) -> None:
+    def _share(self, new: Chain, old: Chain | None, source: str, extra: dict | None = None) -> None:
         specs = list(new.specs)
         record = {"time": time.time(), "profile": new.profile, "hash": new.config_hash, "chain": specs}
         audit = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, "pid": os.getpid(),
                  "profile": new.profile, "hash": new.config_hash, "chain": specs,
-                 "previous_profile": old.profile if old else None, "previous_hash": old.config_hash if old else None}
+                 "previous_profile": old.profile if old else None, "previous_hash": old.config_hash if old else None,
+                 **(extra or {})}
         self.store.publish(record, audit)
 
     _failed_hash: str | None = None  # the shared chain this worker could not install, if any

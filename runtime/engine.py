@@ -18,6 +18,9 @@ from core.config import Settings
 from core.errors import ENDPOINTS, REASONS
 from monitors.new_regions import NEW_SLOTS
 from runtime.active_chain import GuardrailRuntime, chain_context
+from runtime.automation import OUTCOMES as AUTOMATION_OUTCOMES
+from runtime.automation import Automation
+from runtime.automation_policy import load_policy
 from runtime.batching import MicroBatcher
 from runtime.models import ServedModel, find_stored, resolve_device
 from runtime.monitor_pipeline import MonitorPipeline, NoMonitors, runtime_dir, window_config
@@ -71,7 +74,9 @@ class Engine:
         if self.regions and settings.monitors.enabled:
             self.primary.new_regions = NewRegionTracker(self.primary.codebook, self._new_region_store())
             self.monitors.new_regions = self.primary.new_regions
-        self.guardrails = GuardrailRuntime(settings.guardrails, chain_context(settings, labels, self.regions), store)
+        context = chain_context(settings, labels, self.regions)
+        self.guardrails = GuardrailRuntime(settings.guardrails, context, store)
+        self.automation = self._automation(context)
         self.batchers = {
             name: MicroBatcher(model.predict_with_regions if name == self.primary.name and self.regions
                                else model.predict,
@@ -104,6 +109,23 @@ class Engine:
         for name in self.models:  # first forward pass (and region assignment) pays lazy init, not a client
             self.batchers[name].infer(np.zeros((1, self.spec.channels, self.spec.height, self.spec.width), np.float32))
 
+    def _automation(self, context) -> Automation:
+        """The automatic actions of the policy file, checked now: a rule naming a model that is
+        not loaded stops the start-up. Off in the file: every alert is answered `disabled`."""
+        policy = load_policy(self.settings.guardrails.automation_path)
+        if not policy.enabled:
+            return Automation(policy, self.guardrails, None, primary=self.primary.name, replica=self.replica)
+        if self.db is None:
+            raise ValueError(f"{self.settings.guardrails.automation_path}: automatic actions read their evidence "
+                             "from the prediction log and record their decisions in its store: turn the log on "
+                             "(log.enabled: true)")
+        try:
+            policy.check(context)
+        except ValueError as exc:
+            raise ValueError(f"{self.settings.guardrails.automation_path}: {exc}") from None
+        return Automation(policy, self.guardrails, self.db, primary=self.primary.name, replica=self.replica,
+                          subgroups=context.subgroups, regions=context.regions)
+
     def _create_series(self) -> None:
         """Zero-valued series for every bounded label combination, so rate() in alerts and
         dashboards sees them before the first event (a missing series is not a zero)."""
@@ -132,6 +154,9 @@ class Engine:
             metrics.SUBGROUP_DERIVE_FAILURES.labels(*labels)
         for outcome in metrics.SWAP_OUTCOMES:
             metrics.GUARDRAIL_SWAPS.labels(outcome)
+        for rule in [r.name for r in self.automation.policy.rules] + ["none"]:
+            for outcome in AUTOMATION_OUTCOMES:
+                metrics.AUTOMATION_DECISIONS.labels(rule, outcome)
         for stage in metrics.LOG_STAGES:
             metrics.LOG_ERRORS.labels(stage)
         for outcome in metrics.FEEDBACK_HELD_OUTCOMES:
@@ -162,7 +187,7 @@ class Engine:
 
     def background(self) -> list[Coroutine]:
         """What runs beside the requests, for the worker's lifetime."""
-        return [self.monitors.run(), self.guardrails.run(), self.log.run()]
+        return [self.monitors.run(), self.guardrails.run(), self.log.run(), self.automation.run()]
 
     def pairs(self) -> list[tuple[str, str]]:
         """The known-confusion pairs, (true class, answered class)."""

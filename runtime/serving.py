@@ -56,6 +56,8 @@ class AnswerLog(Protocol):
                      subgroups: Sequence[str], images: Sequence[bytes] | None = None,
                      regions: Sequence[str | None] | None = None) -> None: ...
 
+    def record_shadow(self, request_id: str, model: str, label: str | None) -> None: ...
+
 
 class Serving:
     def __init__(self, *, models: Mapping[str, Any], primary: str, batchers: Mapping[str, Batcher],
@@ -115,7 +117,7 @@ class Serving:
         self.log.record_table(table, probs, chain.config_hash, keys, images, requests.regions)
         counts.flush()
         for i, name, predicted in shadowed:
-            self._shadow(name, pixels[i], predicted, keys[i])
+            self._shadow(name, pixels[i], predicted, keys[i], table.request_ids[i])
         return table
 
     def _answer_each(self, chain: Chain, requests: RequestColumns, served: list[str],
@@ -260,22 +262,26 @@ class Serving:
                 rows[i] = probs[j]
         return rows, regions
 
-    def _shadow(self, name: str, pixels: np.ndarray, ours: str, key: str) -> None:
-        """Compare model `name` on these pixels with the class answered (`ours`), off the response path."""
+    def _shadow(self, name: str, pixels: np.ndarray, ours: str, key: str, request_id: str) -> None:
+        """Compare model `name` on these pixels with the class answered (`ours`), off the response
+        path, and log its answer to the request (the evidence automatic actions are gated on)."""
         if len(self._shadow_tasks) >= self.shadow_limit:
             metrics.SHADOW_SKIPPED.labels(name, "busy").inc()
             return
-        task = asyncio.create_task(self._compare(name, pixels, ours, key))
+        task = asyncio.create_task(self._compare(name, pixels, ours, key, request_id))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _compare(self, name: str, pixels: np.ndarray, ours: str, key: str) -> None:
+    async def _compare(self, name: str, pixels: np.ndarray, ours: str, key: str, request_id: str) -> None:
         try:
             probs = (await self.shadow_batchers[name](pixels[None]))[0]
         except Exception:
             metrics.SHADOW_SKIPPED.labels(name, "error").inc()
             return
-        theirs = metrics.class_label(self.models[name].profile.labels, int(np.argmax(probs)))
+        labels = self.models[name].profile.labels
+        top = int(np.argmax(probs))
+        self.log.record_shadow(request_id, name, labels[top])
+        theirs = metrics.class_label(labels, top)
         outcome = "agree" if theirs == ours else "flip"
         metrics.child(metrics.SHADOW_COMPARISONS, (name, key, outcome)).inc()
         if outcome == "flip":

@@ -11,6 +11,9 @@
     GET  /admin/inputs/{id}[?thumbnail=1]  one captured input, re-encoded as PNG;  DELETE: erase it
     DELETE /admin/inputs?since=&until=     erase the captured inputs of a time range
     GET  /admin/incident?since=30m         the incident page: one self-contained HTML file
+    POST /admin/alerts                     Alertmanager's webhook (its own token, CLASSGUARD_ALERTS_TOKEN):
+                                           automatic actions (runtime/automation.py)
+    GET  /admin/alerts?limit=100           the automatic actions' decisions, newest first
 
 Off unless CLASSGUARD_ADMIN_TOKEN is set (they answer 404); with it, every request needs
 `Authorization: Bearer <token>`, compared in constant time.
@@ -47,6 +50,7 @@ from store.prediction_log import LogDisabled
 
 if TYPE_CHECKING:  # types only: the models module loads torch
     from runtime.active_chain import GuardrailRuntime
+    from runtime.automation import Automation
     from runtime.models import ServedModel
     from runtime.monitor_pipeline import MonitorPipeline, NoMonitors
     from store.prediction_log import NoLog, PredictionLog
@@ -66,6 +70,8 @@ ROUTES = [  # path under MOUNT, method, Admin method
     ("/inputs/{request_id}", "GET", "show_input"),
     ("/inputs/{request_id}", "DELETE", "erase_input"),
     ("/incident", "GET", "incident"),
+    ("/alerts", "POST", "receive_alerts"),
+    ("/alerts", "GET", "list_alert_actions"),
 ]
 
 
@@ -100,8 +106,10 @@ class Admin:
     def __init__(self, *, token: SecretStr | None, max_body_bytes: int, chain: GuardrailRuntime,
                  models: Mapping[str, ServedModel], primary: str, monitors: MonitorPipeline | NoMonitors,
                  log: PredictionLog | NoLog, regions: list[str] | None = None, log_mode: str = "all",
-                 capture_policy: str = "off") -> None:
+                 capture_policy: str = "off", automation: Automation | None = None,
+                 alerts_token: SecretStr | None = None) -> None:
         self.token, self.max_body_bytes, self.chain = token, max_body_bytes, chain
+        self.automation, self.alerts_token = automation, alerts_token
         self.models, self.primary, self.monitors, self.log = models, primary, monitors, log
         self.region_names, self.log_mode, self.capture_policy = list(regions or []), log_mode, capture_policy
 
@@ -418,6 +426,41 @@ class Admin:
             raise InputError("not_enough_data", str(exc)) from None
         except StoreUnavailable as exc:
             raise InputError("store_unavailable", str(exc)) from None
+
+    async def receive_alerts(self, request: Request) -> Response:
+        """Alertmanager's webhook: every alert of the notification decided on by the automation
+        policy; the decisions in the answer. Its own token: Alertmanager holds no admin token."""
+        from runtime.automation import parse
+
+        try:
+            require_bearer(request, self.alerts_token, off_reason="alerts_disabled", variable="CLASSGUARD_ALERTS_TOKEN")
+            if self.automation is None:
+                raise InputError("alerts_disabled", "this route is off: automatic actions are not set up")
+            notification = parse(await read_body(request, self.max_body_bytes))
+            decisions = await off_loop(self.automation.handle, notification)
+            return JSONResponse({"decisions": decisions})
+        except InputError as exc:
+            metrics.REJECTED.labels("alerts", exc.reason).inc()
+            return error_response(exc)
+        except StoreUnavailable as exc:  # Alertmanager sends the notification again
+            metrics.REJECTED.labels("alerts", "store_unavailable").inc()
+            return error_response(InputError("store_unavailable", f"nothing decided: {exc}"))
+        except Exception:
+            return JSONResponse(internal_error("alerts"), status_code=500)
+
+    async def list_alert_actions(self, request: Request) -> Response:
+        """The automatic actions' decisions, newest first (?limit=, at most 1,000)."""
+        async def work():
+            if self.automation is None or self.automation.db is None:
+                raise InputError("not_found", "automatic actions are off (guardrails.automation_path)")
+            limit = _count(request.query_params.get("limit", "100"), "limit", 1, 1000)
+            try:
+                return {"enabled": self.automation.policy.enabled, "dry_run": self.automation.policy.dry_run,
+                        "decisions": await off_loop(self.automation.recent, limit)}
+            except StoreUnavailable as exc:
+                raise InputError("store_unavailable", str(exc)) from None
+
+        return await self._guarded(request, work)
 
     @staticmethod
     def _refuse(exc: InputError) -> Response:

@@ -45,7 +45,8 @@ class Classguard:
         self.admin = admin.Admin(token=settings.admin_token, max_body_bytes=settings.limits.max_admin_body_bytes,
                                  chain=engine.guardrails, models=engine.models, primary=engine.primary.name,
                                  monitors=engine.monitors, log=engine.log, regions=engine.regions,
-                                 log_mode=settings.log.mode, capture_policy=settings.capture.policy)
+                                 log_mode=settings.log.mode, capture_policy=settings.capture.policy,
+                                 automation=engine.automation, alerts_token=settings.alerts_token)
         self._tasks: list = []
 
     @bentoml.on_startup

@@ -57,6 +57,9 @@ def _sha256(image: bytes | np.ndarray) -> str:
     return hashlib.sha256(image if isinstance(image, bytes) else image.tobytes()).hexdigest()
 
 
+SHADOW_ROWS_PER_STATEMENT = 500  # x 4 parameters: under SQLite's and PostgreSQL's limits
+
+
 class LogDisabled(Exception):
     """The prediction log is off (log.enabled: false): nothing to read."""
 
@@ -70,6 +73,9 @@ class NoLog:
         return None
 
     def record_table(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def record_shadow(self, *args: Any, **kwargs: Any) -> None:
         return None
 
     async def run(self) -> None:
@@ -90,6 +96,7 @@ class PredictionLog:
         self.db = database or SqliteDatabase(config.path, config.busy_timeout_seconds)
         self.replica = replica
         self._queue: deque[tuple] = deque()
+        self._shadows: deque[tuple] = deque()  # (request_id, model, label, ts) of shadow answers
         self._lock = threading.Lock()
         self._conn = self.db.connect()
         store_now(self._conn)  # rows are stamped in fleet time (store.clock) from the first one
@@ -162,6 +169,15 @@ class PredictionLog:
         if captured:
             self.capture.offer(captured)
 
+    def record_shadow(self, request_id: str, model: str, label: str | None) -> None:
+        """Queue a shadow model's answer to a request (None: it abstained): joined with the
+        request's logged answer and its true label, the evidence automatic actions are gated on
+        (store/evidence.py). Bounded like the answers: beyond the queue size, dropped and counted."""
+        if len(self._shadows) >= self.config.queue_size:
+            metrics.LOG_DROPPED.inc()
+            return
+        self._shadows.append((request_id, model, label, CLOCK.now()))
+
     def _sampled(self, request_id: str) -> bool:
         if self.config.mode == "all":
             return True
@@ -189,6 +205,9 @@ class PredictionLog:
                 self._requeue(rows)
                 return 0
             written = self._write(rows) if rows else 0
+            shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
+            if shadows:
+                self._guarded("shadow", self._write_shadows, shadows)
             cut_by, now = now, time.time() if now is None else now
             # held labels: joined when answers arrive, expired now and then even without traffic
             # (which also tells, with an empty queue, whether the store answers again)
@@ -270,6 +289,17 @@ class PredictionLog:
             self._guarded("evict", lambda: self._evict(inputs))
         return len(rows)
 
+    def _write_shadows(self, shadows: list[tuple]) -> None:
+        """After the answers they follow (a shadow runs once its request is answered): a
+        shadow answer whose request's row is not written yet waits in the table for it."""
+        with self._conn.transaction():
+            for start in range(0, len(shadows), SHADOW_ROWS_PER_STATEMENT):
+                chunk = shadows[start:start + SHADOW_ROWS_PER_STATEMENT]
+                self._conn.execute(
+                    "INSERT INTO shadow_answers (request_id, model, label, ts) VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT (request_id, model) DO NOTHING",
+                    [v for row in chunk for v in row])
+
     def _evict(self, inputs) -> None:
         with self._conn.transaction():
             inputs.evict(self._conn, self.capture.config.max_bytes)
@@ -308,6 +338,10 @@ class PredictionLog:
             self._conn.execute("DELETE FROM feedback WHERE request_id IN "
                                "(SELECT request_id FROM predictions WHERE ts < ?)", (cutoff,))
             self._conn.execute("DELETE FROM inputs WHERE ts < ?", (cutoff,))  # stamped as their rows are
+            self._conn.execute("DELETE FROM shadow_answers WHERE ts < ?", (cutoff,))
+            # automatic actions' decisions age out too, but an action's `applied` row stays: it is
+            # how the chain in force names the actions it carries (store/alert_actions.py)
+            self._conn.execute("DELETE FROM alert_actions WHERE ts < ? AND outcome <> 'applied'", (cutoff,))
             inputs.forget_erasures(self._conn, now)
             self._conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,))
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 SCHEMA_LOCK = 0x636C617373  # pg_advisory_xact_lock key: migrations started together run once
-SCHEMA_VERSION = 3  # the schema this code needs; `classguard db migrate` brings a database to it
+SCHEMA_VERSION = 4  # the schema this code needs; `classguard db migrate` brings a database to it
 
 # Version 1: every table, written so that it also brings up to date a database made by a release
 # before versioning (those created the tables from every connection: the tables without a
@@ -142,10 +142,40 @@ CREATE TABLE IF NOT EXISTS new_regions (
 );
 """
 
+# Version 4: shadow models' answers (the evidence of automatic actions) and the actions' ledger.
+AUTOMATION = """
+CREATE TABLE IF NOT EXISTS shadow_answers (
+    request_id  text NOT NULL,
+    model       text NOT NULL,
+    label       text,
+    ts          double precision NOT NULL,
+    PRIMARY KEY (request_id, model)
+);
+CREATE INDEX IF NOT EXISTS shadow_answers_ts ON shadow_answers (ts);
+CREATE TABLE IF NOT EXISTS alert_actions (
+    id          bigserial PRIMARY KEY,
+    ts          double precision NOT NULL,
+    key         text NOT NULL UNIQUE,
+    rule        text NOT NULL,
+    alertname   text NOT NULL,
+    subgroup    text NOT NULL,
+    status      text NOT NULL,
+    outcome     text NOT NULL,
+    reason      text NOT NULL,
+    evidence    text NOT NULL,
+    chain_hash  text,
+    base_hash   text,
+    base_profile text,
+    guardrails  text,
+    replica     text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_actions_rule_ts ON alert_actions (rule, ts);
+"""
+
 # (version, DDL bringing the schema from the version before to it), oldest first. A new version
 # only adds (tables, nullable columns, indexes), so replicas of the version before keep serving
 # on it through a rolling update: migrate first, then roll the replicas.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA), (2, INPUTS), (3, NEW_REGIONS))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA), (2, INPUTS), (3, NEW_REGIONS), (4, AUTOMATION))
 
 # -- query fragments (one `?` each) -------------------------------------------------------------
 HAS_FLAG = "EXISTS (SELECT 1 FROM jsonb_array_elements_text(flags::jsonb) AS f(v) WHERE f.v = ?)"

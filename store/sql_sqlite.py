@@ -69,6 +69,32 @@ CREATE TABLE IF NOT EXISTS erased_inputs (
     request_id  TEXT PRIMARY KEY,
     ts          REAL NOT NULL
 );
+-- a shadow model's answer to a logged request (its evidence: agreement, and accuracy once labelled)
+CREATE TABLE IF NOT EXISTS shadow_answers (
+    request_id  TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    label       TEXT,
+    ts          REAL NOT NULL,
+    PRIMARY KEY (request_id, model)
+);
+-- what automatic actions decided on the alerts Alertmanager posted (runtime/automation.py)
+CREATE TABLE IF NOT EXISTS alert_actions (
+    id          INTEGER PRIMARY KEY,
+    ts          REAL NOT NULL,
+    key         TEXT NOT NULL UNIQUE,
+    rule        TEXT NOT NULL,
+    alertname   TEXT NOT NULL,
+    subgroup    TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    evidence    TEXT NOT NULL,
+    chain_hash  TEXT,
+    base_hash   TEXT,
+    base_profile TEXT,
+    guardrails  TEXT,
+    replica     TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS erased_ranges (
     id          INTEGER PRIMARY KEY,
     since       REAL NOT NULL,
@@ -82,6 +108,8 @@ CREATE INDEX IF NOT EXISTS predictions_subgroup_ts ON predictions (subgroup, ts)
 CREATE INDEX IF NOT EXISTS predictions_flagged_ts ON predictions (flagged, ts);
 CREATE INDEX IF NOT EXISTS predictions_correlation ON predictions (correlation_id) WHERE correlation_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inputs_ts ON inputs (ts);
+CREATE INDEX IF NOT EXISTS shadow_answers_ts ON shadow_answers (ts);
+CREATE INDEX IF NOT EXISTS alert_actions_rule_ts ON alert_actions (rule, ts);
 """
 
 # -- query fragments (one `?` each) -------------------------------------------------------------

@@ -81,3 +81,16 @@ def pg_url(postgres):
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     yield postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """One store of each engine, for tests that must hold on both: a SQLite file, and a fresh
+    PostgreSQL database migrated as `classguard db migrate` does before a fleet starts."""
+    from store.database import PostgresDatabase, SqliteDatabase
+
+    if request.param == "sqlite":
+        return SqliteDatabase(tmp_path / "p.sqlite")
+    database = PostgresDatabase(request.getfixturevalue("pg_url"), replica="r1")
+    database.migrate()
+    return database

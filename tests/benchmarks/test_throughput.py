@@ -1,7 +1,10 @@
 """The throughput benchmark's ratios: only services that ran are compared, round by round; the
 services not being measured are paused, and run again after."""
 
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,37 +31,51 @@ def test_ratios_compare_only_services_that_ran_and_keep_each_round():
     assert got["c_over_d_cpu_us"] == 250.0
 
 
-def states(procs: dict, want: list[str]) -> list[str]:
+# a server as BentoML starts one: a process whose worker runs in a session of its own
+SERVER = ("import subprocess, sys, time; "
+          "w = subprocess.Popen(['sleep', '30'], start_new_session=True); print(w.pid, flush=True); time.sleep(30)")
+
+
+def start_server() -> SimpleNamespace:
+    process = subprocess.Popen([sys.executable, "-c", SERVER], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    worker = int(process.stdout.readline())
+    return SimpleNamespace(process=process, worker=worker)
+
+
+def states(pids: list[int], want: list[str]) -> list[str]:
     """The processes' states (T stopped, S sleeping), read until they are `want` or 5 s passed:
     a signal is delivered a moment after it is sent."""
     deadline = time.monotonic() + 5
     while True:
-        got = [Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in procs.values()]
+        got = [Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in pids]
         if got == want or time.monotonic() > deadline:
             return got
         time.sleep(0.01)
 
 
-def test_alone_pauses_every_other_service_and_resumes_them():
-    """While one service is measured the others' process groups are stopped (state T), the
-    measured one is not; after, all run again, also when the measurement fails."""
-    procs = {n: subprocess.Popen(["sleep", "30"], start_new_session=True) for n in "abc"}
-    servers = {n: SimpleNamespace(process=p) for n, p in procs.items()}
+def test_alone_pauses_every_process_of_every_other_service_and_resumes_them():
+    """While one service is measured every process of the others is stopped (state T), their
+    workers in sessions of their own too; the measured one's are not; after, all run again, also
+    when the measurement fails."""
+    servers = {n: start_server() for n in "abc"}
+    pids = [pid for s in servers.values() for pid in (s.process.pid, s.worker)]
+    running, b_alone = ["S"] * 6, ["T", "T", "S", "S", "T", "T"]
     try:
-        assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+        assert states(pids, running) == running
         with alone(servers, "b", pause=True):
-            assert states(procs, ["T", "S", "T"]) == ["T", "S", "T"]
-        assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+            assert states(pids, b_alone) == b_alone
+        assert states(pids, running) == running
         try:
             with alone(servers, "a", pause=True):
                 raise RuntimeError("wrk failed")
         except RuntimeError:
             pass
-        assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+        assert states(pids, running) == running
         with alone(servers, "a", pause=False):
             time.sleep(0.1)  # a stop, had one been sent, would show by now
-            assert states(procs, ["S", "S", "S"]) == ["S", "S", "S"]
+            assert states(pids, running) == running
     finally:
-        for p in procs.values():
-            p.kill()
-            p.wait()
+        for s in servers.values():
+            for pid in (s.process.pid, s.worker):
+                os.kill(pid, signal.SIGKILL)
+            s.process.wait()

@@ -111,22 +111,28 @@ def test_the_dashboard_config_maps_carry_the_generated_dashboards_byte_for_byte(
 
 
 def test_the_alertmanager_config_carries_the_example_routes():
-    """The AlertmanagerConfig routes severity=page and severity=info as alertmanager.yml does,
-    with its receivers and inhibit rule."""
+    """The AlertmanagerConfig routes subgroup alerts to classguard's own receiver (its token from
+    the tokens Secret) and severity=page and severity=info as alertmanager.yml does, with its
+    receivers and inhibit rule."""
     spec = one("AlertmanagerConfig", "base/alertmanager-config.yaml")["spec"]
     source = yaml.safe_load((render.DASHBOARDS / "alertmanager" / "alertmanager.yml").read_text())
     assert spec["route"]["receiver"] == source["route"]["receiver"]
     assert spec["route"]["groupBy"] == source["route"]["group_by"]
     assert [(r["matchers"][0]["value"], r["receiver"]) for r in spec["route"]["routes"]] == [
-        ("page", "ml-oncall-pager"), ("info", "ml-oncall-channel")]
+        (".+", "classguard-automation"), ("page", "ml-oncall-pager"), ("info", "ml-oncall-channel")]
+    assert spec["route"]["routes"][0]["continue"] is True  # the alert still pages
+    [automation] = [r for r in spec["receivers"] if r["name"] == "classguard-automation"]
+    assert automation["webhookConfigs"][0]["httpConfig"]["authorization"]["credentials"] == {
+        "name": "classguard-tokens", "key": "alerts-token"}
     assert [r["name"] for r in spec["receivers"]] == [r["name"] for r in source["receivers"]]
     assert spec["inhibitRules"][0]["equal"] == ["subgroup"]
 
 
 def test_the_config_map_holds_the_configuration_files_unchanged():
-    """The ConfigMap's two files are config/classguard.yaml and config/guardrails.yaml as committed."""
+    """The ConfigMap's files are config/classguard.yaml, guardrails.yaml and automation.yaml as committed."""
     data = one("ConfigMap", "base/config.yaml")["data"]
-    assert data == {name: (render.CONFIG / name).read_text() for name in ("classguard.yaml", "guardrails.yaml")}
+    assert data == {name: (render.CONFIG / name).read_text()
+                    for name in ("classguard.yaml", "guardrails.yaml", "automation.yaml")}
 
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
@@ -157,7 +163,8 @@ def test_the_deployment_hangs_together(variant):
                for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     assert secrets == {"CLASSGUARD_FLEET__DATABASE_URL": ("classguard-db", "database-url"),
                        "CLASSGUARD_ADMIN_TOKEN": ("classguard-tokens", "admin-token"),
-                       "CLASSGUARD_FEEDBACK_TOKEN": ("classguard-tokens", "feedback-token")}
+                       "CLASSGUARD_FEEDBACK_TOKEN": ("classguard-tokens", "feedback-token"),
+                       "CLASSGUARD_ALERTS_TOKEN": ("classguard-tokens", "alerts-token")}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == one("ConfigMap", "base/config.yaml")["metadata"]["name"]
     grace = pod["spec"]["terminationGracePeriodSeconds"]

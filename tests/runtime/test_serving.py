@@ -230,7 +230,7 @@ def test_the_batch_path_answers_logs_and_counts_as_the_per_image_path(monkeypatc
                               chain=SimpleNamespace(chain=chain), log=Log(), top_k=3, shadow_limit=8,
                               regions=regions)
             shadows = []
-            serving._shadow = lambda name, px, ours, key: shadows.append((name, px.tolist(), ours, key))
+            serving._shadow = lambda name, px, ours, key, request_id: shadows.append((name, px.tolist(), ours, key, request_id))
             recorded["log"] = []
             table = asyncio.run(serving.answer_all(pixels, subgroups, ids, [f"c{i}" for i in range(n)]))
             outcomes.append((table.rows(), recorded["log"], shadows, recorded["counts"], orjson.loads(orjson.dumps(table.columns()))))

@@ -142,11 +142,11 @@ def small_disk(tmp_path):
 def fill(directory) -> Path:
     """Write a file into `directory` until its filesystem has no space left."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
+    # unbuffered: a buffered file keeps what the full disk refused and fails again on close
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(bytes(65536))
-                f.flush()
         except OSError:
             pass
     return filler

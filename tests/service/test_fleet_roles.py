@@ -61,7 +61,7 @@ def test_a_replica_as_the_service_role_serves_and_on_call_reads_its_rows(model_h
     history --db` read those rows and exit 0."""
     urls = fresh_roles(postgres)
     done = cli("db", "migrate", "--database-url", urls["owner"])
-    assert done.returncode == 0 and "to version 3" in done.stdout, done.stderr
+    assert done.returncode == 0 and "to version 4" in done.stdout, done.stderr
     migrated = catalog(urls["owner"])
     env = {"BENTOML_HOME": str(model_home), "CLASSGUARD_ADMIN_TOKEN": TOKEN, "CLASSGUARD_FEEDBACK_TOKEN": TOKEN}
     with Fleet(1, urls["service"], owner_url=urls["owner"], env=env, log_dir=tmp_path) as fleet:

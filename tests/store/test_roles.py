@@ -74,19 +74,19 @@ def serve_as(url: str) -> PostgresDatabase:
 
 
 def test_migrate_as_owner_creates_the_schema_and_a_second_run_changes_nothing(roles, capsys):
-    """`classguard db migrate` as the owner role creates every table at version 3, owned by that
+    """`classguard db migrate` as the owner role creates every table at version 4, owned by that
     role, and says so; run again it says nothing changed, and no table or function changed."""
     code, said = migrate(roles["owner"], capsys)
-    assert code == 0 and "from no classguard schema to version 3" in said, said
+    assert code == 0 and "from no classguard schema to version 4" in said, said
     created = catalog(roles["owner"])
     with psycopg.connect(roles["owner"]) as conn:
         owners = dict(conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"))
     assert set(owners) == {"classguard_schema", "predictions", "feedback", "held_feedback", "maintenance",
                            "guardrail_chain", "window_part", "window_total", "inputs", "erased_inputs",
-                           "erased_ranges", "new_regions"}
+                           "erased_ranges", "new_regions", "shadow_answers", "alert_actions"}
     assert set(owners.values()) == {"classguard_owner"}
     code, said = migrate(roles["owner"], capsys)
-    assert code == 0 and "already at version 3; nothing changed" in said, said
+    assert code == 0 and "already at version 4; nothing changed" in said, said
     assert catalog(roles["owner"]) == created
 
 
@@ -104,7 +104,7 @@ def test_migrate_upgrades_a_database_of_the_shape_before_versions(roles, capsys)
     with pytest.raises(SchemaNotReady, match="classguard db migrate"):
         PostgresDatabase(roles["service"], replica="svc").prepare()
     code, said = migrate(roles["owner"], capsys)
-    assert code == 0 and "to version 3" in said, said
+    assert code == 0 and "to version 4" in said, said
     db = PostgresDatabase(roles["service"], replica="svc")
     db.prepare()
     assert db.read(get, "old")["region"] is None
