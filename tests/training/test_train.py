@@ -64,7 +64,7 @@ def test_label_free_estimates_hold_on_stationary_traffic_and_are_reported_on_shi
     from tests.conftest import run_module
 
     out = tmp_path / "estimate.json"
-    done = run_module("benchmarks.estimate_accuracy", "--out", str(out), "--seeds", "3",
+    done = run_module("benchmarks.estimate_accuracy", "--out", str(out), "--seeds", "2",
                       env={"BENTOML_HOME": str(model_home)})
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
