@@ -75,7 +75,8 @@ class Classguard:
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchForm, output_spec=BatchResponse)
     async def classify_batch(self, ctx: bentoml.Context, **_: object) -> JSONResponse:
-        """Classify many images in one request (repeated `images`, optional `contexts`), in order."""
+        # one line: BentoML keeps a docstring's line breaks and indentation in the OpenAPI document
+        """Classify many images in one request (repeated `images` or one `.npy` `array`, optional `contexts`), in order; `?format=columns`: one object of arrays."""  # noqa: E501
         return _passthrough(ctx, await self.endpoints.classify_batch(ctx.request))
 
     @bentoml.api(route="/feedback", input_spec=FeedbackForm, output_spec=FeedbackResponse)
