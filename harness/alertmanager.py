@@ -88,8 +88,3 @@ class Alertmanager:
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as r:
             r.read()
-
-    def alerts(self) -> list[dict]:
-        """The alerts it holds (API v2)."""
-        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=10) as r:
-            return json.loads(r.read())

@@ -31,7 +31,6 @@ DEFAULT_POLICY = Path("config/automation.yaml")
 RULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")  # a metric label value and part of a profile name
 ALERT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # Prometheus's alert names
 MAX_RULES = 32
-PLACEHOLDERS = ("{subgroup}", "{region}")
 
 
 class _Strict(BaseModel):
