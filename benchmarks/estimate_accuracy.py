@@ -3,9 +3,11 @@ shifted traffic, per model and subgroup.
 
     python -m benchmarks.estimate_accuracy      (make bench-estimate)
 
-Estimators (monitors/estimates.py), each fitted on the validation split of its subgroup (the
-whole split for the whole mix): the mean calibrated confidence (`estimated_accuracy` today),
-difference of confidences (DoC), average thresholded confidence (ATC), and validation
+Estimators (monitors/estimates.py): `published`, what `estimated_accuracy` publishes (ATC with
+the thresholds stored in the model's profile, `PublishedEstimate`); and, each fitted here on the
+validation split of its subgroup (the whole split for the whole mix): the mean calibrated
+confidence (the estimate published before ATC), difference of confidences (DoC), average
+thresholded confidence (ATC), and validation
 accuracy per region of the embedding weighted by the live region shares (regions: the
 model's stored codebook, novel included), and the share of answers the other incident model,
 run as a shadow would run it, agrees with (agreement).
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 MODELS = ("classguard-baseline", "classguard-retrained")
-ESTIMATORS = ("confidence", "doc", "atc", "regions", "agreement")
+ESTIMATORS = ("published", "confidence", "doc", "atc", "regions", "agreement")
 MIXES = (0.1, 0.3, 0.6)
 WINDOW = 1000
 SEEDS = 10
@@ -80,7 +82,7 @@ def model_pools(name: str, incident, seed: int):
         images = fn(test.images[scanner], np.random.default_rng(seed))
         shifted[shift] = pool(images, test.labels[scanner])
     regions = codebook.k + 1 if codebook is not None else 1
-    return validation, tests, shifted, regions
+    return validation, tests, shifted, regions, profile
 
 
 def fitted(validation: dict, regions: int) -> dict:
@@ -95,9 +97,9 @@ def fitted(validation: dict, regions: int) -> dict:
 
 
 def estimate(fits: dict, confidence: np.ndarray, region: np.ndarray, agree: np.ndarray) -> dict[str, float]:
-    from monitors.estimates import average_confidence
+    from monitors.estimates import average_confidence, credit
 
-    return {"confidence": average_confidence(confidence), "doc": fits["doc"].estimate(confidence),
+    return {"published": float(credit(confidence, fits["threshold"]).mean()), "confidence": average_confidence(confidence), "doc": fits["doc"].estimate(confidence),
             "atc": fits["atc"].estimate(confidence), "regions": fits["regions"].estimate(region, confidence),
             "agreement": float(np.mean(agree))}
 
@@ -135,9 +137,14 @@ def run(seeds: int = SEEDS) -> list[dict]:
     incident = build_incident()
     rows = []
     for name in MODELS:
-        validation, tests, shifted, regions = model_pools(name, incident, seed=0)
+        from monitors.estimates import PublishedEstimate
+
+        validation, tests, shifted, regions, profile = model_pools(name, incident, seed=0)
         fits = fitted(validation, regions)
         fits = {"capture=scanner": fits["scanner"], "capture=phone": fits["phone"], "all": fits["all"]}
+        published = PublishedEstimate.of(profile)
+        for key, fit in fits.items():
+            fit["threshold"] = published.threshold(key)
         for kind, mix in streams():
             errors: dict[tuple[str, str], list[float]] = {}
             realized_seen: dict[str, list[float]] = {}
@@ -174,6 +181,10 @@ def summary(rows: list[dict]) -> dict:
         out[name] = {est: {"stationary": max(abs(r[est]["mean_error"]) for r in mine if r["stream"] == "stationary"),
                            "worst_shifted": max(abs(r[est]["mean_error"]) for r in mine if r["stream"] != "stationary")}
                      for est in ESTIMATORS}
+        # how far the published estimate moved from the one it replaced, on stationary traffic
+        out[name]["published_minus_before"] = {
+            r["subgroup"]: round(r["published"]["mean_error"] - r["confidence"]["mean_error"], 4)
+            for r in mine if r["stream"] == "stationary"}
     return out
 
 
@@ -196,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['stream']:<20} {r['mix']:>4.0%} {r['subgroup']:<16} {r['realized']:>8.3f}{cells}")
     print("\nlargest |mean error|: stationary / any shifted stream, mix and subgroup")
     for name, per in result["summary"].items():
-        print(f"{name:<22} " + "  ".join(f"{e} {v['stationary']:.3f} / {v['worst_shifted']:.3f}" for e, v in per.items()))
+        print(f"{name:<22} " + "  ".join(f"{e} {per[e]['stationary']:.3f} / {per[e]['worst_shifted']:.3f}"
+                                         for e in ESTIMATORS))
+    print("\npublished minus the mean calibrated confidence it replaced, stationary stream")
+    for name, per in result["summary"].items():
+        print(f"{name:<22} " + "  ".join(f"{k} {v:+.3f}" for k, v in per["published_minus_before"].items()))
     return 0
 
 

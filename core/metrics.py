@@ -297,6 +297,12 @@ FEEDBACK = Counter(
     "classguard_feedback", "True labels joined with answers, by outcome (correct, wrong, abstained).",
     ["model", "subgroup", "outcome"],
 )
+FEEDBACK_ESTIMATED = Counter(
+    "classguard_feedback_estimated", "For the labelled answers (correct or wrong) in classguard_feedback_total: "
+    "the sum of what the published accuracy estimate credited them before their labels arrived. Divided by "
+    "their count it is the estimated accuracy of exactly the answers whose realized accuracy is known.",
+    ["model", "subgroup"],
+)
 FEEDBACK_HELD_OUTCOMES = ("held", "joined", "expired", "rejected", "full")
 FEEDBACK_HELD = Counter(
     "classguard_feedback_held", "Labels that arrived before their answers were written: held, joined later, "

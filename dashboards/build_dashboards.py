@@ -52,6 +52,10 @@ OVERVIEW = [
         ("{{monitor}} {{subgroup}} {{pair}}", "max by (monitor, subgroup, pair) (classguard_monitor_alarm)")]),
     ("Mean confidence per subgroup", "timeseries", "percentunit", [
         ("{{subgroup}} ({{model}})", fleet('classguard_monitor_score{monitor="confidence", statistic="mean_confidence"}', "min"))]),
+    # label-free (ClassguardEstimatedAccuracyLow), beside the realized accuracy of labelled answers
+    ("Estimated and realized accuracy per subgroup", "timeseries", "percentunit", [
+        ("estimated {{subgroup}} ({{model}})", fleet('classguard_monitor_score{monitor="confidence", statistic="estimated_accuracy"}', "min")),
+        ("realized {{subgroup}} ({{model}}, labelled 1h)", "model_subgroup:classguard_realized_accuracy:ratio1h")]),
     # regions of the primary model's embedding: groups no subgroup attribute names
     ("Embedding regions: live share vs validation", "timeseries", "percentunit", [
         ("live {{subgroup}}", fleet('classguard_monitor_score{monitor="regions", statistic="share"}')),
@@ -110,6 +114,14 @@ INCIDENT = [
     ("Mean confidence per subgroup", "timeseries", "percentunit", live_and_reference("confidence", "mean_confidence", how="min")),
     ("Low-confidence rate vs reference", "timeseries", "percentunit",
      live_and_reference("confidence", "low_confidence_rate")),
+    # the estimate where no labels are needed, and how it fared where labels arrived: both
+    # ratios over the same labelled answers (ClassguardAccuracyEstimateOff)
+    ("Estimated vs realized accuracy", "timeseries", "percentunit", [
+        *live_and_reference("confidence", "estimated_accuracy", "estimated ", how="min"),
+        ("estimated, labelled answers (1h)", f"model_subgroup:classguard_estimated_accuracy_labelled:ratio1h{{{SEL}}}"),
+        ("realized, labelled answers (1h)", f"model_subgroup:classguard_realized_accuracy:ratio1h{{{SEL}}}")]),
+    ("Estimate minus realized (labelled answers, 1h)", "timeseries", "percentunit", [
+        ("gap", f"model_subgroup:classguard_accuracy_estimate_gap:1h{{{SEL}}}")]),
     ("Confidence distribution", "heatmap", "none", [
         ("{{le}}", f"sum by (le) (rate(classguard_prediction_confidence_bucket{{{SEL}}}[{R}]))")]),
     ("Predicted-class drift (JS)", "timeseries", "none", [

@@ -9,8 +9,10 @@ from prometheus_client.parser import text_string_to_metric_families
 Samples = dict[tuple[str, frozenset], float]
 
 
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+def scrape(url: str, timeout: float = 30.0) -> Samples:
+    # 30 s, not Prometheus's 10: a test asserts what a scrape says, and a shared machine has
+    # stalled a freshly started worker's first scrape past 10 s once (never reproduced here)
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as response:
         text = response.read().decode()
     return parse(text)
 

@@ -52,6 +52,9 @@ class SubgroupReference:
     confidence_histogram: tuple[float, ...]
     confidence_quantiles: Mapping[str, float]
     confusion_matrix: tuple[tuple[int, ...], ...]
+    # ATC's threshold on calibrated confidence (monitors/estimates.py); None in a profile made
+    # before it was stored, whose estimate stays the mean calibrated confidence
+    atc_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class ReferenceProfile:
         data = _plain(asdict(self))
         if data["regions"] is None:  # BentoML's metadata refuses None
             del data["regions"]
+        for subgroup in data["subgroups"].values():
+            if subgroup["atc_threshold"] is None:
+                del subgroup["atc_threshold"]
         return data
 
     def codebook(self):
@@ -100,6 +106,7 @@ class ReferenceProfile:
                     confidence_histogram=tuple(s["confidence_histogram"]),
                     confidence_quantiles=dict(s["confidence_quantiles"]),
                     confusion_matrix=tuple(tuple(row) for row in s["confusion_matrix"]),
+                    atc_threshold=s.get("atc_threshold"),
                 )
                 for key, s in data["subgroups"].items()
             },
@@ -143,7 +150,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def summarise_subgroup(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> SubgroupReference:
+def summarise_subgroup(probs: np.ndarray, labels: np.ndarray, n_classes: int,
+                       temperature: float | None = None) -> SubgroupReference:
+    """One subgroup's validation statistics; with the model's `temperature`, ATC's threshold too."""
+    from monitors.estimates import ThresholdedConfidence, calibrated_confidence
+
     predicted = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     hist, _ = np.histogram(confidence, bins=np.asarray(CONFIDENCE_BIN_EDGES))
@@ -158,6 +169,8 @@ def summarise_subgroup(probs: np.ndarray, labels: np.ndarray, n_classes: int) ->
         confidence_histogram=tuple(hist / n),
         confidence_quantiles={k: float(np.quantile(confidence, q)) for k, q in QUANTILES.items()},
         confusion_matrix=tuple(tuple(int(c) for c in row) for row in confusion),
+        atc_threshold=(None if temperature is None else
+                       ThresholdedConfidence.fit(calibrated_confidence(probs, temperature), predicted == labels).threshold),
     )
 
 
@@ -185,10 +198,11 @@ def build_profile(
     if logits.shape[1] != n_classes:
         raise ValueError(f"model emits {logits.shape[1]} classes but {n_classes} class names were given")
     probs = softmax(logits)
-    per_subgroup = {ALL: summarise_subgroup(probs, labels, n_classes)}
+    temperature = fit_temperature(logits, labels)
+    per_subgroup = {ALL: summarise_subgroup(probs, labels, n_classes, temperature)}
     for key in sorted(set(subgroups.tolist())):
         rows = subgroups == key
-        per_subgroup[key] = summarise_subgroup(probs[rows], labels[rows], n_classes)
+        per_subgroup[key] = summarise_subgroup(probs[rows], labels[rows], n_classes, temperature)
     codebook = None
     if embeddings is not None:
         from monitors.regions import fit_codebook
@@ -203,7 +217,7 @@ def build_profile(
         input_spec=input_spec,
         training_subgroup_shares={k: float(v) for k, v in training_subgroup_shares.items()},
         subgroups=per_subgroup,
-        temperature=fit_temperature(logits, labels),
+        temperature=temperature,
         notes=dict(notes or {}),
         regions=codebook,
     )

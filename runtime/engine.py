@@ -16,6 +16,8 @@ import numpy as np
 from core import metrics
 from core.config import Settings
 from core.errors import ENDPOINTS, REASONS
+from monitors.confidence import ESTIMATE
+from monitors.estimates import PublishedEstimate
 from monitors.new_regions import NEW_SLOTS
 from runtime.active_chain import GuardrailRuntime, chain_context
 from runtime.automation import OUTCOMES as AUTOMATION_OUTCOMES
@@ -98,8 +100,8 @@ class Engine:
         self.log = (PredictionLog(settings.log, self.db, self.replica, settings.capture) if settings.log.enabled
                     else NoLog())
         if settings.log.enabled:
-            labels_of, pairs = self.labels_of(), self.pairs()
-            self.log.after_write = lambda conn: join_held(conn, labels_of, pairs, self.hold)
+            labels_of, pairs, estimates = self.labels_of(), self.pairs(), self.estimates()
+            self.log.after_write = lambda conn: join_held(conn, labels_of, pairs, self.hold, estimates=estimates)
         self.serving = Serving(models=self.models, primary=self.primary.name, regions=self.regions,
                                batchers=self.batchers,
                                shadow_batchers=self.shadow_batchers, monitors=self.monitors, chain=self.guardrails,
@@ -140,6 +142,7 @@ class Engine:
             for key in keys:
                 for outcome in metrics.FEEDBACK_OUTCOMES:
                     metrics.FEEDBACK.labels(model, key, outcome)
+                metrics.FEEDBACK_ESTIMATED.labels(model, key)
                 metrics.PREDICTIONS.labels(model, key, metrics.ABSTAINED)  # abstention rate reads 0, not nothing
                 metrics.ROUTED.labels(model, key)
                 for kind in metrics.ANOMALY_KINDS:
@@ -196,12 +199,13 @@ class Engine:
     def _fleet_windows(self) -> FleetWindows:
         """This worker's share of the fleet's monitor windows. Replicas share totals only when
         they count the same way: same models and versions (so codebooks), subgroups, pairs,
-        buckets and region monitors on or off."""
+        buckets, region monitors on or off, and the same accuracy estimate."""
         config = self.settings.monitors
         layout = {"models": [m.tag for m in self.models.values()], "subgroups": self.resolver.keys(),
                   "pairs": [p.model_dump() for p in config.known_confusions],
                   "bucket_seconds": config.bucket_seconds, "buckets": window_config(config).n_buckets,
-                  "regions": config.regions, "new_region_slots": NEW_SLOTS if config.regions else 0}
+                  "regions": config.regions, "new_region_slots": NEW_SLOTS if config.regions else 0,
+                  "estimate": ESTIMATE}
         key = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
         worker = f"{self.replica}:{os.getpid()}:{secrets.token_hex(4)}"  # a restarted pid is a new worker
         return FleetWindows(self.db, layout=key, worker=worker, bucket_s=config.bucket_seconds,
@@ -214,6 +218,10 @@ class Engine:
         if self.settings.fleet.enabled:
             return FleetNewRegionStore(self.db, layout, self.replica)
         return LocalNewRegionStore(runtime_dir("regions"), layout)
+
+    def estimates(self) -> dict[str, PublishedEstimate]:
+        """Each loaded model's published accuracy estimate."""
+        return {name: model.estimate for name, model in self.models.items()}
 
     def labels_of(self) -> dict[str, tuple[str, ...]]:
         """Each loaded model's class names."""

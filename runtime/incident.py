@@ -4,7 +4,7 @@ monitors and the guardrail history of one window (dashboards.incident_page rende
     GET /admin/incident?since=30m          classguard incident --since 30m -o incident.html
 
 Per subgroup and per region: live share against the training share, the estimated accuracy
-(mean calibrated confidence, the confidence monitor's estimate) against the realized one
+(the confidence monitor's published estimate, one pass over the logged rows) against the realized one
 (where true labels arrived); contact sheets of the captured inputs of the worst regions, of
 the subgroups doing worse than the whole mix and of the most frequent flags, mistakes first,
 each linked to its logged answer.
@@ -36,14 +36,14 @@ def read_window(conn: Any, since: float, until: float, limit: int = MAX_ROWS) ->
 
 
 def gather(read: Callable[..., Any], *, since: float, until: float, now: float, service: str, log_mode: str,
-           capture_policy: str, training_shares: Mapping[str, float], temperatures: Mapping[str, float],
+           capture_policy: str, training_shares: Mapping[str, float], estimates: Mapping[str, Any],
            region_names: Sequence[str], region_references: Sequence[Any],
            alarming: Sequence[tuple[str, str, str, str, str]], history: Sequence[Mapping[str, Any]]) -> dict:
     """The page's data. `read(fn, *args)` runs `fn(connection, *args)` on the store."""
     rows = read(read_window, since, until)
     ranked = (region_report.rank([r[:7] for r in rows if r[1] is not None], region_names, region_references,
-                                 temperatures, exemplars=0) if region_names else [])
-    subgroups = _subgroups(rows, training_shares, temperatures)
+                                 estimates, exemplars=0) if region_names else [])
+    subgroups = _subgroups(rows, training_shares, estimates)
     flag_counts = Counter(f for r in rows for f in json.loads(r[8]))
     wanted = ([("region", r["region"]) for r in ranked[:SHEETS["region"]]]
               + [("subgroup", s["name"]) for s in _worse_than_the_mix(subgroups)]
@@ -124,7 +124,7 @@ def _class_order(label: str) -> tuple:
     return (label == "abstained", int(label) if label.isdigit() else math.inf, label)
 
 
-def _subgroups(rows: Sequence[tuple], training: Mapping[str, float], temperatures: Mapping[str, float]) -> list[dict]:
+def _subgroups(rows: Sequence[tuple], training: Mapping[str, float], estimates: Mapping[str, Any]) -> list[dict]:
     members: dict[str, list[tuple]] = defaultdict(list)
     for row in rows:
         members[row[2]].append(row)
@@ -132,7 +132,7 @@ def _subgroups(rows: Sequence[tuple], training: Mapping[str, float], temperature
     for name, found in sorted(members.items()):
         answered = [(r[4], r[6]) for r in found if r[6] is not None and r[4] is not None]
         out.append({"name": name, "answers": len(found), "live_share": len(found) / len(rows),
-                    "training_share": training.get(name), "estimated_accuracy": region_report.estimated_accuracy(found, temperatures),
+                    "training_share": training.get(name), "estimated_accuracy": region_report.estimated_accuracy(found, estimates),
                     "realized_accuracy": (sum(a == t for a, t in answered) / len(answered)) if answered else None,
                     "labelled": len(answered)})
     return out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from monitors.estimates import PublishedEstimate
 from monitors.reference import ReferenceProfile
 from store.model_store import PROFILE_KEY, REFERENCE_FILE, WEIGHTS_FILE
 
@@ -74,6 +76,11 @@ class ServedModel:
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @functools.cached_property
+    def estimate(self) -> PublishedEstimate:
+        """What `estimated_accuracy` counts for this model's answers (from its profile)."""
+        return PublishedEstimate.of(self.profile)
 
     @classmethod
     def load(cls, stored: Any, role: str, device: str, half: bool) -> "ServedModel":

@@ -278,10 +278,10 @@ class Admin:
                 raise InputError("bad_parameter", str(exc)) from None
             rows = await off_loop(self._read, region_report.read_rows, since=since, until=until)
             primary = self.models[self.primary]
-            temperatures = {name: float(m.profile.temperature) for name, m in self.models.items()}
+            estimates = {name: m.estimate for name, m in self.models.items()}
             new = primary.new_regions.describe() if primary.new_regions is not None else {}
             ranked = await asyncio.to_thread(region_report.rank, rows, self.region_names,
-                                             primary.codebook.references(), temperatures, exemplars, new)
+                                             primary.codebook.references(), estimates, exemplars, new)
             return {"since": since, "until": until, "answers": len(rows), "log_mode": self.log_mode,
                     "model": primary.tag, "regions": ranked[:top]}
 
@@ -403,7 +403,7 @@ class Admin:
             page = await off_loop(
                 gather, self._read, since=since, until=until, now=now, service=primary.tag, log_mode=self.log_mode,
                 capture_policy=self.capture_policy, training_shares=dict(primary.profile.training_subgroup_shares),
-                temperatures={name: float(m.profile.temperature) for name, m in self.models.items()},
+                estimates={name: m.estimate for name, m in self.models.items()},
                 region_names=self.region_names,
                 region_references=primary.codebook.references() if self.region_names else [],
                 alarming=list(self.monitors.alarming), history=history)

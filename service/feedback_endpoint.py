@@ -26,9 +26,9 @@ from store.prediction_log import LogDisabled, NoLog, PredictionLog
 class FeedbackEndpoint:
     def __init__(self, *, token: SecretStr | None, log: PredictionLog | NoLog, limits: LimitsConfig,
                  labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]],
-                 hold: feedback.Hold = feedback.Hold()) -> None:
+                 hold: feedback.Hold = feedback.Hold(), estimates: Mapping[str, Any] | None = None) -> None:
         self.token, self.log, self.limits, self.labels_of, self.pairs = token, log, limits, labels_of, list(pairs)
-        self.hold = hold
+        self.hold, self.estimates = hold, estimates
 
     async def __call__(self, request: Request) -> JSONResponse:
         try:
@@ -66,7 +66,8 @@ class FeedbackEndpoint:
                                                   "last write; send them again shortly")
         self.log.flush(retention=False)  # this worker's newest answers are findable at once
         try:
-            return self.log.read(feedback.record, items, self.labels_of, self.pairs, self.hold)
+            return self.log.read(feedback.record, items, self.labels_of, self.pairs, self.hold,
+                                 estimates=self.estimates)
         except LogDisabled:
             raise InputError("feedback_disabled", "feedback needs the prediction log (log.enabled: true)") from None
         except StoreUnavailable as exc:  # a 404 would say the answer does not exist: it may

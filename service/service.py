@@ -41,7 +41,7 @@ class Classguard:
                                            keep_images=settings.log.store_image_hash or settings.capture.policy != "off")
         self.feedback_endpoint = FeedbackEndpoint(
             token=settings.feedback_token, log=engine.log, limits=settings.limits, labels_of=engine.labels_of(),
-            pairs=engine.pairs(), hold=engine.hold)
+            pairs=engine.pairs(), hold=engine.hold, estimates=engine.estimates())
         self.admin = admin.Admin(token=settings.admin_token, max_body_bytes=settings.limits.max_admin_body_bytes,
                                  chain=engine.guardrails, models=engine.models, primary=engine.primary.name,
                                  monitors=engine.monitors, log=engine.log, regions=engine.regions,

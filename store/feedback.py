@@ -25,9 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+import numpy as np
+
 from core import metrics
 from core.ids import is_lookup_id, minted_at
 from core.keys import pair_name
+from monitors.estimates import PublishedEstimate
 from store import sql_postgres
 from store.clock import store_now
 from store.prediction_log import find_rows, where
@@ -52,12 +55,15 @@ class Hold:
 
 
 def record(conn: Any, items: Sequence[tuple[str, str]], labels_of: Mapping[str, Sequence[str]],
-           pairs: Sequence[tuple[str, str]], hold: Hold = Hold(), now: float | None = None) -> list[dict[str, Any]]:
+           pairs: Sequence[tuple[str, str]], hold: Hold = Hold(), now: float | None = None,
+           estimates: Mapping[str, PublishedEstimate] | None = None) -> list[dict[str, Any]]:
     """Store (request id or correlation id, true label) pairs in one transaction; once it has
     committed, update the realized-accuracy metrics for the new ones (a batch that fails
-    part-way is rolled back, and so must its counts be). Results come in the items' order."""
+    part-way is rolled back, and so must its counts be), and, with the loaded models'
+    `estimates`, what the published estimate said of the same answers. Results come in the
+    items' order."""
     results, new, newly_held = _serialized(conn, _record_all, items, labels_of, hold, now)
-    _count(new, pairs)
+    _count(new, pairs, estimates)
     if newly_held:
         metrics.FEEDBACK_HELD.labels("held").inc(newly_held)
     if full := sum(r["result"] == "hold_full" for r in results):
@@ -117,12 +123,29 @@ def _serialized(conn: Any, fn: Callable[..., T], *args: Any) -> T:
         return fn(conn, *args)
 
 
-def _count(new: Sequence[tuple], pairs: Sequence[tuple[str, str]]) -> None:
-    for model, subgroup, emitted, truth, outcome in new:
+def _count(new: Sequence[tuple], pairs: Sequence[tuple[str, str]],
+           estimates: Mapping[str, PublishedEstimate] | None = None) -> None:
+    for model, subgroup, emitted, truth, outcome, probs in new:
         metrics.FEEDBACK.labels(model, subgroup, outcome).inc()
+        if estimates is not None and model in estimates and outcome != "abstained":
+            # the estimate's credit for an answer whose truth is now known, beside
+            # classguard_feedback_total: their ratio over a window is realized vs estimated
+            credit = _credit(estimates[model], probs, subgroup)
+            if credit is not None:
+                metrics.FEEDBACK_ESTIMATED.labels(model, subgroup).inc(credit)
         for source, target in pairs:
             if truth == source and emitted == target:
                 metrics.FEEDBACK_CONFUSIONS.labels(pair_name(source, target), model, subgroup).inc()
+
+
+def _credit(estimate: PublishedEstimate, probs: bytes | None, subgroup: str) -> float | None:
+    """The published estimate's credit for one logged answer; None for a row without usable
+    probabilities (the service always writes them; a hand-made row must not fail a label
+    already committed)."""
+    blob = bytes(probs or b"")
+    if not blob or len(blob) % 4:
+        return None
+    return float(estimate.credit_probs(np.frombuffer(blob, dtype=np.float32)[None], subgroup)[0])
 
 
 def _may_arrive(key: str, hold: Hold, now: float) -> bool:
@@ -164,7 +187,8 @@ _ARRIVED = """SELECT h.key, h.label FROM held_feedback h
 
 
 def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence[tuple[str, str]],
-              hold: Hold = Hold(), now: float | None = None) -> dict[str, int]:
+              hold: Hold = Hold(), now: float | None = None,
+              estimates: Mapping[str, PublishedEstimate] | None = None) -> dict[str, int]:
     """Join held labels whose answers are now written; drop those held longer than
     `hold.seconds` (by the store's clock, which held them). Replicas may run this at once: a
     label is joined by whoever deletes it (rows taken in key order, so two joiners lock them in
@@ -173,7 +197,7 @@ def join_held(conn: Any, labels_of: Mapping[str, Sequence[str]], pairs: Sequence
     if conn.execute("SELECT 1 FROM held_feedback LIMIT 1").fetchone() is None:
         return {}
     new, outcome = _serialized(conn, _join_all, labels_of, hold, now)
-    _count(new, pairs)
+    _count(new, pairs, estimates)
     for name, n in outcome.items():
         if n:
             metrics.FEEDBACK_HELD.labels(name).inc(n)
@@ -199,17 +223,17 @@ def _join_all(conn: Any, labels_of: Mapping[str, Sequence[str]], hold: Hold,
 
 
 def _record_one(conn: Any, key: str, truth: str, labels_of: Mapping[str, Sequence[str]], now: float):
-    """(the item's result, (model, subgroup, emitted, truth, outcome) when newly recorded, else None)."""
+    """(the item's result, (model, subgroup, emitted, truth, outcome, probs) when newly recorded, else None)."""
     if not is_lookup_id(key):
         return _result(None, "invalid_request_id", "request_id must be 1-80 of A-Z a-z 0-9 . _ : -"), None
-    rows = find_rows(conn, key, ("request_id", "model", "subgroup", "label"))  # a correlation id must name one
+    rows = find_rows(conn, key, ("request_id", "model", "subgroup", "label", "probs"))  # a correlation id must name one
     if not rows:
         return _result(key, "unknown_request", "no logged prediction has this request id"), None
     if len(rows) > 1:
         return _result(key, "ambiguous_request_id",
                        f"this correlation id names several answers; send one of their request ids: "
                        f"{', '.join(r[0] for r in rows)}"), None
-    request_id, model, subgroup, emitted = rows[0]
+    request_id, model, subgroup, emitted, probs = rows[0]
     if model not in labels_of:  # another replica loads it: the label waits for one that can judge it
         return _result(key, HELD_LOCAL, f"answered by {model}, which this replica does not load"), None
     if truth not in labels_of[model]:
@@ -222,7 +246,7 @@ def _record_one(conn: Any, key: str, truth: str, labels_of: Mapping[str, Sequenc
         return _result(key, "duplicate" if same else "conflict",
                        "already recorded" if same else f"already recorded as {known!r}", request_id), None
     outcome = "abstained" if emitted is None else "correct" if emitted == truth else "wrong"
-    return _result(key, "recorded", outcome, request_id), (model, subgroup, emitted, truth, outcome)
+    return _result(key, "recorded", outcome, request_id), (model, subgroup, emitted, truth, outcome, probs)
 
 
 def _result(key: str | None, result: str, detail: str, request_id: str | None = None) -> dict[str, Any]:

@@ -3,8 +3,8 @@ and GET /admin/regions, read from the prediction log.
 
 For each region of the primary's codebook (novel and the new regions formed from it included)
 among a window's logged answers:
-its live share against its training share, the estimated accuracy (mean calibrated top-class
-probability: the confidence monitor's estimate, per region), the realized accuracy where true
+its live share against its training share, the estimated accuracy (the confidence monitor's
+estimate, `monitors.estimates.PublishedEstimate`, per region), the realized accuracy where true
 labels arrived, the subgroup mix inside it, and its newest request ids. Regions rank by
 excess share x estimated error: one that grew and is answered badly comes first; one that
 grew but is answered well, or is answered badly at its usual share, after it.
@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from monitors.estimates import PublishedEstimate
 from store.prediction_log import where
 
 MAX_ROWS = 100_000  # newest logged answers read for one report
@@ -41,18 +42,12 @@ def read_rows(conn: Any, *, since: float | None, until: float | None, limit: int
         (*args, int(limit))).fetchall()
 
 
-def calibrated_confidence(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Top-class probability of softmax(log(p) / T) per row: p ** (1 / T), normalised."""
-    q = np.power(np.asarray(probs, np.float64), 1.0 / temperature)
-    return q.max(axis=1) / q.sum(axis=1)
-
-
 def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
-         temperatures: Mapping[str, float], exemplars: int = EXEMPLARS,
+         estimates: Mapping[str, PublishedEstimate], exemplars: int = EXEMPLARS,
          new: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every region present in `rows` (newest first, as read_rows gives them), ranked. `names`
-    and `references` are the codebook's regions in order (RegionReference each); `temperatures`
-    maps a model name to its validation temperature (a model not there counts at T = 1); `new`
+    and `references` are the codebook's regions in order (RegionReference each); `estimates`
+    maps a model name to its published estimate (a model not there: its mean confidence); `new`
     maps a new region formed from novel traffic to why it is one and since when."""
     new = new or {}
     index = {name: i for i, name in enumerate(names)}
@@ -62,7 +57,7 @@ def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
         members[row[1]].append(row)
     report = []
     for region, found in members.items():
-        estimated = estimated_accuracy(found, temperatures)
+        estimated = estimated_accuracy(found, estimates)
         answered = [(label, truth) for _, _, _, _, label, _, truth in found if truth is not None and label is not None]
         reference = references[index[region]] if region in index else None
         training_share = _number(reference.share) if reference is not None else None
@@ -92,19 +87,23 @@ def rank(rows: Sequence[tuple], names: Sequence[str], references: Sequence[Any],
     return report
 
 
-def estimated_accuracy(rows: Sequence[tuple], temperatures: Mapping[str, float]) -> float:
-    """Mean calibrated top-class probability of rows laid out as read_rows gives them."""
-    # grouped by model and row width: versions of one model may differ in their classes, and
-    # one reshape over mixed widths cut rows across answers
-    by_model: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+def estimated_accuracy(rows: Sequence[tuple], estimates: Mapping[str, PublishedEstimate]) -> float:
+    """The published estimate over rows laid out as read_rows gives them, in one pass: the
+    same credits the confidence monitor counts as it streams."""
+    # grouped by model, subgroup and row width: versions of one model may differ in their
+    # classes, and one reshape over mixed widths cut rows across answers
+    groups: dict[tuple[str, str, int], list[bytes]] = defaultdict(list)
     for row in rows:
         blob = bytes(row[5])
-        by_model[row[3], len(blob)].append(blob)
+        groups[row[3], row[2], len(blob)].append(blob)
     total = 0.0
-    for (model, _), blobs in by_model.items():
+    for (model, subgroup, _), blobs in groups.items():
         probs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-        total += float(calibrated_confidence(probs, temperatures.get(model, 1.0)).sum())
+        total += float(estimates.get(model, UNKNOWN).credit_probs(probs, subgroup).sum())
     return total / len(rows)
+
+
+UNKNOWN = PublishedEstimate(temperature=1.0)  # a model not loaded now: its mean confidence
 
 
 def _number(value: Any) -> float | None:

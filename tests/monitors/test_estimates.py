@@ -1,9 +1,12 @@
 """Label-free accuracy estimators: fitted on validation, each gives validation's own accuracy
-back on validation, and reads only what a live window holds."""
+back on validation, and reads only what a live window holds; the published one's credits and
+its thresholds in a profile."""
 
 import numpy as np
 
-from monitors.estimates import DifferenceOfConfidences, RegionWeighted, ThresholdedConfidence, average_confidence
+from monitors.estimates import (DifferenceOfConfidences, PublishedEstimate, RegionWeighted, ThresholdedConfidence,
+                                average_confidence, calibrated_confidence)
+from monitors.reference import ReferenceProfile
 
 rng = np.random.default_rng(0)
 CONFIDENCE = rng.uniform(0.3, 1.0, 2000)
@@ -40,3 +43,31 @@ def test_a_region_validation_barely_saw_reads_the_live_confidence():
     weighted = RegionWeighted.fit(REGION, CORRECT, 7)
     assert np.isnan(weighted.accuracy[6])
     assert np.isclose(weighted.estimate(np.full(10, 6), np.full(10, 0.42)), 0.42)
+
+
+def test_the_published_estimate_uses_its_subgroups_threshold_and_falls_back():
+    """Credits are 1 above the subgroup's ATC threshold and 0 below; a subgroup without a reference
+    takes the whole split's threshold; a model profiled before thresholds credits each answer its
+    calibrated confidence (the mean calibrated confidence, the estimate before ATC)."""
+    estimate = PublishedEstimate(1.0, {"all": 0.7, "capture=phone": 0.4})
+    probs = np.array([[0.5, 0.3, 0.2], [0.8, 0.1, 0.1], [0.35, 0.33, 0.32]])
+    assert estimate.credit_probs(probs, "capture=phone").tolist() == [1.0, 1.0, 0.0]
+    assert estimate.credit_probs(probs, "capture=scanner").tolist() == [0.0, 1.0, 0.0]
+    assert np.allclose(PublishedEstimate(1.0).credit_probs(probs, "capture=phone"), [0.5, 0.8, 0.35])
+    assert np.allclose(PublishedEstimate(2.0).credit_probs(probs, "x"), calibrated_confidence(probs, 2.0))
+
+
+def test_a_profile_stores_atc_thresholds_and_an_older_one_still_loads(profiles):
+    """build_profile fits each subgroup's threshold on its calibrated validation confidences (as
+    ThresholdedConfidence does); it survives to_dict/from_dict, and a profile dict without it
+    loads with none (so its estimate stays the mean calibrated confidence)."""
+    profile = profiles[0]
+    assert all(0.0 < ref.atc_threshold < 1.0 for ref in profile.subgroups.values())
+    again = ReferenceProfile.from_dict(profile.to_dict())
+    assert PublishedEstimate.of(again) == PublishedEstimate.of(profile)
+    old = profile.to_dict()
+    for ref in old["subgroups"].values():
+        del ref["atc_threshold"]
+    older = PublishedEstimate.of(ReferenceProfile.from_dict(old))
+    assert all(np.isnan(t) for t in older.thresholds.values())
+    assert "atc_threshold" not in ReferenceProfile.from_dict(old).to_dict()["subgroups"]["all"]

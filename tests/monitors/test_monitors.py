@@ -253,3 +253,35 @@ def test_decisions_are_the_alarms_results_publish(profiles, window, seed, phone_
         alarms += sum(published)
     if phone_share > 0.5:
         assert alarms > 0  # the comparison above saw alarms, not only silence
+
+
+def test_estimated_accuracy_streams_atc_and_merges_across_workers(profiles, window):
+    """Two workers' windows merged publish, per model and subgroup, the share of answers above the
+    profile's ATC threshold (PublishedEstimate's credits over the same probabilities in one pass),
+    and the mean calibrated confidence beside it."""
+    from monitors.estimates import PublishedEstimate
+
+    rng = np.random.default_rng(8)
+    probs = rng.dirichlet(np.full(4, 0.4), 3000)
+    ev = random_events(3000, seed=8, phone_share=0.3)
+    workers = [ConfidenceDrift(MODELS, profiles, SUBGROUPS, window) for _ in range(2)]
+    for w, part in enumerate((slice(0, 1700), slice(1700, None))):
+        rows = np.arange(3000)[part]
+        calibrated = np.array([workers[w].calibrated_many(int(ev.model[i]), probs[i][None])[0] for i in rows])
+        workers[w].update_many(EventBatch(ev.t[rows], ev.model[rows], ev.subgroup[rows], ev.predicted[rows],
+                                          probs[rows].max(axis=1), ev.confusions[rows], calibrated))
+    merged = workers[0].merge(workers[1])
+    now = float(ev.t[-1])
+    recent = np.floor(ev.t) > np.floor(now) - window.n_buckets
+    scores = merged.results(now)
+    for m, model in enumerate(MODELS):
+        estimate = PublishedEstimate.of(profiles[m])
+        for s, key in enumerate(SUBGROUPS[:2]):
+            rows = recent & (ev.model == m) & (ev.subgroup == s)
+            assert rows.sum() > 50
+            want = estimate.credit_probs(probs[rows], key).mean()
+            assert 0.0 < want < 1.0  # the thresholds cut this traffic: credits are not all alike
+            [got] = by(scores, statistic="estimated_accuracy", model=model, subgroup=key)
+            assert got.value == pytest.approx(want, abs=1e-12) and got.samples == rows.sum()
+            [mean] = by(scores, statistic="mean_calibrated_confidence", model=model, subgroup=key)
+            assert mean.value == pytest.approx(workers[0].calibrated_many(m, probs[rows]).mean(), abs=1e-12)

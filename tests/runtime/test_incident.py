@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import CaptureConfig, LogConfig
+from monitors.estimates import PublishedEstimate
 from runtime.incident import SHEET_SIZE, gather
 from store.prediction_log import PredictionLog, connect
 
@@ -36,7 +37,7 @@ def page_of(tmp_path, truths: dict[str, str]) -> dict:
         return fn(conn, *args, **kwargs)
 
     return gather(read, since=0.0, until=4e9, now=4e9, service="base:v1", log_mode="all", capture_policy="all",
-                  training_shares={}, temperatures={"base": 1.0}, region_names=[], region_references=[],
+                  training_shares={}, estimates={"base": PublishedEstimate(1.0)}, region_names=[], region_references=[],
                   alarming=[], history=[])
 
 

@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from core.config import LogConfig
 from store import feedback
+from store.clock import store_now
 from store.prediction_log import PredictionLog, connect
 from tests.log_rows import record_one
 from tests.waiting import together
@@ -97,3 +98,40 @@ def test_concurrent_posts_for_one_answer_are_each_recorded_or_duplicate(db):
     assert sum(r["result"] == "recorded" for r in results) == 40
     assert sum(r["result"] == "duplicate" for r in results) == 7 * 40
     assert counted() == before + 40
+
+
+def estimated() -> float:
+    return REGISTRY.get_sample_value("classguard_feedback_estimated_total",
+                                     {"model": "base", "subgroup": "capture=scanner"}) or 0.0
+
+
+def test_labels_add_what_the_published_estimate_said_of_their_answers(tmp_path):
+    """Each answer labelled correct or wrong adds its published-estimate credit (1 above its
+    subgroup's ATC threshold, else 0) to classguard_feedback_estimated_total, the labels joined
+    later from the hold too; an abstained answer adds nothing; so do models without an estimate."""
+    from monitors.estimates import PublishedEstimate
+
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(LogConfig(path=path))
+    peaks = [0.9, 0.2, 0.8, 0.95, 0.7, 0.85]  # above / below the threshold 0.5 at T = 1
+    for i, peak in enumerate(peaks):
+        probs = np.full(10, (1 - peak) / 9)
+        probs[3] = peak
+        record_one(log, {"request_id": f"e{i}", "correlation_id": None, "label": None if i == 5 else "3",
+                         "confidence": peak, "abstained": i == 5, "flags": [], "guardrails": [], "top_k": []},
+                   probs, "h", "base:v1", "capture=scanner")
+    log.flush()
+    estimates = {"base": PublishedEstimate(1.0, {"all": 0.5})}
+    before = estimated()
+    feedback.record(connect(path), [("e0", "3"), ("e1", "3"), ("e2", "4"), ("e5", "3")], LABELS, [],
+                    estimates=estimates)
+    assert estimated() - before == 2.0  # e0 and e2 above the threshold; e1 below; e5 abstained
+    feedback.record(connect(path), [("e3", "3")], LABELS, [])  # no estimates given: nothing added
+    assert estimated() - before == 2.0
+    conn = connect(path)
+    with conn.transaction():
+        conn.execute("INSERT INTO held_feedback (key, label, ts) VALUES ('e4', '3', ?)", (store_now(conn),))
+    feedback.join_held(conn, LABELS, [], estimates=estimates)
+    assert estimated() - before == 3.0  # e4 (0.7) joined from the hold, above the threshold
+    assert REGISTRY.get_sample_value("classguard_feedback_total", {"model": "base", "subgroup": "capture=scanner",
+                                                                   "outcome": "correct"}) >= 3

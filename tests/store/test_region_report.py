@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from core.config import LogConfig
+from monitors.estimates import PublishedEstimate, calibrated_confidence
 from monitors.regions import RegionReference
 from store import feedback, region_report
 from store.database import PostgresDatabase, SqliteDatabase
@@ -17,11 +18,15 @@ REFERENCES = [RegionReference(50, 0.5, {"capture=scanner": 1.0}, 0.98, 0.95, {},
               RegionReference(49, 0.49, {"capture=scanner": 0.9, "capture=phone": 0.1}, 0.9, 0.9, {}, 0.1),
               RegionReference(1, 0.01, {"capture=scanner": 1.0}, 1.0, 0.6, {}, 0.3)]
 TEMPERATURES = {"base": 1.5, "fixed": 0.8}
+# base with ATC thresholds (the whole split's, and phone's own), fixed profiled before them
+THRESHOLDS = {"all": 0.6, "capture=phone": 0.4}
+ESTIMATES = {"base": PublishedEstimate(1.5, THRESHOLDS), "fixed": PublishedEstimate(0.8)}
 
 
 def test_the_ranking_matches_numpy_on_the_rows_of_either_engine(database):
     """60 answers in r00 (training share 0.5), 30 in r01 at low confidence (0.49), 10 novel (0.01), one
-    without a region: shares, excess, calibrated estimated accuracy, realized accuracy on the labelled
+    without a region: shares, excess, estimated accuracy (ATC's credits per subgroup threshold; the
+    mean calibrated confidence for a model without thresholds), realized accuracy on the labelled
     ones, subgroup mix and the newest ids per region equal numpy's; novel (+0.09 at low confidence)
     ranks above r01 (-0.19) and r00 (+0.1, confident)."""
     rng = np.random.default_rng(3)
@@ -47,15 +52,17 @@ def test_the_ranking_matches_numpy_on_the_rows_of_either_engine(database):
 
     read = database.read(region_report.read_rows, since=None, until=None)
     assert len(read) == 100 and all(r[1] is not None for r in read)
-    ranked = {r["region"]: r for r in region_report.rank(read, NAMES, REFERENCES, TEMPERATURES, exemplars=3)}
-    assert [r["region"] for r in region_report.rank(read, NAMES, REFERENCES, TEMPERATURES)] == ["novel", "r00", "r01"]
+    ranked = {r["region"]: r for r in region_report.rank(read, NAMES, REFERENCES, ESTIMATES, exemplars=3)}
+    assert [r["region"] for r in region_report.rank(read, NAMES, REFERENCES, ESTIMATES)] == ["novel", "r00", "r01"]
     placed = [r for r in rows if r[1] is not None]
     for k, name in enumerate(NAMES):
         mine = [r for r in placed if r[1] == name]
         live = len(mine) / len(placed)
         logits = np.log(np.stack([r[5] for r in mine]).astype(np.float64)) / np.array([TEMPERATURES[r[3]] for r in mine])[:, None]
         soft = np.exp(logits - logits.max(axis=1, keepdims=True))
-        estimated = float(np.mean(soft.max(axis=1) / soft.sum(axis=1)))
+        calibrated = soft.max(axis=1) / soft.sum(axis=1)
+        threshold = [THRESHOLDS.get(r[2], THRESHOLDS["all"]) for r in mine]
+        estimated = float(np.mean([c if r[3] == "fixed" else float(c > t) for c, t, r in zip(calibrated, threshold, mine)]))
         labelled = [(r[4], truths[r[0]]) for r in mine if r[0] in truths]
         got = ranked[name]
         assert got["answers"] == len(mine) and got["live_share"] == pytest.approx(live, abs=1e-6)
@@ -84,7 +91,7 @@ def test_a_window_bounds_the_rows_and_an_unknown_region_is_marked(tmp_path):
     stamps = [t for (t,) in conn.execute("SELECT ts FROM predictions ORDER BY ts")]
     assert [r[0] for r in region_report.read_rows(conn, since=stamps[1], until=None)] == ["q2", "q1"]
     assert [r[0] for r in region_report.read_rows(conn, since=None, until=stamps[0])] == ["q0"]
-    ranked = region_report.rank(region_report.read_rows(conn, since=None, until=None), NAMES, REFERENCES, TEMPERATURES)
+    ranked = region_report.rank(region_report.read_rows(conn, since=None, until=None), NAMES, REFERENCES, ESTIMATES)
     unknown = next(r for r in ranked if r["region"] == "r07")
     assert unknown["training_share"] is None and "unknown" in unknown and unknown["excess_share"] == pytest.approx(1 / 3)
 
@@ -121,7 +128,6 @@ def test_rows_of_one_model_with_different_widths_are_estimated_row_by_row(tmp_pa
                    probs, "h", f"base:v{len(probs)}", "capture=scanner", region="r00")
     log.flush()
     read = SqliteDatabase(tmp_path / "p.sqlite").read(region_report.read_rows, since=None, until=None)
-    [got] = region_report.rank(read, NAMES, REFERENCES, TEMPERATURES)
-    expected = np.mean([region_report.calibrated_confidence(p.astype(np.float32)[None], TEMPERATURES["base"])[0]
-                        for p in rows])
+    [got] = region_report.rank(read, NAMES, REFERENCES, {"base": PublishedEstimate(TEMPERATURES["base"])})
+    expected = np.mean([calibrated_confidence(p.astype(np.float32)[None], TEMPERATURES["base"])[0] for p in rows])
     assert got["estimated_accuracy"] == pytest.approx(expected, abs=1e-6)
