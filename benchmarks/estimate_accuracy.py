@@ -132,13 +132,12 @@ def streams() -> list[tuple[str, float]]:
 
 
 def run(seeds: int = SEEDS) -> list[dict]:
+    from monitors.estimates import PublishedEstimate
     from training.digits import build_incident
 
     incident = build_incident()
     rows = []
     for name in MODELS:
-        from monitors.estimates import PublishedEstimate
-
         validation, tests, shifted, regions, profile = model_pools(name, incident, seed=0)
         fits = fitted(validation, regions)
         fits = {"capture=scanner": fits["scanner"], "capture=phone": fits["phone"], "all": fits["all"]}

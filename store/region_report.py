@@ -28,6 +28,7 @@ from store.prediction_log import where
 
 MAX_ROWS = 100_000  # newest logged answers read for one report
 EXEMPLARS = 5
+UNKNOWN = PublishedEstimate(temperature=1.0)  # a model not loaded now: its mean confidence
 
 
 def read_rows(conn: Any, *, since: float | None, until: float | None, limit: int = MAX_ROWS) -> list[tuple]:
@@ -102,8 +103,6 @@ def estimated_accuracy(rows: Sequence[tuple], estimates: Mapping[str, PublishedE
         total += float(estimates.get(model, UNKNOWN).credit_probs(probs, subgroup).sum())
     return total / len(rows)
 
-
-UNKNOWN = PublishedEstimate(temperature=1.0)  # a model not loaded now: its mean confidence
 
 
 def _number(value: Any) -> float | None:
